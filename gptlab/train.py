@@ -1,0 +1,86 @@
+"""Train a GPT: `python -m gptlab.train [overrides]`.
+
+Composes conf/config.yaml, checks everything that can be checked before the first step
+(model shape, data, optimizer, trainer arguments), then fits and returns the best val_loss
+so that Hydra sweepers can minimise it.
+"""
+
+import logging
+import os
+import sys
+from dataclasses import asdict, replace
+
+import hydra
+import lightning as L
+from hydra.errors import InstantiationException
+from omegaconf import DictConfig, OmegaConf
+
+from gptlab.model import GPTConfig
+from gptlab.module import GPTLitModule
+
+log = logging.getLogger(__name__)
+
+
+def wandb_mode(logger_cfg: DictConfig) -> dict[str, str]:
+    """Resolves `mode: null`: online when this machine has wandb credentials, offline when not
+    (left to itself, wandb would prompt for a key, or fail without a terminal). A mode in the
+    config or in WANDB_MODE is left as it is."""
+    if logger_cfg.get("mode") is not None or "WANDB_MODE" in os.environ:
+        return {}
+    import wandb
+
+    if wandb.login(prompt=False, verify=False):
+        return {"mode": "online"}
+    log.info("wandb: no credentials found, logging offline; upload later with `wandb sync`")
+    return {"mode": "offline"}
+
+
+def build(cfg: DictConfig) -> tuple[L.LightningDataModule, GPTLitModule, L.Trainer]:
+    """Everything before the first step. Bad config or data raise here, not mid-run."""
+    model_config = GPTConfig(**cfg.model)  # validates the model fields first: it costs nothing
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+
+    datamodule = hydra.utils.instantiate(cfg.data)
+    datamodule.prepare_data()  # before any DDP process starts, so only one downloads
+    datamodule.setup("fit")
+    model_config = replace(model_config, vocab_size=datamodule.tokenizer.vocab_size)
+    module = GPTLitModule(
+        model=asdict(model_config),
+        optim=OmegaConf.to_container(cfg.optim, resolve=True),
+        tokenizer=datamodule.tokenizer.to_dict(),
+    )
+
+    loggers = []
+    for logger_cfg in (cfg.get("logger") or {}).values():
+        is_wandb = logger_cfg._target_.endswith("WandbLogger")
+        loggers.append(hydra.utils.instantiate(logger_cfg, **(wandb_mode(logger_cfg) if is_wandb else {})))
+    callbacks = [hydra.utils.instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c]
+    trainer = hydra.utils.instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks)
+    for logger in trainer.loggers:
+        logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+    return datamodule, module, trainer
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+def main(cfg: DictConfig) -> float:
+    try:
+        datamodule, module, trainer = build(cfg)
+    except (ValueError, OSError, InstantiationException) as err:
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        sys.exit("error: " + " ".join(str(err).split()))  # one line, exit status 1
+
+    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
+
+    checkpoint = trainer.checkpoint_callback
+    best = checkpoint.best_model_score if checkpoint is not None else None
+    for logger in trainer.loggers:
+        if type(logger).__name__ == "WandbLogger":
+            logger.experiment.finish()  # else the next run in this process logs into this one
+    if trainer.is_global_zero and best is not None:
+        print(f"best val_loss {best:.4f}, checkpoint {checkpoint.best_model_path}")
+    return float(best) if best is not None else float("nan")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,83 @@
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHAKESPEARE = REPO_ROOT / "data" / "tinyshakespeare" / "input.txt"
+
+# A model and run small enough for a few seconds of CPU: overrides on top of the defaults.
+TINY = [
+    "model.n_layer=1",
+    "model.n_head=2",
+    "model.n_embd=32",
+    "model.block_size=16",
+    "data.batch_size=8",
+    "data.val_batches=2",
+    "trainer.max_steps=30",
+    "trainer.val_check_interval=15",
+    "optim.warmup_steps=5",
+]
+
+
+@pytest.fixture(scope="session")
+def shakespeare() -> Path:
+    if not SHAKESPEARE.exists():
+        pytest.fail(f"{SHAKESPEARE} is missing: copy Tiny Shakespeare there (.ci/run does)")
+    return SHAKESPEARE
+
+
+@dataclass
+class Result:
+    returncode: int
+    stdout: str
+    stderr: str
+    seconds: float
+    run_dir: Path
+
+
+def offline_env() -> dict[str, str]:
+    """The environment of a machine with no wandb credentials."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
+    env["NETRC"] = os.devnull
+    return env
+
+
+@pytest.fixture
+def run_train(tmp_path: Path, shakespeare: Path):
+    """Runs `python -m gptlab.train` for real, in a subprocess, into a fresh run directory."""
+
+    def run(*overrides: str, run_name: str = "run", timeout: float = 300) -> Result:
+        run_dir = tmp_path / run_name
+        command = [sys.executable, "-m", "gptlab.train", f"hydra.run.dir={run_dir}"]
+        if not any(o.startswith("data.path=") for o in overrides):
+            command.append(f"data.path={shakespeare}")
+        start = time.perf_counter()
+        proc = subprocess.run(
+            [*command, *overrides],
+            cwd=REPO_ROOT,
+            env=offline_env(),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+        return Result(proc.returncode, proc.stdout, proc.stderr, time.perf_counter() - start, run_dir)
+
+    return run
+
+
+@pytest.fixture
+def compose():
+    """Composes conf/config.yaml with overrides, as `python -m gptlab.train` would."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    def run(*overrides: str):
+        with initialize_config_dir(config_dir=str(REPO_ROOT / "conf"), version_base="1.3"):
+            return hydra_compose(config_name="config", overrides=list(overrides))
+
+    return run

@@ -1,0 +1,45 @@
+from pathlib import Path
+
+import pytest
+from hydra.errors import ConfigCompositionException
+
+from gptlab.model import GPTConfig
+
+EXPERIMENTS = sorted(p.stem for p in (Path(__file__).parents[1] / "conf" / "experiment").glob("*.yaml"))
+
+
+def test_defaults_compose(compose) -> None:
+    cfg = compose()
+    assert cfg.model.arch == "gpt" and cfg.model.n_embd % 6 == 0  # the README's n_head=6 example
+    assert cfg.data.block_size == cfg.model.block_size  # one source of truth
+    assert cfg.trainer._target_ == "lightning.pytorch.Trainer"
+    assert set(cfg.logger) == {"wandb", "csv"}
+    assert cfg.optim.decay_steps == cfg.trainer.max_steps
+    GPTConfig(**cfg.model)
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_every_experiment_composes_into_a_valid_model(compose, experiment: str) -> None:
+    cfg = compose(f"experiment={experiment}")
+    config = GPTConfig(**cfg.model)
+    assert cfg.data.block_size == config.block_size
+
+
+def test_lecture_model_experiment(compose) -> None:
+    cfg = compose("experiment=shakespeare_char")
+    assert (cfg.model.n_layer, cfg.model.n_head, cfg.model.n_embd) == (6, 6, 384)
+    assert (cfg.model.block_size, cfg.data.batch_size, cfg.model.dropout) == (256, 64, 0.2)
+
+
+def test_overrides_by_field_and_group(compose) -> None:
+    cfg = compose("model.n_head=6", "model.block_size=32", "trainer.precision=bf16-mixed", "logger=csv")
+    assert cfg.model.n_head == 6 and cfg.data.block_size == 32
+    assert cfg.trainer.precision == "bf16-mixed"
+    assert set(cfg.logger) == {"csv"}
+    assert compose("model=bigram").model.arch == "bigram"
+    assert not compose("logger=none").get("logger")
+
+
+def test_unknown_group_option_is_refused(compose) -> None:
+    with pytest.raises(ConfigCompositionException, match="model/transformerxl"):
+        compose("model=transformerxl")

@@ -1,0 +1,94 @@
+import math
+
+import pytest
+import torch
+
+from gptlab.model import GPT, BigramLanguageModel, GPTConfig, create_model
+
+SMALL = GPTConfig(block_size=16, vocab_size=65, n_layer=2, n_head=4, n_embd=32)
+
+
+@pytest.mark.parametrize("config", [SMALL, GPTConfig(arch="bigram", block_size=16)])
+def test_forward_shapes(config: GPTConfig) -> None:
+    model = create_model(config)
+    idx = torch.randint(65, (3, 16))
+    logits, loss = model(idx)
+    assert logits.shape == (3, 16, 65) and loss is None
+    logits, loss = model(idx, targets=idx)
+    assert loss is not None and loss.shape == ()
+
+
+def test_model_kinds() -> None:
+    assert isinstance(create_model(SMALL), GPT)
+    assert isinstance(create_model(GPTConfig(arch="bigram")), BigramLanguageModel)
+
+
+def test_initial_loss_is_close_to_uniform_guessing() -> None:
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(block_size=64, vocab_size=65, n_layer=4, n_head=4, n_embd=128))
+    idx = torch.randint(65, (16, 64))
+    _, loss = model(idx, targets=torch.randint(65, (16, 64)))
+    assert abs(loss.item() - math.log(65)) < 0.05
+
+
+def test_attention_is_causal() -> None:
+    torch.manual_seed(0)
+    model = GPT(SMALL).eval()
+    idx = torch.randint(65, (2, 16))
+    changed = idx.clone()
+    changed[:, 10:] = (changed[:, 10:] + 1) % 65  # a different future from position 10 on
+    logits, _ = model(idx)
+    changed_logits, _ = model(changed)
+    torch.testing.assert_close(logits[:, :10], changed_logits[:, :10])
+    assert not torch.allclose(logits[:, 10:], changed_logits[:, 10:])
+
+
+def test_generate_extends_past_block_size() -> None:
+    torch.manual_seed(0)
+    for model in (GPT(SMALL), BigramLanguageModel(SMALL)):
+        out = model.generate(torch.zeros(2, 1, dtype=torch.long), max_new_tokens=40, top_k=5)
+        assert out.shape == (2, 41) and out.min() >= 0 and out.max() < 65
+
+
+def test_too_long_input_is_refused() -> None:
+    with pytest.raises(ValueError, match="longer than block_size 16"):
+        GPT(SMALL)(torch.zeros(1, 17, dtype=torch.long))
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"n_embd": 100, "n_head": 6}, r"model.n_embd=100 is not divisible by model.n_head=6.*\[1, 2, 4, 5"),
+        ({"dropout": 1.0}, r"model.dropout=1.0 .* 0 <= dropout < 1"),
+        ({"dropout": -0.1}, r"model.dropout=-0.1"),
+        ({"n_layer": 0}, r"model.n_layer=0 .* positive integer"),
+        ({"arch": "rnn"}, r"model.arch='rnn'"),
+    ],
+)
+def test_config_errors_name_the_field(fields: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        GPTConfig(**fields)
+
+
+def expected_gpt_parameters(V: int, T: int, C: int, L: int) -> int:
+    per_block = (
+        2 * C  # ln_1
+        + C * 3 * C
+        + 3 * C  # c_attn: q, k, v for all heads
+        + C * C
+        + C  # attention output projection
+        + 2 * C  # ln_2
+        + C * 4 * C
+        + 4 * C
+        + 4 * C * C
+        + C  # MLP
+    )
+    return V * C + T * C + L * per_block + 2 * C + C * V  # embeddings, blocks, ln_f, lm_head
+
+
+def test_parameter_count_of_the_lectures_model(compose) -> None:
+    cfg = compose("experiment=shakespeare_char")
+    model = GPT(GPTConfig(**cfg.model, vocab_size=65))
+    assert model.num_parameters() == expected_gpt_parameters(V=65, T=256, C=384, L=6) == 10_795_776
+    # the lecture prints 10.788929 M: it has no q/k/v biases but an lm_head bias
+    assert abs(model.num_parameters() - 10_788_929) / 10_788_929 < 0.001

@@ -1,0 +1,99 @@
+"""End to end: the real CLI, the real Trainer, real files in the run directory."""
+
+import csv
+import json
+import math
+import os
+
+import pytest
+import torch
+
+from gptlab.data import CharTokenizer
+from gptlab.model import GPTConfig, create_model
+from tests.conftest import TINY
+
+
+def validations(run_dir) -> list[dict[str, str]]:
+    with open(run_dir / "csv" / "metrics.csv") as f:
+        return [row for row in csv.DictReader(f) if row["val_loss"]]
+
+
+def val_losses(run_dir) -> list[float]:
+    return [float(row["val_loss"]) for row in validations(run_dir)]
+
+
+def steps_validated(run_dir) -> list[int]:
+    return [int(row["step"]) + 1 for row in validations(run_dir)]
+
+
+@pytest.mark.slow
+def test_training_run_learns_and_writes_a_complete_run_directory(run_train) -> None:
+    result = run_train(*TINY, "trainer.max_steps=60", "optim.lr=1e-2")
+    assert result.returncode == 0, result.stderr
+    run = result.run_dir
+
+    losses = val_losses(run)
+    assert len(losses) == 4  # every 15 steps
+    assert losses[-1] < losses[0] - 0.2
+    assert losses[-1] < math.log(65) - 1.0  # far better than guessing uniformly
+
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["steps"] == 60
+    assert summary["best_val_loss"] == pytest.approx(min(losses))
+    assert summary["final_val_loss"] == pytest.approx(losses[-1])
+    assert summary["params"] > 0 and summary["train_seconds"] > 0 and summary["tokens_per_second"] > 0
+    assert (run / "checkpoints" / "last.ckpt").exists()
+    assert summary["last_ckpt"] == str(run / "checkpoints" / "last.ckpt")
+    assert os.path.exists(summary["best_ckpt"])
+    last_line = result.stdout.strip().splitlines()[-1]
+    assert last_line == f"best val_loss {summary['best_val_loss']:.4f}, checkpoint {summary['best_ckpt']}"
+    assert (run / ".hydra" / "overrides.yaml").exists()
+
+    # wandb went offline by itself (no credentials in this environment) and wrote its run files
+    assert "no credentials found, logging offline" in result.stdout + result.stderr
+    offline_runs = list((run / "wandb").glob("offline-run-*/run-*.wandb"))
+    assert len(offline_runs) == 1 and offline_runs[0].stat().st_size > 0
+
+    # the checkpoint alone rebuilds model and tokenizer, loaded as plain data
+    checkpoint = torch.load(summary["best_ckpt"], weights_only=True)
+    hparams = checkpoint["hyper_parameters"]
+    tokenizer = CharTokenizer.from_dict(hparams["tokenizer"])
+    assert tokenizer.vocab_size == hparams["model"]["vocab_size"] == 65
+    model = create_model(GPTConfig(**hparams["model"]))
+    weights = {k.removeprefix("model."): v for k, v in checkpoint["state_dict"].items()}
+    model.load_state_dict(weights)
+    out = model.generate(torch.tensor([tokenizer.encode("ROMEO:")]), max_new_tokens=20)
+    assert tokenizer.decode(out[0].tolist()).startswith("ROMEO:")
+
+
+@pytest.mark.slow
+def test_ddp_on_two_cpu_processes(run_train) -> None:
+    # the README's headline example, shortened
+    result = run_train(
+        "model.n_head=6",
+        "trainer.devices=2",
+        "trainer.accelerator=cpu",
+        "trainer.max_steps=20",
+        "trainer.val_check_interval=10",
+        "data.val_batches=2",
+        "logger=csv",
+    )
+    assert result.returncode == 0, result.stderr
+    summary = json.loads((result.run_dir / "summary.json").read_text())
+    assert summary["world_size"] == 2 and summary["steps"] == 20
+    assert len(val_losses(result.run_dir)) == 2
+    checkpoints = {p.name for p in (result.run_dir / "checkpoints").iterdir()}
+    assert checkpoints == {"last.ckpt", os.path.basename(summary["best_ckpt"])}
+    assert result.stdout.count("best val_loss") == 1  # printed by rank 0 only
+
+
+@pytest.mark.slow
+def test_resume_from_last_checkpoint_continues(run_train) -> None:
+    first = run_train(*TINY, "logger=csv")
+    assert first.returncode == 0, first.stderr
+    last = first.run_dir / "checkpoints" / "last.ckpt"
+    resumed = run_train(*TINY, "logger=csv", "trainer.max_steps=45", f"ckpt_path={last}", run_name="resumed")
+    assert resumed.returncode == 0, resumed.stderr
+    summary = json.loads((resumed.run_dir / "summary.json").read_text())
+    assert summary["steps"] == 45
+    assert [s for s in steps_validated(resumed.run_dir)] == [45]  # it went on from step 30
