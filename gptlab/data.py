@@ -120,7 +120,9 @@ class CharDataModule(L.LightningDataModule):
         self.tokenizer: CharTokenizer | None = None
 
     def prepare_data(self) -> None:
-        """Download the text file if it is not there yet (Lightning calls this on rank 0 only)."""
+        """Download the text file if it is not there yet. The entry point calls this before the
+        Trainer starts any DDP process; any process that still finds the file missing downloads
+        it too, and the atomic rename below keeps concurrent downloads safe."""
         if self.path.exists():
             return
         if not self.url:

@@ -12,6 +12,7 @@ from dataclasses import asdict, replace
 
 import hydra
 import lightning as L
+from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
 from omegaconf import DictConfig, OmegaConf
 
@@ -56,8 +57,9 @@ def build(cfg: DictConfig) -> tuple[L.LightningDataModule, GPTLitModule, L.Train
         loggers.append(hydra.utils.instantiate(logger_cfg, **(wandb_mode(logger_cfg) if is_wandb else {})))
     callbacks = [hydra.utils.instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c]
     trainer = hydra.utils.instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks)
+    run_config = OmegaConf.to_container(cfg, resolve=True) | {"run_dir": HydraConfig.get().runtime.output_dir}
     for logger in trainer.loggers:
-        logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+        logger.log_hyperparams(run_config)
     return datamodule, module, trainer
 
 
