@@ -10,8 +10,8 @@ No Lightning, Hydra or data code here: the model only knows tensors.
 """
 
 import math
-from dataclasses import dataclass
-from typing import Literal
+from dataclasses import dataclass, fields
+from typing import Literal, get_args, get_origin
 
 import torch
 import torch.nn as nn
@@ -27,14 +27,28 @@ class GPTConfig:
     n_head: int = 4
     n_embd: int = 192
     dropout: float = 0.0
+    # The lecture builds the GPT up step by step; these switch the steps on and off. The
+    # defaults give the standard GPT.
+    attention: Literal["sdpa", "manual", "heads"] = "sdpa"  # one math, three implementations
+    causal: bool = True  # False: every token sees the whole block (an encoder, not a decoder)
+    attn_proj: bool = True  # a linear projection after the heads are concatenated
+    mlp: Literal["gpt", "single", "none"] = "gpt"  # gpt: C -> 4C -> C; single: one C -> C layer
+    activation: Literal["gelu", "relu"] = "gelu"
+    residual: bool = True  # blocks add to the residual stream instead of replacing it
+    norm: Literal["layernorm", "none"] = "layernorm"  # pre-norm in each block and before lm_head
+    init: Literal["gpt2", "pytorch"] = "gpt2"  # pytorch: each layer's default init (lecture, early steps)
 
     def __post_init__(self) -> None:
-        if self.arch not in ("gpt", "bigram"):
-            raise ValueError(f"model.arch={self.arch!r} is not allowed: use 'gpt' or 'bigram'")
-        for name in ("block_size", "vocab_size", "n_layer", "n_head", "n_embd"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"model.{name}={value!r} is not allowed: use a positive integer")
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if get_origin(f.type) is Literal and value not in get_args(f.type):
+                raise ValueError(
+                    f"model.{f.name}={value!r} is not allowed: use one of {list(get_args(f.type))}"
+                )
+            if f.type is bool and not isinstance(value, bool):
+                raise ValueError(f"model.{f.name}={value!r} is not allowed: use true or false")
+            if f.type is int and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+                raise ValueError(f"model.{f.name}={value!r} is not allowed: use a positive integer")
         if self.n_embd % self.n_head:
             divisors = [h for h in range(1, self.n_embd + 1) if self.n_embd % h == 0]
             raise ValueError(
@@ -46,17 +60,25 @@ class GPTConfig:
 
 
 class CausalSelfAttention(nn.Module):
-    """n_head heads of self-attention computed in one batch: each token attends to itself
-    and the tokens before it, never to the future."""
+    """nanoGPT's batched attention: q, k and v of all heads come out of one matmul and the
+    heads become a batch dimension. `sdpa` hands the core to F.scaled_dot_product_attention
+    (fused kernels, flash attention on GPUs); `manual` spells the same math out."""
 
     def __init__(self, config: GPTConfig):
         super().__init__()
         self.n_head = config.n_head
+        self.causal = config.causal
+        self.use_sdpa = config.attention == "sdpa"
         self.dropout = config.dropout
-        # query, key and value for all heads in one matmul
         self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd)
-        self.c_proj = nn.Linear(config.n_embd, config.n_embd)
+        self.c_proj = nn.Linear(config.n_embd, config.n_embd) if config.attn_proj else nn.Identity()
+        self.attn_dropout = nn.Dropout(config.dropout)
         self.resid_dropout = nn.Dropout(config.dropout)
+        if not self.use_sdpa:
+            tril = torch.tril(torch.ones(config.block_size, config.block_size, dtype=torch.bool))
+            self.register_buffer(
+                "tril", tril.view(1, 1, config.block_size, config.block_size), persistent=False
+            )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, T, C = x.size()  # batch, time (sequence length), channels (n_embd)
@@ -65,13 +87,58 @@ class CausalSelfAttention(nn.Module):
         q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
         k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
         v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
-        # softmax(q k^T * head_size**-0.5 + causal mask) v; fused kernels (flash attention) when
-        # the device has them. The default scale is head_size**-0.5, as in the lecture.
-        y = F.scaled_dot_product_attention(
-            q, k, v, dropout_p=self.dropout if self.training else 0.0, is_causal=True
-        )
+        if self.use_sdpa:  # its default scale is head_size**-0.5, as below
+            dropout_p = self.dropout if self.training else 0.0
+            y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=self.causal)
+        else:
+            # scale by head_size**-0.5 so that the scores keep unit variance and softmax
+            # stays diffuse at init instead of collapsing onto one token
+            att = (q @ k.transpose(-2, -1)) * k.size(-1) ** -0.5  # (B, n_head, T, T)
+            if self.causal:
+                att = att.masked_fill(~self.tril[:, :, :T, :T], float("-inf"))
+            att = self.attn_dropout(F.softmax(att, dim=-1))
+            y = att @ v  # (B, n_head, T, head_size)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # re-assemble the heads side by side
         return self.resid_dropout(self.c_proj(y))
+
+
+class Head(nn.Module):
+    """One head of self-attention, as the lecture writes it."""
+
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        head_size = config.n_embd // config.n_head
+        self.causal = config.causal
+        self.key = nn.Linear(config.n_embd, head_size)
+        self.query = nn.Linear(config.n_embd, head_size)
+        self.value = nn.Linear(config.n_embd, head_size)
+        self.register_buffer(
+            "tril", torch.tril(torch.ones(config.block_size, config.block_size)), persistent=False
+        )
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, T, C = x.shape
+        k = self.key(x)  # (B, T, head_size)
+        q = self.query(x)
+        wei = q @ k.transpose(-2, -1) * k.size(-1) ** -0.5  # (B, T, T) affinities
+        if self.causal:
+            wei = wei.masked_fill(self.tril[:T, :T] == 0, float("-inf"))
+        wei = self.dropout(F.softmax(wei, dim=-1))
+        return wei @ self.value(x)  # (B, T, head_size)
+
+
+class MultiHeadAttention(nn.Module):
+    """The lecture's multi-head attention: n_head Head modules side by side, concatenated."""
+
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.heads = nn.ModuleList([Head(config) for _ in range(config.n_head)])
+        self.proj = nn.Linear(config.n_embd, config.n_embd) if config.attn_proj else nn.Identity()
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dropout(self.proj(torch.cat([head(x) for head in self.heads], dim=-1)))
 
 
 class MLP(nn.Module):
@@ -79,13 +146,19 @@ class MLP(nn.Module):
 
     def __init__(self, config: GPTConfig):
         super().__init__()
-        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd)
-        self.gelu = nn.GELU()
-        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd)
+        hidden = 4 * config.n_embd if config.mlp == "gpt" else config.n_embd
+        self.c_fc = nn.Linear(config.n_embd, hidden)
+        self.act = nn.GELU() if config.activation == "gelu" else nn.ReLU()
+        # the lecture's first feed-forward ("single") is one layer and its nonlinearity
+        self.c_proj = nn.Linear(hidden, config.n_embd) if config.mlp == "gpt" else nn.Identity()
         self.dropout = nn.Dropout(config.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.dropout(self.c_proj(self.gelu(self.c_fc(x))))
+        return self.dropout(self.c_proj(self.act(self.c_fc(x))))
+
+
+def norm_layer(config: GPTConfig) -> nn.Module:
+    return nn.LayerNorm(config.n_embd) if config.norm == "layernorm" else nn.Identity()
 
 
 class Block(nn.Module):
@@ -93,15 +166,21 @@ class Block(nn.Module):
 
     def __init__(self, config: GPTConfig):
         super().__init__()
-        self.ln_1 = nn.LayerNorm(config.n_embd)
-        self.attn = CausalSelfAttention(config)
-        self.ln_2 = nn.LayerNorm(config.n_embd)
-        self.mlp = MLP(config)
+        self.residual = config.residual
+        self.ln_1 = norm_layer(config)
+        self.attn = MultiHeadAttention(config) if config.attention == "heads" else CausalSelfAttention(config)
+        self.ln_2 = norm_layer(config)
+        self.mlp = MLP(config) if config.mlp != "none" else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.ln_1(x))
-        x = x + self.mlp(self.ln_2(x))
+        x = self.connect(x, self.attn(self.ln_1(x)))
+        if self.mlp is not None:
+            x = self.connect(x, self.mlp(self.ln_2(x)))
         return x
+
+    def connect(self, x: torch.Tensor, update: torch.Tensor) -> torch.Tensor:
+        # a residual connection adds to the stream, so gradients flow straight to the input
+        return x + update if self.residual else update
 
 
 class LanguageModel(nn.Module):
@@ -154,17 +233,18 @@ class GPT(LanguageModel):
                 wpe=nn.Embedding(config.block_size, config.n_embd),  # position embedding
                 drop=nn.Dropout(config.dropout),
                 h=nn.ModuleList([Block(config) for _ in range(config.n_layer)]),
-                ln_f=nn.LayerNorm(config.n_embd),
+                ln_f=norm_layer(config),
             )
         )
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
 
-        self.apply(self._init_weights)
-        # GPT-2: scale the init of the projections into the residual stream, which add up
-        # once per layer, by 1/sqrt(2 * n_layer)
-        for name, param in self.named_parameters():
-            if name.endswith("c_proj.weight"):
-                nn.init.normal_(param, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+        if config.init == "gpt2":
+            self.apply(self._init_weights)
+            # scale the init of the projections into the residual stream, which add up once
+            # per layer, by 1/sqrt(2 * n_layer)
+            for name, param in self.named_parameters():
+                if name.endswith("proj.weight"):
+                    nn.init.normal_(param, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
 
     def _init_weights(self, module: nn.Module) -> None:
         if isinstance(module, nn.Linear):
@@ -206,3 +286,20 @@ class BigramLanguageModel(LanguageModel):
 
 def create_model(config: GPTConfig) -> LanguageModel:
     return BigramLanguageModel(config) if config.arch == "bigram" else GPT(config)
+
+
+def batched_to_heads(state_dict: dict[str, torch.Tensor], n_head: int) -> dict[str, torch.Tensor]:
+    """The weights of a GPT with batched attention (sdpa or manual) as the same GPT with
+    attention="heads". c_attn stacks [q; k; v] by rows, each n_embd rows of n_head blocks of
+    head_size rows: head h's query is rows h*hs:(h+1)*hs of the q part, and so on. Works on
+    gradients too, which share the parameters' shapes."""
+    converted = {}
+    for name, tensor in state_dict.items():
+        if ".attn.c_attn." in name:
+            prefix, kind = name.split(".c_attn.")  # kind: weight or bias
+            for part, per_head in zip(("query", "key", "value"), tensor.chunk(3), strict=True):
+                for h, head_tensor in enumerate(per_head.chunk(n_head)):
+                    converted[f"{prefix}.heads.{h}.{part}.{kind}"] = head_tensor
+        else:
+            converted[name.replace(".attn.c_proj.", ".attn.proj.")] = tensor
+    return converted

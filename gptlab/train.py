@@ -8,7 +8,7 @@ so that Hydra sweepers can minimise it.
 import logging
 import os
 import sys
-from dataclasses import asdict, replace
+from dataclasses import asdict, fields, replace
 
 import hydra
 import lightning as L
@@ -38,6 +38,9 @@ def wandb_mode(logger_cfg: DictConfig) -> dict[str, str]:
 
 def build(cfg: DictConfig) -> tuple[L.LightningDataModule, GPTLitModule, L.Trainer]:
     """Everything before the first step. Bad config or data raise here, not mid-run."""
+    model_fields = {f.name for f in fields(GPTConfig)}
+    if unknown := sorted(set(cfg.model) - model_fields):
+        raise ValueError(f"model.{unknown[0]} is not a model setting: use one of {sorted(model_fields)}")
     model_config = GPTConfig(**cfg.model)  # validates the model fields first: it costs nothing
     L.seed_everything(cfg.seed, workers=True, verbose=False)
 

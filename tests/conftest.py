@@ -76,8 +76,10 @@ def compose():
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
 
-    def run(*overrides: str):
+    def run(*overrides: str, return_hydra_config: bool = False):
         with initialize_config_dir(config_dir=str(REPO_ROOT / "conf"), version_base="1.3"):
-            return hydra_compose(config_name="config", overrides=list(overrides))
+            return hydra_compose(
+                config_name="config", overrides=list(overrides), return_hydra_config=return_hydra_config
+            )
 
     return run

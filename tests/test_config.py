@@ -1,3 +1,4 @@
+from itertools import pairwise
 from pathlib import Path
 
 import pytest
@@ -5,7 +6,11 @@ from hydra.errors import ConfigCompositionException
 
 from gptlab.model import GPTConfig
 
-EXPERIMENTS = sorted(p.stem for p in (Path(__file__).parents[1] / "conf" / "experiment").glob("*.yaml"))
+EXPERIMENT_DIR = Path(__file__).parents[1] / "conf" / "experiment"
+EXPERIMENTS = sorted(
+    str(p.relative_to(EXPERIMENT_DIR).with_suffix("")) for p in EXPERIMENT_DIR.rglob("*.yaml")
+)
+LADDER = ["bigram", "single_head", "multi_head", "feed_forward", "residual", "layernorm", "scaled"]
 
 
 def test_defaults_compose(compose) -> None:
@@ -43,3 +48,29 @@ def test_overrides_by_field_and_group(compose) -> None:
 def test_unknown_group_option_is_refused(compose) -> None:
     with pytest.raises(ConfigCompositionException, match="model/transformerxl"):
         compose("model=transformerxl")
+
+
+def test_the_ladder_is_one_model_switched_on_step_by_step(compose) -> None:
+    assert {f"ladder/{step}" for step in LADDER} <= set(EXPERIMENTS)
+    configs = {step: GPTConfig(**compose(f"experiment=ladder/{step}").model) for step in LADDER}
+    assert configs["bigram"].arch == "bigram"
+    steps = [configs[step] for step in LADDER[1:]]
+    changed = [
+        {f for f in GPTConfig.__dataclass_fields__ if getattr(a, f) != getattr(b, f)}
+        for a, b in pairwise(steps)
+    ]
+    assert changed == [
+        {"n_head"},  # multi_head
+        {"mlp"},  # feed_forward: a single layer
+        {"n_layer", "residual", "attn_proj", "mlp"},  # residual: blocks with projections, 4x MLP
+        {"norm"},  # layernorm
+        {"n_layer", "n_head", "n_embd", "block_size", "dropout", "attention", "init"},  # scaled
+    ]
+    references = [compose(f"experiment=ladder/{step}").reference_val_loss for step in LADDER]
+    assert references == sorted(references, reverse=True)  # every step helps
+
+
+def test_ladder_sweep_lists_the_cpu_steps(compose) -> None:
+    cfg = compose("hparams_search=ladder", return_hydra_config=True)
+    steps = cfg.hydra.sweeper.params.experiment.split(",")
+    assert steps == [f"ladder/{step}" for step in LADDER[:-1]]  # all but the GPU-sized step

@@ -4,13 +4,15 @@ import csv
 import json
 import math
 import os
+import subprocess
+import sys
 
 import pytest
 import torch
 
 from gptlab.data import CharTokenizer
 from gptlab.model import GPTConfig, create_model
-from tests.conftest import TINY
+from tests.conftest import REPO_ROOT, TINY, offline_env
 
 
 def validations(run_dir) -> list[dict[str, str]]:
@@ -97,3 +99,34 @@ def test_resume_from_last_checkpoint_continues(run_train) -> None:
     summary = json.loads((resumed.run_dir / "summary.json").read_text())
     assert summary["steps"] == 45
     assert [s for s in steps_validated(resumed.run_dir)] == [45]  # it went on from step 30
+
+
+@pytest.mark.slow
+def test_multirun_prints_the_table_of_its_runs(tmp_path, shakespeare) -> None:
+    sweep_dir = tmp_path / "sweep"
+    command = [
+        sys.executable,
+        "-m",
+        "gptlab.train",
+        "-m",
+        "experiment=ladder/bigram,ladder/single_head",
+        "trainer.max_steps=20",
+        "trainer.val_check_interval=10",
+        "data.val_batches=2",
+        "logger=csv",
+        f"data.path={shakespeare}",
+        f"hydra.sweep.dir={sweep_dir}",
+    ]
+    proc = subprocess.run(
+        command, cwd=REPO_ROOT, env=offline_env(), capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert sorted(p.name for p in sweep_dir.iterdir() if p.is_dir()) == ["0", "1"]
+    rows = [
+        line for line in proc.stdout.splitlines() if line.startswith("│") and "experiment=ladder/" in line
+    ]
+    assert len(rows) == 2 and "bigram" in rows[0] and "single_head" in rows[1]
+    for row, job in zip(rows, ("0", "1"), strict=True):
+        summary = json.loads((sweep_dir / job / "summary.json").read_text())
+        assert f"{summary['best_val_loss']:.4f}" in row
+    assert "2.49" in rows[0] and "2.40" in rows[1]  # the lecture's figures beside ours

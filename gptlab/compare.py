@@ -1,0 +1,101 @@
+"""Compare runs: `python -m gptlab.compare outputs/multirun/DATE/TIME` prints a table of the
+run directories below a folder, read from their files alone (summary.json, .hydra/).
+
+Every multirun also prints this table when its last job ends (a Hydra callback, see
+conf/hydra/default.yaml).
+"""
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf
+from rich.console import Console
+from rich.table import Table
+
+
+def load_run(run_dir: Path) -> dict[str, Any]:
+    """What one run directory says of itself; `summary` is None while it has none (a run that
+    failed or is still going)."""
+    summary_file = run_dir / "summary.json"
+    hydra_dir = run_dir / ".hydra"
+    return {
+        "dir": run_dir,
+        "overrides": list(OmegaConf.load(hydra_dir / "overrides.yaml")),
+        "reference_val_loss": OmegaConf.load(hydra_dir / "config.yaml").get("reference_val_loss"),
+        "summary": json.loads(summary_file.read_text()) if summary_file.exists() else None,
+    }
+
+
+def find_runs(folder: Path) -> list[dict[str, Any]]:
+    """Every run directory (one with a .hydra/ folder) under folder, in job order."""
+    run_dirs = sorted(
+        (p.parent for p in folder.rglob(".hydra")),
+        key=lambda d: [int(part) if part.isdigit() else part for part in d.relative_to(folder).parts],
+    )
+    return [load_run(d) for d in run_dirs]
+
+
+def runs_table(runs: list[dict[str, Any]], title: str) -> Table:
+    with_reference = any(run["reference_val_loss"] is not None for run in runs)
+    # overrides every run shares go into the title; the column shows what tells runs apart
+    shared = set.intersection(*(set(run["overrides"]) for run in runs)) if len(runs) > 1 else set()
+    table = Table(title=" ".join([title, *sorted(shared)]))
+    table.add_column("run", no_wrap=True)
+    table.add_column("overrides", overflow="fold")
+    table.add_column("val_loss", justify="right", no_wrap=True)  # the best one
+    if with_reference:
+        table.add_column("ref", justify="right", no_wrap=True)
+        table.add_column("diff", justify="right", no_wrap=True)
+    for column in ("params", "steps", "train s", "tok/s"):
+        table.add_column(column, justify="right", no_wrap=True)
+    for run in runs:
+        summary, reference = run["summary"], run["reference_val_loss"]
+        name = run["dir"].name
+        overrides = " ".join(o for o in run["overrides"] if o not in shared)
+        if summary is None:
+            row = [name, overrides, "no summary"] + [""] * (len(table.columns) - 3)
+        else:
+            best = summary["best_val_loss"]
+            row = [name, overrides, f"{best:.4f}"]
+            if with_reference:
+                known = reference is not None
+                row += [f"{reference:.2f}" if known else "", f"{best - reference:+.3f}" if known else ""]
+            row += [
+                f"{summary['params']:,}",
+                str(summary["steps"]),
+                f"{summary['train_seconds']:.0f}",
+                f"{summary['tokens_per_second']:,.0f}",
+            ]
+        table.add_row(*row)
+    return table
+
+
+def console() -> Console:
+    # a terminal sets its own width; logs and pipes get room for a whole row instead of 80
+    return Console(width=None if sys.stdout.isatty() else 140)
+
+
+class PrintRunsAtMultirunEnd(Callback):
+    """Hydra callback: after the last job of a sweep, print the table of its runs."""
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        sweep_dir = Path(config.hydra.sweep.dir)
+        console().print(runs_table(find_runs(sweep_dir), title=str(sweep_dir)))
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m gptlab.compare", description=__doc__.split("\n\n")[0])
+    parser.add_argument("folder", type=Path, help="a run directory, or a folder holding run directories")
+    args = parser.parse_args(argv)
+    runs = find_runs(args.folder)
+    if not runs:
+        parser.exit(1, f"error: no run directories (with a .hydra/ folder) under {args.folder}\n")
+    console().print(runs_table(runs, title=str(args.folder)))
+
+
+if __name__ == "__main__":
+    main()
