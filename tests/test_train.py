@@ -90,6 +90,15 @@ def test_ddp_on_two_cpu_processes(run_train) -> None:
 
 
 @pytest.mark.slow
+def test_training_without_any_logger(run_train) -> None:
+    result = run_train(*TINY, "logger=none")
+    assert result.returncode == 0, result.stderr
+    summary = json.loads((result.run_dir / "summary.json").read_text())
+    assert summary["steps"] == 30 and summary["best_val_loss"] is not None
+    assert not (result.run_dir / "csv").exists() and not (result.run_dir / "wandb").exists()
+
+
+@pytest.mark.slow
 def test_resume_from_last_checkpoint_continues(run_train) -> None:
     first = run_train(*TINY, "logger=csv")
     assert first.returncode == 0, first.stderr
