@@ -10,6 +10,7 @@ No Lightning, Hydra or data code here: the model only knows tensors.
 """
 
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass, fields
 from typing import Literal, get_args, get_origin
 
@@ -74,27 +75,35 @@ class CausalSelfAttention(nn.Module):
         self.c_proj = nn.Linear(config.n_embd, config.n_embd) if config.attn_proj else nn.Identity()
         self.attn_dropout = nn.Dropout(config.dropout)
         self.resid_dropout = nn.Dropout(config.dropout)
+        self.kv_cache: tuple[torch.Tensor, torch.Tensor] | None = None  # only while generating
         if not self.use_sdpa:
             tril = torch.tril(torch.ones(config.block_size, config.block_size, dtype=torch.bool))
             self.register_buffer(
                 "tril", tril.view(1, 1, config.block_size, config.block_size), persistent=False
             )
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cache_pos: int | None = None) -> torch.Tensor:
         B, T, C = x.size()  # batch, time (sequence length), channels (n_embd)
         q, k, v = self.c_attn(x).split(C, dim=2)
         # (B, T, C) -> (B, n_head, T, head_size): heads become a batch dimension
         q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
         k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
         v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
+        if cache_pos is not None:  # generating: remember k, v of these positions
+            k_cache, v_cache = self.kv_cache
+            k_cache[:, :, cache_pos : cache_pos + T] = k
+            v_cache[:, :, cache_pos : cache_pos + T] = v
+            if T == 1:  # one new token attends to every position so far: nothing to mask
+                k, v = k_cache[:, :, : cache_pos + 1], v_cache[:, :, : cache_pos + 1]
+        causal = self.causal and T > 1
         if self.use_sdpa:  # its default scale is head_size**-0.5, as below
             dropout_p = self.dropout if self.training else 0.0
-            y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=self.causal)
+            y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=causal)
         else:
             # scale by head_size**-0.5 so that the scores keep unit variance and softmax
             # stays diffuse at init instead of collapsing onto one token
             att = (q @ k.transpose(-2, -1)) * k.size(-1) ** -0.5  # (B, n_head, T, T)
-            if self.causal:
+            if causal:
                 att = att.masked_fill(~self.tril[:, :, :T, :T], float("-inf"))
             att = self.attn_dropout(F.softmax(att, dim=-1))
             y = att @ v  # (B, n_head, T, head_size)
@@ -137,7 +146,9 @@ class MultiHeadAttention(nn.Module):
         self.proj = nn.Linear(config.n_embd, config.n_embd) if config.attn_proj else nn.Identity()
         self.dropout = nn.Dropout(config.dropout)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cache_pos: int | None = None) -> torch.Tensor:
+        if cache_pos is not None:
+            raise ValueError("attention='heads' has no KV cache: generate with use_cache=False")
         return self.dropout(self.proj(torch.cat([head(x) for head in self.heads], dim=-1)))
 
 
@@ -172,8 +183,8 @@ class Block(nn.Module):
         self.ln_2 = norm_layer(config)
         self.mlp = MLP(config) if config.mlp != "none" else None
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.connect(x, self.attn(self.ln_1(x)))
+    def forward(self, x: torch.Tensor, cache_pos: int | None = None) -> torch.Tensor:
+        x = self.connect(x, self.attn(self.ln_1(x), cache_pos))
         if self.mlp is not None:
             x = self.connect(x, self.mlp(self.ln_2(x)))
         return x
@@ -200,27 +211,43 @@ class LanguageModel(nn.Module):
     def loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1))
 
-    @torch.no_grad()
     def generate(
         self,
         idx: torch.Tensor,
         max_new_tokens: int,
         temperature: float = 1.0,
         top_k: int | None = None,
+        use_cache: bool = True,
     ) -> torch.Tensor:
         """Extend idx (B, T) by max_new_tokens sampled tokens, feeding each one back in."""
+        return torch.cat([idx, *self.stream(idx, max_new_tokens, temperature, top_k, use_cache)], dim=1)
+
+    @torch.no_grad()
+    def stream(
+        self,
+        idx: torch.Tensor,
+        max_new_tokens: int,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        use_cache: bool = True,
+    ) -> Iterator[torch.Tensor]:
+        """Yields the sampled tokens (B, 1) one by one; without a KV cache, each one costs a
+        forward pass over the whole (cropped) context."""
         for _ in range(max_new_tokens):
             # the model has position embeddings for block_size positions only: crop the context
-            idx_cond = idx[:, -self.config.block_size :]
-            logits, _ = self(idx_cond)
-            logits = logits[:, -1, :] / temperature  # (B, vocab_size), last position only
-            if top_k is not None:
-                kth_largest = torch.topk(logits, min(top_k, logits.size(-1))).values[:, [-1]]
-                logits[logits < kth_largest] = -float("inf")
-            probs = F.softmax(logits, dim=-1)
-            idx_next = torch.multinomial(probs, num_samples=1)  # (B, 1)
+            logits, _ = self(idx[:, -self.config.block_size :])
+            idx_next = sample_next(logits[:, -1, :], temperature, top_k)
             idx = torch.cat((idx, idx_next), dim=1)
-        return idx
+            yield idx_next
+
+
+def sample_next(logits: torch.Tensor, temperature: float, top_k: int | None) -> torch.Tensor:
+    """One token per row from the last position's logits (B, vocab_size)."""
+    logits = logits / temperature
+    if top_k is not None:
+        kth_largest = torch.topk(logits, min(top_k, logits.size(-1))).values[:, [-1]]
+        logits[logits < kth_largest] = -float("inf")
+    return torch.multinomial(F.softmax(logits, dim=-1), num_samples=1)  # (B, 1)
 
 
 class GPT(LanguageModel):
@@ -255,17 +282,62 @@ class GPT(LanguageModel):
             nn.init.normal_(module.weight, mean=0.0, std=0.02)
 
     def forward(
-        self, idx: torch.Tensor, targets: torch.Tensor | None = None
+        self, idx: torch.Tensor, targets: torch.Tensor | None = None, cache_pos: int | None = None
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """cache_pos: generating with the KV cache, idx holds positions cache_pos, cache_pos+1, ..."""
         B, T = idx.size()
-        if T > self.config.block_size:
-            raise ValueError(f"sequence of length {T} is longer than block_size {self.config.block_size}")
-        pos = torch.arange(T, dtype=torch.long, device=idx.device)
+        start = cache_pos or 0
+        if start + T > self.config.block_size:
+            raise ValueError(
+                f"sequence of length {start + T} is longer than block_size {self.config.block_size}"
+            )
+        pos = torch.arange(start, start + T, dtype=torch.long, device=idx.device)
         x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))  # (B, T, C)
         for block in self.transformer.h:
-            x = block(x)
+            x = block(x, cache_pos)
         logits = self.lm_head(self.transformer.ln_f(x))  # (B, T, vocab_size)
         return logits, None if targets is None else self.loss(logits, targets)
+
+    @torch.no_grad()
+    def stream(
+        self,
+        idx: torch.Tensor,
+        max_new_tokens: int,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        use_cache: bool = True,
+    ) -> Iterator[torch.Tensor]:
+        """With the KV cache, each new token runs the model on that token alone, attending to
+        the keys and values cached for the positions before it. Learned absolute positions
+        cannot slide inside a full cache: past block_size, every new token recomputes the
+        cropped window, exactly as generation without a cache does."""
+        if not (use_cache and self.config.causal and self.config.attention != "heads"):
+            yield from super().stream(idx, max_new_tokens, temperature, top_k)
+            return
+        block_size = self.config.block_size
+        cache_shape = (idx.size(0), self.config.n_head, block_size, self.config.n_embd // self.config.n_head)
+        dtype = self.transformer.wte.weight.dtype
+        for block in self.transformer.h:
+            block.attn.kv_cache = (
+                idx.new_zeros(cache_shape, dtype=dtype),
+                idx.new_zeros(cache_shape, dtype=dtype),
+            )
+        try:
+            cached = 0  # positions whose keys and values are in the cache
+            for _ in range(max_new_tokens):
+                if cached in (0, block_size):  # fill the cache from the (cropped) context
+                    window = idx[:, -block_size:]
+                    logits, _ = self(window, cache_pos=0)
+                    cached = window.size(1)
+                else:
+                    logits, _ = self(idx[:, -1:], cache_pos=cached)
+                    cached += 1
+                idx_next = sample_next(logits[:, -1, :], temperature, top_k)
+                idx = torch.cat((idx, idx_next), dim=1)
+                yield idx_next
+        finally:
+            for block in self.transformer.h:
+                block.attn.kv_cache = None
 
 
 class BigramLanguageModel(LanguageModel):

@@ -92,3 +92,34 @@ def test_parameter_count_of_the_lectures_model(compose) -> None:
     assert model.num_parameters() == expected_gpt_parameters(V=65, T=256, C=384, L=6) == 10_795_776
     # the lecture prints 10.788929 M: it has no q/k/v biases but an lm_head bias
     assert abs(model.num_parameters() - 10_788_929) / 10_788_929 < 0.001
+
+
+@pytest.mark.parametrize("attention", ["sdpa", "manual"])
+@pytest.mark.parametrize("new_tokens", [10, 40])  # inside block_size (16), and well past it
+def test_kv_cache_generates_the_same_tokens(attention: str, new_tokens: int) -> None:
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(block_size=16, vocab_size=65, n_layer=2, n_head=4, n_embd=32, attention=attention))
+    prompt = torch.randint(65, (3, 3))
+    runs = {}
+    for use_cache in (True, False):
+        torch.manual_seed(42)
+        runs[use_cache] = model.eval().generate(
+            prompt, new_tokens, temperature=0.8, top_k=20, use_cache=use_cache
+        )
+    assert runs[True].shape == (3, 3 + new_tokens)
+    assert torch.equal(runs[True], runs[False])
+    assert all(block.attn.kv_cache is None for block in model.transformer.h)  # freed afterwards
+
+
+def test_cached_logits_match_a_full_forward() -> None:
+    torch.manual_seed(0)
+    model = GPT(SMALL).eval()
+    idx = torch.randint(65, (2, 16))
+    full, _ = model(idx)
+    tokens = list(model.stream(idx[:, :4], max_new_tokens=0))  # nothing to sample: cache untouched
+    assert tokens == []
+    for block in model.transformer.h:
+        block.attn.kv_cache = (torch.zeros(2, 4, 16, 8), torch.zeros(2, 4, 16, 8))
+    step_logits = [model(idx[:, :4], cache_pos=0)[0][:, -1]]
+    step_logits += [model(idx[:, t : t + 1], cache_pos=t)[0][:, -1] for t in range(4, 16)]
+    torch.testing.assert_close(torch.stack(step_logits, dim=1), full[:, 3:], atol=1e-5, rtol=1e-5)
