@@ -42,6 +42,8 @@ class RunSummary(L.Callback):
             "tokens_per_second": round(self.tokens / train_seconds, 1) if train_seconds else None,
             "world_size": trainer.world_size,
             "best_ckpt": checkpoint.best_model_path if checkpoint is not None else None,
-            "last_ckpt": checkpoint.last_model_path if checkpoint is not None else None,
+            "last_ckpt": next(
+                (c.last_model_path for c in trainer.checkpoint_callbacks if c.last_model_path), None
+            ),
         }
         self.path.write_text(json.dumps(summary, indent=2) + "\n")

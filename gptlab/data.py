@@ -40,9 +40,7 @@ class CharTokenizer:
 
     def encode(self, text: str) -> list[int]:
         if unknown := self.unknown_chars(text):
-            shown = ", ".join(repr(ch) for ch in unknown[:20])
-            more = f" and {len(unknown) - 20} more" if len(unknown) > 20 else ""
-            raise ValueError(f"characters not in the vocabulary: {shown}{more}")
+            raise ValueError(f"text has {describe_unknown(unknown)}")
         return [self.stoi[ch] for ch in text]
 
     def decode(self, ids: list[int]) -> str:
@@ -54,6 +52,12 @@ class CharTokenizer:
     @classmethod
     def from_dict(cls, state: dict[str, str]) -> "CharTokenizer":
         return cls(state["chars"])
+
+
+def describe_unknown(unknown: list[str]) -> str:
+    shown = ", ".join(repr(ch) for ch in unknown[:20])
+    more = f" and {len(unknown) - 20} more" if len(unknown) > 20 else ""
+    return f"{len(unknown)} characters not in the vocabulary: {shown}{more}"
 
 
 class RandomWindows(IterableDataset):
@@ -146,12 +150,16 @@ class CharDataModule(L.LightningDataModule):
         partial.replace(self.path)  # atomic: a reader never sees half a file
 
     def setup(self, stage: str | None = None) -> None:
-        if self.tokenizer is not None:
+        """Reads and encodes the text. The vocabulary is the text's own characters, unless a
+        tokenizer was set before (fine-tuning keeps the checkpoint's vocabulary)."""
+        if hasattr(self, "train_data"):
             return  # the entry point has already set the data up before the Trainer calls this
         text = self.path.read_text(encoding="utf-8")
         if not text:
             raise ValueError(f"data file {self.path} is empty: point data.path at a text file with content")
-        self.tokenizer = CharTokenizer.from_text(text)
+        self.tokenizer = self.tokenizer or CharTokenizer.from_text(text)
+        if unknown := self.tokenizer.unknown_chars(text):
+            raise ValueError(f"data file {self.path} has {describe_unknown(unknown)}")
         dtype = torch.uint8 if self.tokenizer.vocab_size <= 256 else torch.int32
         data = torch.tensor(self.tokenizer.encode(text), dtype=dtype)
         n_train = int(self.train_fraction * len(data))

@@ -25,7 +25,9 @@ class GPTLitModule(L.LightningModule):
     """Everything the constructor takes is plain data and is saved in every checkpoint, so a
     checkpoint alone rebuilds the model (`model`) and its tokenizer (`tokenizer`)."""
 
-    def __init__(self, model: dict[str, Any], optim: dict[str, Any], tokenizer: dict[str, str]):
+    def __init__(
+        self, model: dict[str, Any], optim: dict[str, Any], tokenizer: dict[str, str], seed: int = 0
+    ):
         super().__init__()
         if not optim["lr"] > 0:
             raise ValueError(f"optim.lr={optim['lr']} is not allowed: use a positive learning rate")
@@ -40,6 +42,12 @@ class GPTLitModule(L.LightningModule):
         self.model = create_model(GPTConfig(**model))
         self.val_loss = MeanMetric()
         self.val_perplexity = Perplexity()
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        # dropout masks, like the batches, are a function of (seed, rank, step): a run resumed
+        # from a checkpoint draws exactly what the uninterrupted run drew
+        step = self.trainer.fit_loop.total_batch_idx
+        torch.manual_seed(hash((self.hparams.seed, self.global_rank, step)) % 2**63)
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         x, y = batch

@@ -15,7 +15,9 @@ import lightning as L
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import MissingMandatoryValue
 
+from gptlab.checkpoint import find_checkpoint, load_checkpoint, model_from_checkpoint
 from gptlab.model import GPTConfig
 from gptlab.module import GPTLitModule
 
@@ -42,9 +44,21 @@ def build(cfg: DictConfig) -> tuple[L.LightningDataModule, GPTLitModule, L.Train
     if unknown := sorted(set(cfg.model) - model_fields):
         raise ValueError(f"model.{unknown[0]} is not a model setting: use one of {sorted(model_fields)}")
     model_config = GPTConfig(**cfg.model)  # validates the model fields first: it costs nothing
+    if cfg.ckpt_path:
+        load_checkpoint(cfg.ckpt_path)  # a missing or broken checkpoint fails here, in one line
+    if HydraConfig.get().runtime.choices.get("experiment") == "finetune" and not cfg.init_from:
+        raise ValueError("experiment=finetune needs init_from=<checkpoint file or run directory>")
+    pretrained = None
+    if cfg.init_from:
+        pretrained, tokenizer = model_from_checkpoint(load_checkpoint(find_checkpoint(cfg.init_from)))
+        # fine-tuning keeps the checkpoint's architecture (and so block_size); dropout may change
+        model_config = replace(pretrained.config, dropout=model_config.dropout)
+        cfg.model.merge_with({k: v for k, v in asdict(model_config).items() if k in cfg.model})
     L.seed_everything(cfg.seed, workers=True, verbose=False)
 
     datamodule = hydra.utils.instantiate(cfg.data)
+    if pretrained is not None:
+        datamodule.tokenizer = tokenizer  # the text must fit the checkpoint's vocabulary
     datamodule.prepare_data()  # before any DDP process starts, so only one downloads
     datamodule.setup("fit")
     model_config = replace(model_config, vocab_size=datamodule.tokenizer.vocab_size)
@@ -52,7 +66,10 @@ def build(cfg: DictConfig) -> tuple[L.LightningDataModule, GPTLitModule, L.Train
         model=asdict(model_config),
         optim=OmegaConf.to_container(cfg.optim, resolve=True),
         tokenizer=datamodule.tokenizer.to_dict(),
+        seed=cfg.seed,
     )
+    if pretrained is not None:
+        module.model.load_state_dict(pretrained.state_dict())
 
     loggers = []
     for logger_cfg in (cfg.get("logger") or {}).values():
@@ -70,7 +87,7 @@ def build(cfg: DictConfig) -> tuple[L.LightningDataModule, GPTLitModule, L.Train
 def main(cfg: DictConfig) -> float:
     try:
         datamodule, module, trainer = build(cfg)
-    except (ValueError, OSError, InstantiationException) as err:
+    except (ValueError, OSError, InstantiationException, MissingMandatoryValue) as err:
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
         sys.exit("error: " + " ".join(str(err).split()))  # one line, exit status 1

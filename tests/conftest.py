@@ -47,25 +47,33 @@ def offline_env() -> dict[str, str]:
     return env
 
 
+def train_command(run_dir: Path, *overrides: str) -> list[str]:
+    command = [sys.executable, "-m", "gptlab.train", f"hydra.run.dir={run_dir}"]
+    if not any(o.startswith("data.path=") for o in overrides):
+        command.append(f"data.path={SHAKESPEARE}")
+    return [*command, *overrides]
+
+
+def train(run_dir: Path, *overrides: str, timeout: float = 300) -> Result:
+    """Runs `python -m gptlab.train` for real, in a subprocess, into run_dir."""
+    start = time.perf_counter()
+    proc = subprocess.run(
+        train_command(run_dir, *overrides),
+        cwd=REPO_ROOT,
+        env=offline_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    return Result(proc.returncode, proc.stdout, proc.stderr, time.perf_counter() - start, run_dir)
+
+
 @pytest.fixture
 def run_train(tmp_path: Path, shakespeare: Path):
-    """Runs `python -m gptlab.train` for real, in a subprocess, into a fresh run directory."""
+    """train() into a fresh run directory under tmp_path."""
 
     def run(*overrides: str, run_name: str = "run", timeout: float = 300) -> Result:
-        run_dir = tmp_path / run_name
-        command = [sys.executable, "-m", "gptlab.train", f"hydra.run.dir={run_dir}"]
-        if not any(o.startswith("data.path=") for o in overrides):
-            command.append(f"data.path={shakespeare}")
-        start = time.perf_counter()
-        proc = subprocess.run(
-            [*command, *overrides],
-            cwd=REPO_ROOT,
-            env=offline_env(),
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-        )
-        return Result(proc.returncode, proc.stdout, proc.stderr, time.perf_counter() - start, run_dir)
+        return train(tmp_path / run_name, *overrides, timeout=timeout)
 
     return run
 
