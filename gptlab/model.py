@@ -38,6 +38,9 @@ class GPTConfig:
     residual: bool = True  # blocks add to the residual stream instead of replacing it
     norm: Literal["layernorm", "none"] = "layernorm"  # pre-norm in each block and before lm_head
     init: Literal["gpt2", "pytorch"] = "gpt2"  # pytorch: each layer's default init (lecture, early steps)
+    # nanoGPT's options, for checkpoints converted from it
+    bias: bool = True  # biases in the linear layers and LayerNorms (lm_head never has one)
+    tie_weights: bool = False  # lm_head shares the token embedding's weights (GPT-2, nanoGPT)
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -71,8 +74,10 @@ class CausalSelfAttention(nn.Module):
         self.causal = config.causal
         self.use_sdpa = config.attention == "sdpa"
         self.dropout = config.dropout
-        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd)
-        self.c_proj = nn.Linear(config.n_embd, config.n_embd) if config.attn_proj else nn.Identity()
+        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
+        self.c_proj = (
+            nn.Linear(config.n_embd, config.n_embd, bias=config.bias) if config.attn_proj else nn.Identity()
+        )
         self.attn_dropout = nn.Dropout(config.dropout)
         self.resid_dropout = nn.Dropout(config.dropout)
         self.kv_cache: tuple[torch.Tensor, torch.Tensor] | None = None  # only while generating
@@ -118,9 +123,9 @@ class Head(nn.Module):
         super().__init__()
         head_size = config.n_embd // config.n_head
         self.causal = config.causal
-        self.key = nn.Linear(config.n_embd, head_size)
-        self.query = nn.Linear(config.n_embd, head_size)
-        self.value = nn.Linear(config.n_embd, head_size)
+        self.key = nn.Linear(config.n_embd, head_size, bias=config.bias)
+        self.query = nn.Linear(config.n_embd, head_size, bias=config.bias)
+        self.value = nn.Linear(config.n_embd, head_size, bias=config.bias)
         self.register_buffer(
             "tril", torch.tril(torch.ones(config.block_size, config.block_size)), persistent=False
         )
@@ -143,7 +148,9 @@ class MultiHeadAttention(nn.Module):
     def __init__(self, config: GPTConfig):
         super().__init__()
         self.heads = nn.ModuleList([Head(config) for _ in range(config.n_head)])
-        self.proj = nn.Linear(config.n_embd, config.n_embd) if config.attn_proj else nn.Identity()
+        self.proj = (
+            nn.Linear(config.n_embd, config.n_embd, bias=config.bias) if config.attn_proj else nn.Identity()
+        )
         self.dropout = nn.Dropout(config.dropout)
 
     def forward(self, x: torch.Tensor, cache_pos: int | None = None) -> torch.Tensor:
@@ -158,10 +165,12 @@ class MLP(nn.Module):
     def __init__(self, config: GPTConfig):
         super().__init__()
         hidden = 4 * config.n_embd if config.mlp == "gpt" else config.n_embd
-        self.c_fc = nn.Linear(config.n_embd, hidden)
+        self.c_fc = nn.Linear(config.n_embd, hidden, bias=config.bias)
         self.act = nn.GELU() if config.activation == "gelu" else nn.ReLU()
         # the lecture's first feed-forward ("single") is one layer and its nonlinearity
-        self.c_proj = nn.Linear(hidden, config.n_embd) if config.mlp == "gpt" else nn.Identity()
+        self.c_proj = (
+            nn.Linear(hidden, config.n_embd, bias=config.bias) if config.mlp == "gpt" else nn.Identity()
+        )
         self.dropout = nn.Dropout(config.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -169,7 +178,7 @@ class MLP(nn.Module):
 
 
 def norm_layer(config: GPTConfig) -> nn.Module:
-    return nn.LayerNorm(config.n_embd) if config.norm == "layernorm" else nn.Identity()
+    return nn.LayerNorm(config.n_embd, bias=config.bias) if config.norm == "layernorm" else nn.Identity()
 
 
 class Block(nn.Module):
@@ -264,6 +273,8 @@ class GPT(LanguageModel):
             )
         )
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        if config.tie_weights:
+            self.transformer.wte.weight = self.lm_head.weight  # one (vocab_size, n_embd) matrix
 
         if config.init == "gpt2":
             self.apply(self._init_weights)
