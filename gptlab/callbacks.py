@@ -1,11 +1,18 @@
 """Lightning callbacks of our own: only what Lightning does not already provide."""
 
 import json
+import logging
 import time
 from pathlib import Path
 from typing import Any
 
 import lightning as L
+import torch
+from lightning.pytorch.loggers import WandbLogger
+
+from gptlab.data import CharTokenizer
+
+log = logging.getLogger(__name__)
 
 
 class RunSummary(L.Callback):
@@ -47,3 +54,34 @@ class RunSummary(L.Callback):
             ),
         }
         self.path.write_text(json.dumps(summary, indent=2) + "\n")
+
+
+class TextSamples(L.Callback):
+    """After each validation, a short sample from the model being trained: printed to the
+    console and added to a wandb table (`samples`), so a run can be read as well as plotted."""
+
+    def __init__(
+        self, prompt: str = "\n", max_new_tokens: int = 200, temperature: float = 0.8, top_k: int = 200
+    ):
+        self.prompt = prompt
+        self.max_new_tokens = max_new_tokens
+        self.temperature = temperature
+        self.top_k = top_k
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.sanity_checking or not trainer.is_global_zero:
+            return
+        tokenizer = CharTokenizer.from_dict(pl_module.hparams.tokenizer)
+        idx = torch.tensor([tokenizer.encode(self.prompt)], device=pl_module.device)
+        was_training = pl_module.training
+        pl_module.eval()
+        # the same seed at every validation, and the training's own random state left untouched
+        with torch.random.fork_rng(devices=[pl_module.device] if pl_module.device.type == "cuda" else []):
+            torch.manual_seed(0)
+            out = pl_module.model.generate(idx, self.max_new_tokens, self.temperature, self.top_k)
+        pl_module.train(was_training)
+        text = tokenizer.decode(out[0].tolist())
+        log.info("sample at step %d:\n%s", trainer.global_step, text)
+        for logger in trainer.loggers:
+            if isinstance(logger, WandbLogger):
+                logger.log_text(key="samples", columns=["step", "text"], data=[[trainer.global_step, text]])

@@ -7,12 +7,14 @@ torch.load(weights_only=True), which refuses any other pickled object instead of
 """
 
 import json
+import os
 import pickle
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import torch
+from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from gptlab.data import CharTokenizer
 from gptlab.model import GPTConfig, LanguageModel, create_model
@@ -57,6 +59,20 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     if not isinstance(checkpoint, dict) or not {"state_dict", "hyper_parameters"} <= checkpoint.keys():
         raise ValueError(f"{path} is not a gptlab checkpoint: it has no state_dict and hyper_parameters")
     return checkpoint
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning's checkpoint writer, made atomic on every file system: the checkpoint is written
+    to a partial file beside its target, then renamed over it, so a kill mid-write leaves the
+    previous checkpoint whole. (Lightning's own writer stages in the system's temp directory,
+    which is a copy, not a rename, when that is another file system.)"""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None) -> None:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
+        torch.save(checkpoint, partial)
+        os.replace(partial, path)
 
 
 def model_from_checkpoint(checkpoint: dict[str, Any]) -> tuple[LanguageModel, CharTokenizer]:

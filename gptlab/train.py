@@ -14,8 +14,8 @@ import hydra
 import lightning as L
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
+from lightning.pytorch.loggers import WandbLogger
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import MissingMandatoryValue
 
 from gptlab.checkpoint import find_checkpoint, load_checkpoint, model_from_checkpoint
 from gptlab.model import GPTConfig
@@ -87,7 +87,7 @@ def build(cfg: DictConfig) -> tuple[L.LightningDataModule, GPTLitModule, L.Train
 def main(cfg: DictConfig) -> float:
     try:
         datamodule, module, trainer = build(cfg)
-    except (ValueError, OSError, InstantiationException, MissingMandatoryValue) as err:
+    except (ValueError, OSError, InstantiationException) as err:
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
         sys.exit("error: " + " ".join(str(err).split()))  # one line, exit status 1
@@ -97,7 +97,7 @@ def main(cfg: DictConfig) -> float:
     checkpoint = trainer.checkpoint_callback
     best = checkpoint.best_model_score if checkpoint is not None else None
     for logger in trainer.loggers:
-        if type(logger).__name__ == "WandbLogger":
+        if isinstance(logger, WandbLogger):
             logger.experiment.finish()  # else the next run in this process logs into this one
     if trainer.is_global_zero and best is not None:
         print(f"best val_loss {best:.4f}, checkpoint {checkpoint.best_model_path}")

@@ -21,6 +21,7 @@ TINY = [
     "trainer.max_steps=30",
     "trainer.val_check_interval=15",
     "optim.warmup_steps=5",
+    "callbacks.text_samples=null",  # tested on its own
 ]
 
 

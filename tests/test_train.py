@@ -139,3 +139,18 @@ def test_multirun_prints_the_table_of_its_runs(tmp_path, shakespeare) -> None:
         summary = json.loads((sweep_dir / job / "summary.json").read_text())
         assert f"{summary['best_val_loss']:.4f}" in row
     assert "2.49" in rows[0] and "2.40" in rows[1]  # the lecture's figures beside ours
+
+
+@pytest.mark.slow
+def test_text_samples_reach_the_console_and_a_wandb_table(run_train) -> None:
+    overrides = [o for o in TINY if not o.startswith("callbacks.text_samples")]
+    result = run_train(*overrides, "callbacks.text_samples.max_new_tokens=40")
+    assert result.returncode == 0, result.stderr
+    output = result.stdout + result.stderr
+    assert "sample at step 15:" in output and "sample at step 30:" in output
+    tables = sorted((result.run_dir / "wandb").glob("offline-run-*/files/media/table/samples_*.table.json"))
+    assert len(tables) == 2
+    table = json.loads(tables[-1].read_text())
+    assert table["columns"] == ["step", "text"]
+    step, text = table["data"][-1]
+    assert step == 30 and text.startswith("\n") and len(text) == 41
