@@ -53,7 +53,12 @@ def build(cfg: DictConfig) -> tuple[L.LightningDataModule, GPTLitModule, L.Train
         pretrained, tokenizer = model_from_checkpoint(load_checkpoint(find_checkpoint(cfg.init_from)))
         # fine-tuning keeps the checkpoint's architecture (and so block_size); dropout may change
         model_config = replace(pretrained.config, dropout=model_config.dropout)
-        cfg.model.merge_with({k: v for k, v in asdict(model_config).items() if k in cfg.model})
+        from_checkpoint = {k: v for k, v in asdict(model_config).items() if k in cfg.model}
+        if overruled := {k: v for k, v in from_checkpoint.items() if cfg.model[k] != v}:
+            log.warning(
+                "init_from: the model is the checkpoint's, so these settings are its own: %s", overruled
+            )
+        cfg.model.merge_with(from_checkpoint)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
 
     datamodule = hydra.utils.instantiate(cfg.data)
