@@ -52,12 +52,18 @@ def runs_table(runs: list[dict[str, Any]], title: str) -> Table:
         table.add_column("diff", justify="right", no_wrap=True)
     for column in ("params", "steps", "train s", "tok/s"):
         table.add_column(column, justify="right", no_wrap=True)
+    failures = any(run["summary"] and "error" in run["summary"] for run in runs)
+    if failures:
+        table.add_column("error", overflow="fold")
     for run in runs:
         summary, reference = run["summary"], run["reference_val_loss"]
         name = run["dir"].name
         overrides = " ".join(o for o in run["overrides"] if o not in shared)
-        if summary is None:
-            row = [name, overrides, "no summary"] + [""] * (len(table.columns) - 3)
+        if summary is None or "error" in summary:
+            status = "no summary" if summary is None else "failed"
+            row = [name, overrides, status] + [""] * (len(table.columns) - 3)
+            if summary is not None:
+                row[-1] = summary["error"]
         else:
             best = summary["best_val_loss"]
             row = [name, overrides, f"{best:.4f}"]
@@ -70,6 +76,8 @@ def runs_table(runs: list[dict[str, Any]], title: str) -> Table:
                 f"{summary['train_seconds']:.0f}",
                 f"{summary['tokens_per_second']:,.0f}",
             ]
+            if failures:
+                row.append("")
         table.add_row(*row)
     return table
 

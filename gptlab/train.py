@@ -5,15 +5,18 @@ Composes conf/config.yaml, checks everything that can be checked before the firs
 so that Hydra sweepers can minimise it.
 """
 
+import json
 import logging
 import os
 import sys
 from dataclasses import asdict, fields, replace
+from pathlib import Path
 
 import hydra
 import lightning as L
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
+from hydra.types import RunMode
 from lightning.pytorch.loggers import WandbLogger
 from omegaconf import DictConfig, OmegaConf
 
@@ -81,23 +84,50 @@ def build(cfg: DictConfig) -> tuple[L.LightningDataModule, GPTLitModule, L.Train
         is_wandb = logger_cfg._target_.endswith("WandbLogger")
         loggers.append(hydra.utils.instantiate(logger_cfg, **(wandb_mode(logger_cfg) if is_wandb else {})))
     callbacks = [hydra.utils.instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c]
-    trainer = hydra.utils.instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks)
+    strategy = {}
+    if (
+        HydraConfig.get().mode == RunMode.MULTIRUN
+        and cfg.trainer.strategy == "auto"
+        and cfg.trainer.devices != 1
+    ):
+        # Lightning's ddp starts ranks 1.. by re-running the command line, which inside a sweep
+        # would re-run the whole sweep; spawned ranks stay inside this job and its run directory
+        strategy = {"strategy": "ddp_spawn"}
+    trainer = hydra.utils.instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks, **strategy)
     run_config = OmegaConf.to_container(cfg, resolve=True) | {"run_dir": HydraConfig.get().runtime.output_dir}
     for logger in trainer.loggers:
         logger.log_hyperparams(run_config)
     return datamodule, module, trainer
 
 
+def record_failure(message: str) -> float:
+    """In a sweep, a failed job leaves its reason in its summary.json and the sweep goes on."""
+    log.error("this job failed: %s", message)
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    (run_dir / "summary.json").write_text(json.dumps({"error": message}, indent=2) + "\n")
+    return float("nan")
+
+
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 def main(cfg: DictConfig) -> float:
+    in_sweep = HydraConfig.get().mode == RunMode.MULTIRUN
     try:
         datamodule, module, trainer = build(cfg)
     except (ValueError, OSError, InstantiationException) as err:
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
-        sys.exit("error: " + " ".join(str(err).split()))  # one line, exit status 1
+        message = " ".join(str(err).split())  # one line
+        if in_sweep:
+            return record_failure(message)
+        sys.exit("error: " + message)  # exit status 1
 
-    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
+    except Exception as err:
+        if not in_sweep:
+            raise
+        log.exception("training crashed")  # the traceback goes to this job's log
+        return record_failure(f"{type(err).__name__}: {err}")
 
     checkpoint = trainer.checkpoint_callback
     best = checkpoint.best_model_score if checkpoint is not None else None

@@ -154,3 +154,44 @@ def test_text_samples_reach_the_console_and_a_wandb_table(run_train) -> None:
     assert table["columns"] == ["step", "text"]
     step, text = table["data"][-1]
     assert step == 30 and text.startswith("\n") and len(text) == 41
+
+
+def sweep(sweep_dir, *overrides: str) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "gptlab.train", "-m", *overrides, f"hydra.sweep.dir={sweep_dir}"]
+    return subprocess.run(
+        command, cwd=REPO_ROOT, env=offline_env(), capture_output=True, text=True, timeout=300
+    )
+
+
+def table_rows(stdout: str) -> list[str]:
+    return [line for line in stdout.splitlines() if line.startswith("│") and "model.n_head=" in line]
+
+
+@pytest.mark.slow
+def test_a_failing_job_does_not_end_the_sweep(tmp_path, shakespeare) -> None:
+    proc = sweep(tmp_path / "sweep", "model.n_head=5,4", *TINY[2:], f"data.path={shakespeare}", "logger=csv")
+    assert proc.returncode == 0, proc.stderr
+    failed = json.loads((tmp_path / "sweep" / "0" / "summary.json").read_text())
+    assert list(failed) == ["error"]
+    assert failed["error"].startswith("model.n_embd=32 is not divisible by model.n_head=5")
+    assert json.loads((tmp_path / "sweep" / "1" / "summary.json").read_text())["steps"] == 30
+    rows = table_rows(proc.stdout)
+    assert len(rows) == 2 and "failed" in rows[0] and "not divisible" in rows[0]
+
+
+@pytest.mark.slow
+def test_ddp_inside_a_sweep_keeps_one_run_directory_per_job(tmp_path, shakespeare) -> None:
+    overrides = [
+        *TINY[2:],
+        "trainer.devices=2",
+        "trainer.accelerator=cpu",
+        f"data.path={shakespeare}",
+        "logger=csv",
+    ]
+    proc = sweep(tmp_path / "sweep", "model.n_head=2,4", *overrides)
+    assert proc.returncode == 0, proc.stderr
+    assert sorted(p.name for p in (tmp_path / "sweep").iterdir()) == ["0", "1", "multirun.yaml"]
+    for job in ("0", "1"):
+        summary = json.loads((tmp_path / "sweep" / job / "summary.json").read_text())
+        assert summary["world_size"] == 2 and summary["steps"] == 30
+    assert len(table_rows(proc.stdout)) == 2
