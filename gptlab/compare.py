@@ -1,12 +1,18 @@
 """Compare runs: `python -m gptlab.compare outputs/multirun/DATE/TIME` prints a table of the
-run directories below a folder, read from their files alone (summary.json, .hydra/).
+run directories below a folder, best val_loss first, read from their files alone (summary.json,
+.hydra/, csv/metrics.csv); wandb is never needed.
 
-Every multirun also prints this table when its last job ends (a Hydra callback, see
-conf/hydra/default.yaml).
+    --plot runs.png   val_loss curves of every run, and best val_loss against parameters
+    --csv / --json    the table for machines, on stdout
+
+Every multirun also prints the table, in job order, when its last job ends (a Hydra callback,
+see conf/hydra/default.yaml).
 """
 
 import argparse
+import csv
 import json
+import math
 import sys
 from pathlib import Path
 from typing import Any
@@ -95,14 +101,92 @@ class PrintRunsAtMultirunEnd(Callback):
         console().print(runs_table(find_runs(sweep_dir), title=str(sweep_dir)))
 
 
+def by_val_loss(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Completed runs, best first, then the failed and unfinished ones."""
+
+    def key(run: dict[str, Any]) -> float:
+        summary = run["summary"] or {}
+        return summary.get("best_val_loss") or math.inf
+
+    return sorted(runs, key=key)
+
+
+def records(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One flat dict a run, for --csv and --json."""
+    fields = (
+        "best_val_loss",
+        "final_val_loss",
+        "params",
+        "steps",
+        "train_seconds",
+        "tokens_per_second",
+        "error",
+    )
+    return [
+        {"run_dir": str(run["dir"]), "overrides": " ".join(run["overrides"])}
+        | {"reference_val_loss": run["reference_val_loss"]}
+        | {f: (run["summary"] or {"error": "no summary.json"}).get(f) for f in fields}
+        for run in runs
+    ]
+
+
+def val_loss_curve(run_dir: Path) -> tuple[list[int], list[float]]:
+    metrics = run_dir / "csv" / "metrics.csv"
+    if not metrics.exists():
+        return [], []
+    with metrics.open() as f:
+        rows = [row for row in csv.DictReader(f) if row.get("val_loss")]
+    return [int(row["step"]) + 1 for row in rows], [float(row["val_loss"]) for row in rows]
+
+
+def plot(runs: list[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, no display needed
+    import matplotlib.pyplot as plt
+
+    shared = set.intersection(*(set(run["overrides"]) for run in runs)) if len(runs) > 1 else set()
+    done = [run for run in runs if run["summary"] and "best_val_loss" in run["summary"]]
+    fig, (curves, sizes) = plt.subplots(1, 2, figsize=(13, 5))
+    for run in done:
+        label = " ".join(o for o in run["overrides"] if o not in shared) or run["dir"].name
+        curves.plot(*val_loss_curve(run["dir"]), marker=".", label=label)
+        sizes.scatter(run["summary"]["params"], run["summary"]["best_val_loss"])
+        sizes.annotate(label, (run["summary"]["params"], run["summary"]["best_val_loss"]), fontsize=7)
+    curves.set(xlabel="step", ylabel="val_loss", title="validation loss")
+    curves.legend(fontsize=7)
+    sizes.set(
+        xlabel="parameters", ylabel="best val_loss", title="best val_loss against model size", xscale="log"
+    )
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m gptlab.compare", description=__doc__.split("\n\n")[0])
     parser.add_argument("folder", type=Path, help="a run directory, or a folder holding run directories")
+    parser.add_argument(
+        "--plot", type=Path, metavar="FILE.png", help="draw val_loss curves and best val_loss by size"
+    )
+    output = parser.add_mutually_exclusive_group()
+    output.add_argument("--csv", action="store_true", help="print CSV instead of the table")
+    output.add_argument("--json", action="store_true", help="print JSON instead of the table")
     args = parser.parse_args(argv)
-    runs = find_runs(args.folder)
+    runs = by_val_loss(find_runs(args.folder))
     if not runs:
         parser.exit(1, f"error: no run directories (with a .hydra/ folder) under {args.folder}\n")
-    console().print(runs_table(runs, title=str(args.folder)))
+    if args.json:
+        print(json.dumps(records(runs), indent=2))
+    elif args.csv:
+        rows = records(runs)
+        writer = csv.DictWriter(sys.stdout, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    else:
+        console().print(runs_table(runs, title=str(args.folder)))
+    if args.plot:
+        plot(runs, args.plot)
+        print(f"wrote {args.plot}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -131,6 +131,10 @@ def main(cfg: DictConfig) -> float:
 
     checkpoint = trainer.checkpoint_callback
     best = checkpoint.best_model_score if checkpoint is not None else None
+    if best is None and checkpoint is not None and checkpoint.best_model_path:
+        # spawned DDP ranks (a sweep) hand back the best checkpoint's path, not its score
+        states = load_checkpoint(checkpoint.best_model_path)["callbacks"].values()
+        best = next(s["best_model_score"] for s in states if s.get("best_model_score") is not None)
     for logger in trainer.loggers:
         if isinstance(logger, WandbLogger):
             logger.experiment.finish()  # else the next run in this process logs into this one

@@ -9,6 +9,7 @@ import sys
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 
 from gptlab.data import CharTokenizer
 from gptlab.model import GPTConfig, create_model
@@ -195,3 +196,63 @@ def test_ddp_inside_a_sweep_keeps_one_run_directory_per_job(tmp_path, shakespear
         summary = json.loads((tmp_path / "sweep" / job / "summary.json").read_text())
         assert summary["world_size"] == 2 and summary["steps"] == 30
     assert len(table_rows(proc.stdout)) == 2
+
+
+@pytest.mark.slow
+def test_grid_sweep_and_compare(tmp_path, shakespeare) -> None:
+    sweep_dir = tmp_path / "sweep"
+    proc = sweep(
+        sweep_dir,
+        "model.n_head=2,4",
+        "model.n_layer=1,2",
+        *TINY[2:],
+        f"data.path={shakespeare}",
+        "logger=csv",
+    )
+    assert proc.returncode == 0, proc.stderr
+    summaries = [json.loads((sweep_dir / str(job) / "summary.json").read_text()) for job in range(4)]
+    assert all(s["steps"] == 30 for s in summaries)
+
+    compare = [sys.executable, "-m", "gptlab.compare", str(sweep_dir)]
+    listed = subprocess.run(
+        [*compare, "--json", "--plot", str(tmp_path / "runs.png")], capture_output=True, text=True
+    )
+    assert listed.returncode == 0, listed.stderr
+    runs = json.loads(listed.stdout)
+    assert len(runs) == 4
+    assert [r["best_val_loss"] for r in runs] == sorted(s["best_val_loss"] for s in summaries)  # best first
+    assert {r["overrides"].split(" ")[0] + " " + r["overrides"].split(" ")[1] for r in runs} == {
+        f"model.n_head={h} model.n_layer={n}" for h in (2, 4) for n in (1, 2)
+    }
+    assert (tmp_path / "runs.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    as_csv = subprocess.run([*compare, "--csv"], capture_output=True, text=True)
+    assert (
+        as_csv.stdout.splitlines()[0].startswith("run_dir,overrides,")
+        and len(as_csv.stdout.splitlines()) == 5
+    )
+
+
+@pytest.mark.slow
+def test_optuna_search_minimises_the_returned_val_loss(tmp_path, shakespeare) -> None:
+    sweep_dir = tmp_path / "sweep"
+    proc = sweep(
+        sweep_dir,
+        "hparams_search=optuna",
+        "hydra.sweeper.n_trials=3",
+        *TINY[4:],
+        f"data.path={shakespeare}",
+        "logger=csv",
+    )
+    assert proc.returncode == 0, proc.stderr
+    results = OmegaConf.load(sweep_dir / "optimization_results.yaml")
+    values = [
+        json.loads((sweep_dir / str(t) / "summary.json").read_text())["best_val_loss"] for t in range(3)
+    ]
+    assert results.best_value == pytest.approx(min(values))
+    assert set(results.best_params) == {
+        "model.n_head",
+        "model.n_layer",
+        "model.n_embd",
+        "model.dropout",
+        "optim.lr",
+    }
