@@ -11,6 +11,7 @@ import os
 import sys
 from dataclasses import asdict, fields, replace
 from pathlib import Path
+from typing import Any
 
 import hydra
 import lightning as L
@@ -27,18 +28,30 @@ from gptlab.module import GPTLitModule
 log = logging.getLogger(__name__)
 
 
-def wandb_mode(logger_cfg: DictConfig) -> dict[str, str]:
-    """Resolves `mode: null`: online when this machine has wandb credentials, offline when not
-    (left to itself, wandb would prompt for a key, or fail without a terminal). A mode in the
-    config or in WANDB_MODE is left as it is."""
-    if logger_cfg.get("mode") is not None or "WANDB_MODE" in os.environ:
-        return {}
-    import wandb
+def wandb_arguments(logger_cfg: DictConfig) -> dict[str, Any]:
+    """What the wandb logger's config leaves open (null), decided per run:
+    - mode: online when this machine has wandb credentials, offline when not (left to itself,
+      wandb would prompt for a key, or fail without a terminal); WANDB_MODE is respected;
+    - name and tags: the run's overrides, so runs of a sweep tell themselves apart;
+    - group: in a sweep, its directory, so its runs sit together in the dashboard."""
+    arguments: dict[str, Any] = {}
+    hydra_cfg = HydraConfig.get()
+    overrides = list(hydra_cfg.overrides.task)
+    if logger_cfg.get("name") is None and overrides:
+        arguments["name"] = " ".join(overrides)
+    if not logger_cfg.get("tags"):
+        arguments["tags"] = [o[:64] for o in overrides]  # wandb's limit for a tag
+    if logger_cfg.get("group") is None and hydra_cfg.mode == RunMode.MULTIRUN:
+        arguments["group"] = hydra_cfg.sweep.dir
+    if logger_cfg.get("mode") is None and "WANDB_MODE" not in os.environ:
+        import wandb
 
-    if wandb.login(prompt=False, verify=False):
-        return {"mode": "online"}
-    log.info("wandb: no credentials found, logging offline; upload later with `wandb sync`")
-    return {"mode": "offline"}
+        if wandb.login(prompt=False, verify=False):
+            arguments["mode"] = "online"
+        else:
+            log.info("wandb: no credentials found, logging offline; upload later with `wandb sync`")
+            arguments["mode"] = "offline"
+    return arguments
 
 
 def build(cfg: DictConfig) -> tuple[L.LightningDataModule, GPTLitModule, L.Trainer]:
@@ -82,7 +95,9 @@ def build(cfg: DictConfig) -> tuple[L.LightningDataModule, GPTLitModule, L.Train
     loggers = []
     for logger_cfg in (cfg.get("logger") or {}).values():
         is_wandb = logger_cfg._target_.endswith("WandbLogger")
-        loggers.append(hydra.utils.instantiate(logger_cfg, **(wandb_mode(logger_cfg) if is_wandb else {})))
+        loggers.append(
+            hydra.utils.instantiate(logger_cfg, **(wandb_arguments(logger_cfg) if is_wandb else {}))
+        )
     callbacks = [hydra.utils.instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c]
     strategy = {}
     if (
