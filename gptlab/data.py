@@ -177,6 +177,13 @@ class CharDataModule(L.LightningDataModule):
             rank = self.trainer.global_rank
             step = self.trainer.global_step * self.trainer.accumulate_grad_batches
         windows = RandomWindows(self.train_data, self.block_size, self.batch_size, self.seed, rank, step)
+        log.info(
+            "rank %d: training windows drawn by (seed=%d, rank=%d, step) from step %d",
+            rank,
+            self.seed,
+            rank,
+            step,
+        )
         # batches are made whole in the dataset, in memory: no collation, no worker processes
         return DataLoader(windows, batch_size=None)
 

@@ -74,3 +74,27 @@ def test_ladder_sweep_lists_the_cpu_steps(compose) -> None:
     cfg = compose("hparams_search=ladder", return_hydra_config=True)
     steps = cfg.hydra.sweeper.params.experiment.split(",")
     assert steps == [f"ladder/{step}" for step in LADDER[:-1]]  # all but the GPU-sized step
+
+
+def test_slurm_launcher_config(compose) -> None:
+    cfg = compose(
+        "hydra/launcher=slurm",
+        "hydra.launcher.nodes=2",
+        "hydra.launcher.gpus_per_node=4",
+        return_hydra_config=True,
+    )
+    launcher = cfg.hydra.launcher
+    assert launcher._target_ == "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"
+    assert (launcher.nodes, launcher.gpus_per_node, launcher.tasks_per_node) == (2, 4, 4)
+
+
+def test_optuna_search_space(compose) -> None:
+    cfg = compose("hparams_search=optuna", return_hydra_config=True)
+    assert cfg.hydra.sweeper.direction == "minimize"
+    assert set(cfg.hydra.sweeper.params) == {
+        "model.n_head",
+        "model.n_layer",
+        "model.n_embd",
+        "model.dropout",
+        "optim.lr",
+    }
