@@ -57,7 +57,8 @@ class CharTokenizer:
 def describe_unknown(unknown: list[str]) -> str:
     shown = ", ".join(repr(ch) for ch in unknown[:20])
     more = f" and {len(unknown) - 20} more" if len(unknown) > 20 else ""
-    return f"{len(unknown)} characters not in the vocabulary: {shown}{more}"
+    plural = "s" if len(unknown) > 1 else ""
+    return f"{len(unknown)} character{plural} not in the vocabulary: {shown}{more}"
 
 
 class RandomWindows(IterableDataset):

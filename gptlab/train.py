@@ -21,6 +21,7 @@ from hydra.types import RunMode
 from lightning.pytorch.loggers import WandbLogger
 from omegaconf import DictConfig, OmegaConf
 
+from gptlab.callbacks import TextSamples
 from gptlab.checkpoint import find_checkpoint, load_checkpoint, model_from_checkpoint
 from gptlab.model import GPTConfig
 from gptlab.module import GPTLitModule
@@ -99,6 +100,12 @@ def build(cfg: DictConfig) -> tuple[L.LightningDataModule, GPTLitModule, L.Train
             hydra.utils.instantiate(logger_cfg, **(wandb_arguments(logger_cfg) if is_wandb else {}))
         )
     callbacks = [hydra.utils.instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c]
+    for callback in callbacks:
+        if isinstance(callback, TextSamples):
+            try:
+                datamodule.tokenizer.encode(callback.prompt)
+            except ValueError as err:
+                raise ValueError(f"callbacks.text_samples.prompt: {err}") from None
     strategy = {}
     if (
         HydraConfig.get().mode == RunMode.MULTIRUN

@@ -299,3 +299,28 @@ def test_two_nodes_with_torchrun_on_loopback(tmp_path, shakespeare) -> None:
         "node0/checkpoints",
         "node0/checkpoints",
     ]  # one set, rank 0's
+
+
+@pytest.mark.slow
+def test_a_job_crashing_mid_training_does_not_end_the_sweep(tmp_path, shakespeare) -> None:
+    # early stopping on a metric nobody logs raises at the first validation, inside fit
+    crash = [
+        "+callbacks.stop._target_=lightning.pytorch.callbacks.EarlyStopping",
+        "+callbacks.stop.monitor=nope,val_loss",
+    ]
+    proc = sweep(tmp_path / "sweep", *crash, *TINY, f"data.path={shakespeare}", "logger=csv")
+    assert proc.returncode == 0, proc.stderr
+    crashed = json.loads((tmp_path / "sweep" / "0" / "summary.json").read_text())
+    assert crashed["error"].startswith("RuntimeError: Early stopping conditioned on metric `nope`")
+    assert (
+        "Traceback" in (tmp_path / "sweep" / "0" / "train.log").read_text()
+    )  # the details, in the job's log
+    assert json.loads((tmp_path / "sweep" / "1" / "summary.json").read_text())["steps"] == 30
+
+
+def test_a_sample_prompt_outside_the_vocabulary_is_refused_before_training(run_train) -> None:
+    result = run_train(*TINY[:-1], "callbacks.text_samples.prompt='§'")
+    assert result.returncode == 1 and result.seconds < 15
+    assert result.stderr.strip().splitlines()[-1] == (
+        "error: callbacks.text_samples.prompt: text has 1 character not in the vocabulary: '§'"
+    )
