@@ -85,3 +85,14 @@ class TextSamples(L.Callback):
         for logger in trainer.loggers:
             if isinstance(logger, WandbLogger):
                 logger.log_text(key="samples", columns=["step", "text"], data=[[trainer.global_step, text]])
+
+
+class LeaveProcessGroupTogether(L.Callback):
+    """For spawned DDP ranks (DDP inside a sweep): at the end of fit all ranks meet, then leave
+    the process group together. Left to interpreter exit, each rank tears it down on its own,
+    and one whose peer has already gone can abort (seen once: SIGABRT, gloo, 2 CPU ranks)."""
+
+    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.barrier()
+            torch.distributed.destroy_process_group()

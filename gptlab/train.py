@@ -21,7 +21,7 @@ from hydra.types import RunMode
 from lightning.pytorch.loggers import WandbLogger
 from omegaconf import DictConfig, OmegaConf
 
-from gptlab.callbacks import TextSamples
+from gptlab.callbacks import LeaveProcessGroupTogether, TextSamples
 from gptlab.checkpoint import find_checkpoint, load_checkpoint, model_from_checkpoint
 from gptlab.model import GPTConfig
 from gptlab.module import GPTLitModule
@@ -115,6 +115,7 @@ def build(cfg: DictConfig) -> tuple[L.LightningDataModule, GPTLitModule, L.Train
         # Lightning's ddp starts ranks 1.. by re-running the command line, which inside a sweep
         # would re-run the whole sweep; spawned ranks stay inside this job and its run directory
         strategy = {"strategy": "ddp_spawn"}
+        callbacks.append(LeaveProcessGroupTogether())
     trainer = hydra.utils.instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks, **strategy)
     run_config = OmegaConf.to_container(cfg, resolve=True) | {"run_dir": HydraConfig.get().runtime.output_dir}
     for logger in trainer.loggers:
@@ -150,6 +151,10 @@ def main(cfg: DictConfig) -> float:
             raise
         log.exception("training crashed")  # the traceback goes to this job's log
         return record_failure(f"{type(err).__name__}: {err}")
+    finally:
+        for logger in trainer.loggers:
+            if isinstance(logger, WandbLogger):
+                logger.experiment.finish()  # else the next run in this process logs into this one
 
     checkpoint = trainer.checkpoint_callback
     best = checkpoint.best_model_score if checkpoint is not None else None
@@ -157,9 +162,6 @@ def main(cfg: DictConfig) -> float:
         # spawned DDP ranks (a sweep) hand back the best checkpoint's path, not its score
         states = load_checkpoint(checkpoint.best_model_path)["callbacks"].values()
         best = next(s["best_model_score"] for s in states if s.get("best_model_score") is not None)
-    for logger in trainer.loggers:
-        if isinstance(logger, WandbLogger):
-            logger.experiment.finish()  # else the next run in this process logs into this one
     if trainer.is_global_zero and best is not None:
         print(f"best val_loss {best:.4f}, checkpoint {checkpoint.best_model_path}")
     return float(best) if best is not None else float("nan")

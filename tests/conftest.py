@@ -49,10 +49,9 @@ def offline_env() -> dict[str, str]:
 
 
 def train_command(run_dir: Path, *overrides: str) -> list[str]:
-    command = [sys.executable, "-m", "gptlab.train", f"hydra.run.dir={run_dir}"]
-    if not any(o.startswith("data.path=") for o in overrides):
-        command.append(f"data.path={SHAKESPEARE}")
-    return [*command, *overrides]
+    """`python -m gptlab.train` into run_dir, on the shared Tiny Shakespeare unless told otherwise."""
+    data = [] if any(o.startswith("data.path=") for o in overrides) else [f"data.path={SHAKESPEARE}"]
+    return [sys.executable, "-m", "gptlab.train", f"hydra.run.dir={run_dir}", *overrides, *data]
 
 
 def train(run_dir: Path, *overrides: str, timeout: float = 300) -> Result:
@@ -67,6 +66,15 @@ def train(run_dir: Path, *overrides: str, timeout: float = 300) -> Result:
         timeout=timeout,
     )
     return Result(proc.returncode, proc.stdout, proc.stderr, time.perf_counter() - start, run_dir)
+
+
+def sweep(sweep_dir: Path, *overrides: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    """Runs `python -m gptlab.train -m` (a Hydra multirun) for real, into sweep_dir."""
+    command = train_command(sweep_dir, *overrides)
+    command[3:4] = ["-m", f"hydra.sweep.dir={sweep_dir}"]  # in place of hydra.run.dir
+    return subprocess.run(
+        command, cwd=REPO_ROOT, env=offline_env(), capture_output=True, text=True, timeout=timeout
+    )
 
 
 @pytest.fixture

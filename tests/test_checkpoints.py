@@ -104,6 +104,27 @@ def test_unsafe_broken_and_foreign_files_are_refused_in_one_line(tmp_path: Path)
     assert load_checkpoint(tmp_path / "ok.ckpt")["state_dict"]["w"].shape == (3,)
 
 
+def kill_once_checkpointed(run_dir: Path, overrides: list[str], then_wait: float = 0.0) -> Path:
+    """Starts a training run, waits for its first last.ckpt (and then_wait seconds more), and
+    kills it with SIGKILL; returns last.ckpt's path."""
+    last = run_dir / "checkpoints" / "last.ckpt"
+    proc = subprocess.Popen(
+        train_command(run_dir, *overrides),
+        cwd=REPO_ROOT,
+        env=offline_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 120
+    while not last.exists() and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.02)
+    time.sleep(then_wait)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL  # killed, not finished
+    return last
+
+
 def final_val_loss(run_dir: Path) -> float:
     return json.loads((run_dir / "summary.json").read_text())["final_val_loss"]
 
@@ -122,20 +143,8 @@ def test_a_killed_run_resumes_exactly(tmp_path: Path, shakespeare: Path) -> None
     assert whole.returncode == 0, whole.stderr
 
     killed_dir = tmp_path / "killed"
-    last = killed_dir / "checkpoints" / "last.ckpt"
-    proc = subprocess.Popen(
-        train_command(killed_dir, *overrides),
-        cwd=REPO_ROOT,
-        env=offline_env(),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 120
-    while not last.exists() and time.monotonic() < deadline and proc.poll() is None:
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert proc.returncode == -signal.SIGKILL and not (killed_dir / "summary.json").exists()
+    last = kill_once_checkpointed(killed_dir, overrides)
+    assert not (killed_dir / "summary.json").exists()
     killed_at = load_checkpoint(last)["global_step"]
     assert 10 <= killed_at < 150
 
@@ -160,21 +169,7 @@ def test_a_kill_while_writing_never_leaves_a_broken_last_checkpoint(
         "checkpoint.every_n_steps=1",
         "logger=none",
     ]
-    run_dir = tmp_path / "run"
-    last = run_dir / "checkpoints" / "last.ckpt"
-    proc = subprocess.Popen(
-        train_command(run_dir, *overrides),
-        cwd=REPO_ROOT,
-        env=offline_env(),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 120
-    while not last.exists() and time.monotonic() < deadline:
-        time.sleep(0.02)
-    time.sleep(1.0)  # some steps, and writes, later
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    last = kill_once_checkpointed(tmp_path / "run", overrides, then_wait=1.0)  # some steps, and writes, later
     assert load_checkpoint(last)["global_step"] >= 1
 
 

@@ -15,7 +15,7 @@ from omegaconf import OmegaConf
 
 from gptlab.data import CharTokenizer
 from gptlab.model import GPTConfig, create_model
-from tests.conftest import REPO_ROOT, TINY, offline_env
+from tests.conftest import REPO_ROOT, TINY, offline_env, sweep
 
 
 def validations(run_dir) -> list[dict[str, str]]:
@@ -116,22 +116,8 @@ def test_resume_from_last_checkpoint_continues(run_train) -> None:
 @pytest.mark.slow
 def test_multirun_prints_the_table_of_its_runs(tmp_path, shakespeare) -> None:
     sweep_dir = tmp_path / "sweep"
-    command = [
-        sys.executable,
-        "-m",
-        "gptlab.train",
-        "-m",
-        "experiment=ladder/bigram,ladder/single_head",
-        "trainer.max_steps=20",
-        "trainer.val_check_interval=10",
-        "data.val_batches=2",
-        "logger=csv",
-        f"data.path={shakespeare}",
-        f"hydra.sweep.dir={sweep_dir}",
-    ]
-    proc = subprocess.run(
-        command, cwd=REPO_ROOT, env=offline_env(), capture_output=True, text=True, timeout=300
-    )
+    overrides = ["trainer.max_steps=20", "trainer.val_check_interval=10", "data.val_batches=2", "logger=csv"]
+    proc = sweep(sweep_dir, "experiment=ladder/bigram,ladder/single_head", *overrides)
     assert proc.returncode == 0, proc.stderr
     assert sorted(p.name for p in sweep_dir.iterdir() if p.is_dir()) == ["0", "1"]
     rows = [
@@ -159,20 +145,13 @@ def test_text_samples_reach_the_console_and_a_wandb_table(run_train) -> None:
     assert step == 30 and text.startswith("\n") and len(text) == 41
 
 
-def sweep(sweep_dir, *overrides: str) -> subprocess.CompletedProcess:
-    command = [sys.executable, "-m", "gptlab.train", "-m", *overrides, f"hydra.sweep.dir={sweep_dir}"]
-    return subprocess.run(
-        command, cwd=REPO_ROOT, env=offline_env(), capture_output=True, text=True, timeout=300
-    )
-
-
 def table_rows(stdout: str) -> list[str]:
     return [line for line in stdout.splitlines() if line.startswith("│") and "model.n_head=" in line]
 
 
 @pytest.mark.slow
 def test_a_failing_job_does_not_end_the_sweep(tmp_path, shakespeare) -> None:
-    proc = sweep(tmp_path / "sweep", "model.n_head=5,4", *TINY[2:], f"data.path={shakespeare}", "logger=csv")
+    proc = sweep(tmp_path / "sweep", "model.n_head=5,4", *TINY[2:], "logger=csv")
     assert proc.returncode == 0, proc.stderr
     failed = json.loads((tmp_path / "sweep" / "0" / "summary.json").read_text())
     assert list(failed) == ["error"]
@@ -188,7 +167,6 @@ def test_ddp_inside_a_sweep_keeps_one_run_directory_per_job(tmp_path, shakespear
         *TINY[2:],
         "trainer.devices=2",
         "trainer.accelerator=cpu",
-        f"data.path={shakespeare}",
         "logger=csv",
     ]
     proc = sweep(tmp_path / "sweep", "model.n_head=2,4", *overrides)
@@ -208,7 +186,6 @@ def test_grid_sweep_and_compare(tmp_path, shakespeare) -> None:
         "model.n_head=2,4",
         "model.n_layer=1,2",
         *TINY[2:],
-        f"data.path={shakespeare}",
         "logger=csv",
     )
     assert proc.returncode == 0, proc.stderr
@@ -242,7 +219,6 @@ def test_optuna_search_minimises_the_returned_val_loss(tmp_path, shakespeare) ->
         "hparams_search=optuna",
         "hydra.sweeper.n_trials=3",
         *TINY[4:],
-        f"data.path={shakespeare}",
         "logger=csv",
     )
     assert proc.returncode == 0, proc.stderr
@@ -308,7 +284,7 @@ def test_a_job_crashing_mid_training_does_not_end_the_sweep(tmp_path, shakespear
         "+callbacks.stop._target_=lightning.pytorch.callbacks.EarlyStopping",
         "+callbacks.stop.monitor=nope,val_loss",
     ]
-    proc = sweep(tmp_path / "sweep", *crash, *TINY, f"data.path={shakespeare}", "logger=csv")
+    proc = sweep(tmp_path / "sweep", *crash, *TINY, "logger=csv")
     assert proc.returncode == 0, proc.stderr
     crashed = json.loads((tmp_path / "sweep" / "0" / "summary.json").read_text())
     assert crashed["error"].startswith("RuntimeError: Early stopping conditioned on metric `nope`")

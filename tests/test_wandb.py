@@ -2,14 +2,12 @@
 
 import json
 import struct
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from wandb.proto import wandb_internal_pb2
 
-from tests.conftest import REPO_ROOT, TINY, offline_env
+from tests.conftest import TINY, sweep
 
 
 def wandb_records(path: Path) -> list[wandb_internal_pb2.Record]:
@@ -39,15 +37,7 @@ def test_sweep_runs_share_a_group_are_named_by_their_overrides_and_finish(
     tmp_path: Path, shakespeare: Path
 ) -> None:
     sweep_dir = tmp_path / "sweep"
-    command = [
-        *(sys.executable, "-m", "gptlab.train", "-m", "model.n_head=2,4"),
-        *TINY[2:],
-        f"data.path={shakespeare}",
-        f"hydra.sweep.dir={sweep_dir}",
-    ]
-    proc = subprocess.run(
-        command, cwd=REPO_ROOT, env=offline_env(), capture_output=True, text=True, timeout=300
-    )
+    proc = sweep(sweep_dir, "model.n_head=2,4", *TINY[2:])
     assert proc.returncode == 0, proc.stderr
 
     run_ids = set()
