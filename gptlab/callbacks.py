@@ -44,7 +44,7 @@ class RunSummary(L.Callback):
             "best_val_loss": None if best is None else float(best),
             "final_val_loss": None if final is None else float(final),
             "steps": trainer.global_step,
-            "params": sum(p.numel() for p in pl_module.parameters()),
+            "params": pl_module.model.num_parameters(),
             "train_seconds": round(train_seconds, 3),
             "tokens_per_second": round(self.tokens / train_seconds, 1) if train_seconds else None,
             "world_size": trainer.world_size,

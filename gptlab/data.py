@@ -61,6 +61,12 @@ def describe_unknown(unknown: list[str]) -> str:
     return f"{len(unknown)} character{plural} not in the vocabulary: {shown}{more}"
 
 
+def step_seed(seed: int, rank: int, step: int) -> int:
+    """One seed for each (seed, rank, step). hash() of a tuple of ints is the same in every
+    process (no PYTHONHASHSEED salt), so the draws are reproducible across runs and resumes."""
+    return hash((seed, rank, step)) % 2**63
+
+
 class RandomWindows(IterableDataset):
     """An endless stream of training batches: batch_size random windows of block_size + 1
     characters, x the first block_size, y the same shifted by one (the lecture's get_batch)."""
@@ -77,8 +83,7 @@ class RandomWindows(IterableDataset):
         self.offsets = torch.arange(block_size + 1)
 
     def batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
-        # hash() of a tuple of ints is the same in every process (no PYTHONHASHSEED salt)
-        generator = torch.Generator().manual_seed(hash((self.seed, self.rank, step)) % 2**63)
+        generator = torch.Generator().manual_seed(step_seed(self.seed, self.rank, step))
         starts = torch.randint(len(self.data) - self.block_size, (self.batch_size,), generator=generator)
         windows = self.data[starts[:, None] + self.offsets].long()  # (B, block_size + 1), one gather
         return windows[:, :-1], windows[:, 1:]

@@ -8,6 +8,7 @@ import torch
 from torchmetrics import MeanMetric
 from torchmetrics.text import Perplexity
 
+from gptlab.data import step_seed
 from gptlab.model import GPTConfig, create_model
 
 
@@ -47,7 +48,7 @@ class GPTLitModule(L.LightningModule):
         # dropout masks, like the batches, are a function of (seed, rank, step): a run resumed
         # from a checkpoint draws exactly what the uninterrupted run drew
         step = self.trainer.fit_loop.total_batch_idx
-        torch.manual_seed(hash((self.hparams.seed, self.global_rank, step)) % 2**63)
+        torch.manual_seed(step_seed(self.hparams.seed, self.global_rank, step))
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         x, y = batch
