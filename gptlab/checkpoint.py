@@ -28,13 +28,11 @@ def find_checkpoint(path: str | Path) -> Path:
     summary = path / "summary.json"
     if summary.exists() and (best := json.loads(summary.read_text()).get("best_ckpt")):
         return Path(best)
-    candidates = sorted((path / "checkpoints").glob("*.ckpt"))
-    best_first = [c for c in candidates if c.name != "last.ckpt"] + [
-        c for c in candidates if c.name == "last.ckpt"
-    ]
-    if not best_first:
+    # the best checkpoint (named by its step and val_loss) before last.ckpt
+    candidates = sorted((path / "checkpoints").glob("*.ckpt"), key=lambda c: (c.name == "last.ckpt", c.name))
+    if not candidates:
         raise FileNotFoundError(f"no checkpoint in run directory {path}: expected {path}/checkpoints/*.ckpt")
-    return best_first[0]
+    return candidates[0]
 
 
 def load_plain(path: str | Path) -> Any:

@@ -45,10 +45,15 @@ def find_runs(folder: Path) -> list[dict[str, Any]]:
     return [load_run(d) for d in run_dirs]
 
 
+def shared_overrides(runs: list[dict[str, Any]]) -> set[str]:
+    """The overrides all runs have in common (none for a single run)."""
+    return set.intersection(*(set(run["overrides"]) for run in runs)) if len(runs) > 1 else set()
+
+
 def runs_table(runs: list[dict[str, Any]], title: str) -> Table:
     with_reference = any(run["reference_val_loss"] is not None for run in runs)
     # overrides every run shares go into the title; the column shows what tells runs apart
-    shared = set.intersection(*(set(run["overrides"]) for run in runs)) if len(runs) > 1 else set()
+    shared = shared_overrides(runs)
     table = Table(title=" ".join([title, *sorted(shared)]))
     table.add_column("run", no_wrap=True)
     table.add_column("overrides", overflow="fold")
@@ -145,7 +150,7 @@ def plot(runs: list[dict[str, Any]], path: Path) -> None:
     matplotlib.use("Agg")  # files only, no display needed
     import matplotlib.pyplot as plt
 
-    shared = set.intersection(*(set(run["overrides"]) for run in runs)) if len(runs) > 1 else set()
+    shared = shared_overrides(runs)
     done = [run for run in runs if run["summary"] and "best_val_loss" in run["summary"]]
     fig, (curves, sizes) = plt.subplots(1, 2, figsize=(13, 5))
     for run in done:

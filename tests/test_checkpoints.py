@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from gptlab.checkpoint import load_checkpoint
+from gptlab.checkpoint import find_checkpoint, load_checkpoint
 from tests.conftest import REPO_ROOT, TINY, offline_env, train, train_command
 
 
@@ -216,3 +216,18 @@ def test_fine_tuning_refuses_text_outside_the_vocabulary(trained_run: Path, tmp_
     )
     assert error.endswith("and 13 more")  # at most 20 listed
     assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_a_run_directory_names_its_best_checkpoint(tmp_path: Path) -> None:
+    checkpoints = tmp_path / "checkpoints"
+    checkpoints.mkdir()
+    assert_raises = pytest.raises(FileNotFoundError, match="no checkpoint in run directory")
+    with assert_raises:
+        find_checkpoint(tmp_path)
+    (checkpoints / "last.ckpt").touch()
+    assert find_checkpoint(tmp_path) == checkpoints / "last.ckpt"  # a run killed before its first validation
+    (checkpoints / "step000500-val_loss2.1000.ckpt").touch()
+    assert find_checkpoint(tmp_path) == checkpoints / "step000500-val_loss2.1000.ckpt"
+    (tmp_path / "summary.json").write_text(json.dumps({"best_ckpt": str(tmp_path / "elsewhere.ckpt")}))
+    assert find_checkpoint(tmp_path) == tmp_path / "elsewhere.ckpt"  # summary.json says which
+    assert find_checkpoint(checkpoints / "last.ckpt") == checkpoints / "last.ckpt"
