@@ -1,3 +1,4 @@
+import json
 import os
 import subprocess
 import sys
@@ -39,6 +40,11 @@ class Result:
     stderr: str
     seconds: float
     run_dir: Path
+
+
+def read_summary(run_dir: Path) -> dict:
+    """A run directory's summary.json."""
+    return json.loads((run_dir / "summary.json").read_text())
 
 
 def offline_env() -> dict[str, str]:

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from gptlab.checkpoint import find_checkpoint, load_checkpoint
-from tests.conftest import REPO_ROOT, TINY, offline_env, train, train_command
+from tests.conftest import REPO_ROOT, TINY, offline_env, read_summary, train, train_command
 
 
 @pytest.fixture(scope="module")
@@ -126,7 +126,7 @@ def kill_once_checkpointed(run_dir: Path, overrides: list[str], then_wait: float
 
 
 def final_val_loss(run_dir: Path) -> float:
-    return json.loads((run_dir / "summary.json").read_text())["final_val_loss"]
+    return read_summary(run_dir)["final_val_loss"]
 
 
 @pytest.mark.slow
@@ -150,7 +150,7 @@ def test_a_killed_run_resumes_exactly(tmp_path: Path, shakespeare: Path) -> None
 
     resumed = train(tmp_path / "resumed", *overrides, f"ckpt_path={last}")
     assert resumed.returncode == 0, resumed.stderr
-    assert json.loads((tmp_path / "resumed" / "summary.json").read_text())["steps"] == 150
+    assert read_summary(tmp_path / "resumed")["steps"] == 150
     assert final_val_loss(tmp_path / "resumed") == pytest.approx(final_val_loss(tmp_path / "whole"), abs=1e-4)
 
 

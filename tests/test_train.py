@@ -15,7 +15,7 @@ from omegaconf import OmegaConf
 
 from gptlab.data import CharTokenizer
 from gptlab.model import GPTConfig, create_model
-from tests.conftest import REPO_ROOT, TINY, offline_env, sweep
+from tests.conftest import REPO_ROOT, TINY, offline_env, read_summary, sweep
 
 
 def validations(run_dir) -> list[dict[str, str]]:
@@ -42,7 +42,7 @@ def test_training_run_learns_and_writes_a_complete_run_directory(run_train) -> N
     assert losses[-1] < losses[0] - 0.2
     assert losses[-1] < math.log(65) - 1.0  # far better than guessing uniformly
 
-    summary = json.loads((run / "summary.json").read_text())
+    summary = read_summary(run)
     assert summary["steps"] == 60
     assert summary["best_val_loss"] == pytest.approx(min(losses))
     assert summary["final_val_loss"] == pytest.approx(losses[-1])
@@ -84,7 +84,7 @@ def test_ddp_on_two_cpu_processes(run_train) -> None:
         "logger=csv",
     )
     assert result.returncode == 0, result.stderr
-    summary = json.loads((result.run_dir / "summary.json").read_text())
+    summary = read_summary(result.run_dir)
     assert summary["world_size"] == 2 and summary["steps"] == 20
     assert len(val_losses(result.run_dir)) == 2
     checkpoints = {p.name for p in (result.run_dir / "checkpoints").iterdir()}
@@ -96,7 +96,7 @@ def test_ddp_on_two_cpu_processes(run_train) -> None:
 def test_training_without_any_logger(run_train) -> None:
     result = run_train(*TINY, "logger=none")
     assert result.returncode == 0, result.stderr
-    summary = json.loads((result.run_dir / "summary.json").read_text())
+    summary = read_summary(result.run_dir)
     assert summary["steps"] == 30 and summary["best_val_loss"] is not None
     assert not (result.run_dir / "csv").exists() and not (result.run_dir / "wandb").exists()
 
@@ -108,7 +108,7 @@ def test_resume_from_last_checkpoint_continues(run_train) -> None:
     last = first.run_dir / "checkpoints" / "last.ckpt"
     resumed = run_train(*TINY, "logger=csv", "trainer.max_steps=45", f"ckpt_path={last}", run_name="resumed")
     assert resumed.returncode == 0, resumed.stderr
-    summary = json.loads((resumed.run_dir / "summary.json").read_text())
+    summary = read_summary(resumed.run_dir)
     assert summary["steps"] == 45
     assert [s for s in steps_validated(resumed.run_dir)] == [45]  # it went on from step 30
 
@@ -125,7 +125,7 @@ def test_multirun_prints_the_table_of_its_runs(tmp_path, shakespeare) -> None:
     ]
     assert len(rows) == 2 and "bigram" in rows[0] and "single_head" in rows[1]
     for row, job in zip(rows, ("0", "1"), strict=True):
-        summary = json.loads((sweep_dir / job / "summary.json").read_text())
+        summary = read_summary(sweep_dir / job)
         assert f"{summary['best_val_loss']:.4f}" in row
     assert "2.49" in rows[0] and "2.40" in rows[1]  # the lecture's figures beside ours
 
@@ -153,10 +153,10 @@ def table_rows(stdout: str) -> list[str]:
 def test_a_failing_job_does_not_end_the_sweep(tmp_path, shakespeare) -> None:
     proc = sweep(tmp_path / "sweep", "model.n_head=5,4", *TINY[2:], "logger=csv")
     assert proc.returncode == 0, proc.stderr
-    failed = json.loads((tmp_path / "sweep" / "0" / "summary.json").read_text())
+    failed = read_summary(tmp_path / "sweep" / "0")
     assert list(failed) == ["error"]
     assert failed["error"].startswith("model.n_embd=32 is not divisible by model.n_head=5")
-    assert json.loads((tmp_path / "sweep" / "1" / "summary.json").read_text())["steps"] == 30
+    assert read_summary(tmp_path / "sweep" / "1")["steps"] == 30
     rows = table_rows(proc.stdout)
     assert len(rows) == 2 and "failed" in rows[0] and "not divisible" in rows[0]
 
@@ -173,7 +173,7 @@ def test_ddp_inside_a_sweep_keeps_one_run_directory_per_job(tmp_path, shakespear
     assert proc.returncode == 0, proc.stderr
     assert sorted(p.name for p in (tmp_path / "sweep").iterdir()) == ["0", "1", "multirun.yaml"]
     for job in ("0", "1"):
-        summary = json.loads((tmp_path / "sweep" / job / "summary.json").read_text())
+        summary = read_summary(tmp_path / "sweep" / job)
         assert summary["world_size"] == 2 and summary["steps"] == 30
     assert len(table_rows(proc.stdout)) == 2
 
@@ -189,7 +189,7 @@ def test_grid_sweep_and_compare(tmp_path, shakespeare) -> None:
         "logger=csv",
     )
     assert proc.returncode == 0, proc.stderr
-    summaries = [json.loads((sweep_dir / str(job) / "summary.json").read_text()) for job in range(4)]
+    summaries = [read_summary(sweep_dir / str(job)) for job in range(4)]
     assert all(s["steps"] == 30 for s in summaries)
 
     compare = [sys.executable, "-m", "gptlab.compare", str(sweep_dir)]
@@ -223,9 +223,7 @@ def test_optuna_search_minimises_the_returned_val_loss(tmp_path, shakespeare) ->
     )
     assert proc.returncode == 0, proc.stderr
     results = OmegaConf.load(sweep_dir / "optimization_results.yaml")
-    values = [
-        json.loads((sweep_dir / str(t) / "summary.json").read_text())["best_val_loss"] for t in range(3)
-    ]
+    values = [read_summary(sweep_dir / str(t))["best_val_loss"] for t in range(3)]
     assert results.best_value == pytest.approx(min(values))
     assert set(results.best_params) == {
         "model.n_head",
@@ -268,7 +266,7 @@ def test_two_nodes_with_torchrun_on_loopback(tmp_path, shakespeare) -> None:
         assert f"GLOBAL_RANK: {rank}, MEMBER: {rank + 1}/2" in output
         # batches are drawn by (seed, rank, step): each node its own windows
         assert f"rank {rank}: training windows drawn by (seed=1337, rank={rank}, step) from step 0" in output
-    summary = json.loads((tmp_path / "node0" / "summary.json").read_text())
+    summary = read_summary(tmp_path / "node0")
     assert summary["world_size"] == 2 and summary["steps"] == 30
     checkpoints = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*.ckpt"))
     assert [str(p.parent) for p in checkpoints] == [
@@ -286,12 +284,12 @@ def test_a_job_crashing_mid_training_does_not_end_the_sweep(tmp_path, shakespear
     ]
     proc = sweep(tmp_path / "sweep", *crash, *TINY, "logger=csv")
     assert proc.returncode == 0, proc.stderr
-    crashed = json.loads((tmp_path / "sweep" / "0" / "summary.json").read_text())
+    crashed = read_summary(tmp_path / "sweep" / "0")
     assert crashed["error"].startswith("RuntimeError: Early stopping conditioned on metric `nope`")
     assert (
         "Traceback" in (tmp_path / "sweep" / "0" / "train.log").read_text()
     )  # the details, in the job's log
-    assert json.loads((tmp_path / "sweep" / "1" / "summary.json").read_text())["steps"] == 30
+    assert read_summary(tmp_path / "sweep" / "1")["steps"] == 30
 
 
 def test_a_sample_prompt_outside_the_vocabulary_is_refused_before_training(run_train) -> None:
