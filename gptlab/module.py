@@ -1,6 +1,7 @@
 """GPTLitModule: how a GPT is trained (optimizer, schedule, steps, metrics), not what it is."""
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import lightning as L
@@ -22,12 +23,29 @@ def warmup_cosine(step: int, *, lr: float, min_lr: float, warmup_steps: int, dec
     return min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (lr - min_lr)
 
 
+def adamw(model: torch.nn.Module, optim: dict[str, Any]) -> torch.optim.AdamW:
+    """nanoGPT's AdamW: weight decay on matrices (linear and embedding weights), none on biases
+    and LayerNorm gains. fused: one kernel for all parameters (CUDA and CPU) instead of a loop."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [
+        {"params": [p for p in params if p.dim() >= 2], "weight_decay": optim["weight_decay"]},
+        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+    ]
+    fused = optim.get("fused", False)  # checkpoints from before this setting have no key
+    return torch.optim.AdamW(groups, lr=optim["lr"], betas=tuple(optim["betas"]), fused=fused)
+
+
 class GPTLitModule(L.LightningModule):
     """Everything the constructor takes is plain data and is saved in every checkpoint, so a
     checkpoint alone rebuilds the model (`model`) and its tokenizer (`tokenizer`)."""
 
     def __init__(
-        self, model: dict[str, Any], optim: dict[str, Any], tokenizer: dict[str, str], seed: int = 0
+        self,
+        model: dict[str, Any],
+        optim: dict[str, Any],
+        tokenizer: dict[str, str],
+        seed: int = 0,
+        compile: bool = False,
     ):
         super().__init__()
         if not optim["lr"] > 0:
@@ -41,40 +59,72 @@ class GPTLitModule(L.LightningModule):
         # logger=False: the entry point logs the whole resolved run config instead
         self.save_hyperparameters(logger=False)
         self.model = create_model(GPTConfig(**model))
+        self.compiled_forward: Callable | None = None  # set in setup() when compile=True
         self.val_loss = MeanMetric()
         self.val_perplexity = Perplexity()
+
+    def setup(self, stage: str) -> None:
+        if self.hparams.compile:
+            # the model's forward only (a function: no second copy of the weights in the state
+            # dict). Compiling the whole LightningModule, as Lightning's docs show, would trace
+            # training_step too, whose logging reads the step number: one recompile per step
+            self.compiled_forward = torch.compile(self.model.forward)
+
+    def forward(
+        self, x: torch.Tensor, y: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        return (self.compiled_forward or self.model)(x, y)
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         # dropout masks, like the batches, are a function of (seed, rank, step): a run resumed
         # from a checkpoint draws exactly what the uninterrupted run drew
-        step = self.trainer.fit_loop.total_batch_idx
-        torch.manual_seed(step_seed(self.hparams.seed, self.global_rank, step))
+        seed = step_seed(self.hparams.seed, self.global_rank, self.trainer.fit_loop.total_batch_idx)
+        # only this device's generator: torch.manual_seed would also queue a lazy seeding of
+        # every accelerator type, with a formatted stack trace, at every step (1 ms on CPU)
+        if self.device.type == "cpu":
+            torch.default_generator.manual_seed(seed)
+        else:
+            torch.get_device_module(self.device).manual_seed(seed)
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         x, y = batch
-        _, loss = self.model(x, y)
-        self.log("train_loss", loss, prog_bar=True)
-        self.log("lr", self.lr_schedulers().get_last_lr()[0])
+        _, loss = self(x, y)
+        # only on the steps the loggers write (every trainer.log_every_n_steps): each self.log
+        # call costs Python time, which tiny models feel at every step
+        every = self.trainer.log_every_n_steps
+        if every and (self.global_step + 1) % every == 0:
+            self.log("train_loss", loss, prog_bar=True)
+            self.log("lr", self.lr_schedulers().get_last_lr()[0])
         return loss
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         x, y = batch
-        logits, loss = self.model(x, y)
+        logits, loss = self(x, y)
         self.val_loss.update(loss, weight=y.numel())  # token-weighted, synced across DDP ranks
         self.val_perplexity.update(logits, y)
         self.log("val_loss", self.val_loss, prog_bar=True)
         self.log("val_perplexity", self.val_perplexity)
 
+    def configure_gradient_clipping(
+        self,
+        optimizer: torch.optim.Optimizer,
+        gradient_clip_val: float | None = None,
+        gradient_clip_algorithm: str | None = None,
+    ) -> None:
+        if gradient_clip_val and self.trainer.precision == "bf16-mixed" and self.hparams.optim.get("fused"):
+            # Lightning refuses to clip for a fused optimizer under mixed precision (its issue
+            # #21435), a guard for fp16's gradient scaler, which unscales inside the fused step.
+            # bf16 has no scaler: the gradients are already true, and clip like any others.
+            if gradient_clip_algorithm == "value":
+                torch.nn.utils.clip_grad_value_(self.parameters(), gradient_clip_val)
+            else:
+                torch.nn.utils.clip_grad_norm_(self.parameters(), gradient_clip_val)
+            return
+        super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
+
     def configure_optimizers(self) -> dict[str, Any]:
         optim = self.hparams.optim
-        # nanoGPT's groups: weight decay on matrices (linear and embedding weights), none on
-        # biases and LayerNorm gains
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        groups = [
-            {"params": [p for p in params if p.dim() >= 2], "weight_decay": optim["weight_decay"]},
-            {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
-        ]
-        optimizer = torch.optim.AdamW(groups, lr=optim["lr"], betas=tuple(optim["betas"]))
+        optimizer = adamw(self.model, optim)
         schedule_args = {key: optim[key] for key in ("lr", "min_lr", "warmup_steps", "decay_steps")}
         schedule = torch.optim.lr_scheduler.LambdaLR(  # LambdaLR wants a factor of the base lr
             optimizer, lambda step: warmup_cosine(step, **schedule_args) / optim["lr"]

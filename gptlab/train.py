@@ -55,12 +55,32 @@ def wandb_arguments(logger_cfg: DictConfig) -> dict[str, Any]:
     return arguments
 
 
+def model_settings(cfg: DictConfig) -> dict[str, Any]:
+    """The model group's GPTConfig fields: all but `compile`, which says how to run the model,
+    not what it is (and so is not saved in checkpoints)."""
+    settings = OmegaConf.to_container(cfg.model, resolve=True)
+    settings.pop("compile", None)
+    return settings
+
+
 def build(cfg: DictConfig) -> tuple[L.LightningDataModule, GPTLitModule, L.Trainer]:
     """Everything before the first step. Bad config or data raise here, not mid-run."""
-    model_fields = {f.name for f in fields(GPTConfig)}
+    model_fields = {f.name for f in fields(GPTConfig)} | {"compile"}
     if unknown := sorted(set(cfg.model) - model_fields):
         raise ValueError(f"model.{unknown[0]} is not a model setting: use one of {sorted(model_fields)}")
-    model_config = GPTConfig(**cfg.model)  # validates the model fields first: it costs nothing
+    if not isinstance(cfg.model.get("compile", False), bool):
+        raise ValueError(f"model.compile={cfg.model.compile!r} is not allowed: use true or false")
+    model_config = GPTConfig(**model_settings(cfg))  # validates the model fields first: it costs nothing
+    if (
+        cfg.optim.get("fused")
+        and str(cfg.trainer.precision).startswith("16")
+        and cfg.trainer.gradient_clip_val
+    ):
+        raise ValueError(
+            f"optim.fused=true with trainer.precision={cfg.trainer.precision} cannot clip gradients (the "
+            "fused step unscales them itself): use trainer.precision=bf16-mixed, optim.fused=false "
+            "or trainer.gradient_clip_val=null"
+        )
     if cfg.ckpt_path:
         load_checkpoint(cfg.ckpt_path)  # a missing or broken checkpoint fails here, in one line
     if HydraConfig.get().runtime.choices.get("experiment") == "finetune" and not cfg.init_from:
@@ -89,6 +109,7 @@ def build(cfg: DictConfig) -> tuple[L.LightningDataModule, GPTLitModule, L.Train
         optim=OmegaConf.to_container(cfg.optim, resolve=True),
         tokenizer=datamodule.tokenizer.to_dict(),
         seed=cfg.seed,
+        compile=cfg.model.compile,
     )
     if pretrained is not None:
         module.model.load_state_dict(pretrained.state_dict())

@@ -60,13 +60,13 @@ def train_command(run_dir: Path, *overrides: str) -> list[str]:
     return [sys.executable, "-m", "gptlab.train", f"hydra.run.dir={run_dir}", *overrides, *data]
 
 
-def train(run_dir: Path, *overrides: str, timeout: float = 300) -> Result:
+def train(run_dir: Path, *overrides: str, timeout: float = 300, env: dict[str, str] | None = None) -> Result:
     """Runs `python -m gptlab.train` for real, in a subprocess, into run_dir."""
     start = time.perf_counter()
     proc = subprocess.run(
         train_command(run_dir, *overrides),
         cwd=REPO_ROOT,
-        env=offline_env(),
+        env=offline_env() | (env or {}),
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -87,8 +87,10 @@ def sweep(sweep_dir: Path, *overrides: str, timeout: float = 300) -> subprocess.
 def run_train(tmp_path: Path, shakespeare: Path):
     """train() into a fresh run directory under tmp_path."""
 
-    def run(*overrides: str, run_name: str = "run", timeout: float = 300) -> Result:
-        return train(tmp_path / run_name, *overrides, timeout=timeout)
+    def run(
+        *overrides: str, run_name: str = "run", timeout: float = 300, env: dict[str, str] | None = None
+    ) -> Result:
+        return train(tmp_path / run_name, *overrides, timeout=timeout, env=env)
 
     return run
 

@@ -27,6 +27,11 @@ def check_refused(result, *expected: str) -> None:
         (["model.dropout=-0.5"], ["model.dropout=-0.5"]),
         (["model.block_size=200000"], ["model.block_size=200000 is too long for the validation split"]),
         (["optim.min_lr=1"], ["optim.min_lr=1"]),
+        (["model.compile=maybe"], ["model.compile='maybe' is not allowed: use true or false"]),
+        (
+            ["optim.fused=true", "trainer.precision=16-mixed"],
+            ["optim.fused=true with trainer.precision=16-mixed cannot clip gradients", "bf16-mixed"],
+        ),
     ],
 )
 def test_bad_config_values(run_train, overrides: list[str], expected: list[str]) -> None:

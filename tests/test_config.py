@@ -5,6 +5,7 @@ import pytest
 from hydra.errors import ConfigCompositionException
 
 from gptlab.model import GPTConfig
+from gptlab.train import model_settings
 
 EXPERIMENT_DIR = Path(__file__).parents[1] / "conf" / "experiment"
 EXPERIMENTS = sorted(
@@ -20,13 +21,13 @@ def test_defaults_compose(compose) -> None:
     assert cfg.trainer._target_ == "lightning.pytorch.Trainer"
     assert set(cfg.logger) == {"wandb", "csv"}
     assert cfg.optim.decay_steps == cfg.trainer.max_steps
-    GPTConfig(**cfg.model)
+    GPTConfig(**model_settings(cfg))
 
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
 def test_every_experiment_composes_into_a_valid_model(compose, experiment: str) -> None:
     cfg = compose(f"experiment={experiment}")
-    config = GPTConfig(**cfg.model)
+    config = GPTConfig(**model_settings(cfg))
     assert cfg.data.block_size == config.block_size
 
 
@@ -52,7 +53,7 @@ def test_unknown_group_option_is_refused(compose) -> None:
 
 def test_the_ladder_is_one_model_switched_on_step_by_step(compose) -> None:
     assert {f"ladder/{step}" for step in LADDER} <= set(EXPERIMENTS)
-    configs = {step: GPTConfig(**compose(f"experiment=ladder/{step}").model) for step in LADDER}
+    configs = {step: GPTConfig(**model_settings(compose(f"experiment=ladder/{step}"))) for step in LADDER}
     assert configs["bigram"].arch == "bigram"
     steps = [configs[step] for step in LADDER[1:]]
     changed = [

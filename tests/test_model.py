@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from gptlab.model import GPT, BigramLanguageModel, GPTConfig, create_model
+from gptlab.train import model_settings
 
 SMALL = GPTConfig(block_size=16, vocab_size=65, n_layer=2, n_head=4, n_embd=32)
 
@@ -88,7 +89,7 @@ def expected_gpt_parameters(V: int, T: int, C: int, L: int) -> int:
 
 def test_parameter_count_of_the_lectures_model(compose) -> None:
     cfg = compose("experiment=shakespeare_char")
-    model = GPT(GPTConfig(**cfg.model, vocab_size=65))
+    model = GPT(GPTConfig(**model_settings(cfg), vocab_size=65))
     assert model.num_parameters() == expected_gpt_parameters(V=65, T=256, C=384, L=6) == 10_795_776
     # the lecture prints 10.788929 M: it has no q/k/v biases but an lm_head bias
     assert abs(model.num_parameters() - 10_788_929) / 10_788_929 < 0.001

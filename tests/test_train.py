@@ -47,6 +47,11 @@ def test_training_run_learns_and_writes_a_complete_run_directory(run_train) -> N
     assert summary["best_val_loss"] == pytest.approx(min(losses))
     assert summary["final_val_loss"] == pytest.approx(losses[-1])
     assert summary["params"] > 0 and summary["train_seconds"] > 0 and summary["tokens_per_second"] > 0
+    assert 0 < summary["startup_seconds"] < result.seconds
+    # train_loss and lr are logged on the steps the loggers write, every log_every_n_steps (10)
+    with open(run / "csv" / "metrics.csv") as f:
+        logged = [int(row["step"]) for row in csv.DictReader(f) if row["train_loss"]]
+    assert logged == [9, 19, 29, 39, 49, 59]
     assert (run / "checkpoints" / "last.ckpt").exists()
     assert summary["last_ckpt"] == str(run / "checkpoints" / "last.ckpt")
     assert os.path.exists(summary["best_ckpt"])
@@ -69,6 +74,28 @@ def test_training_run_learns_and_writes_a_complete_run_directory(run_train) -> N
     model.load_state_dict(weights)
     out = model.generate(torch.tensor([tokenizer.encode("ROMEO:")]), max_new_tokens=20)
     assert tokenizer.decode(out[0].tolist()).startswith("ROMEO:")
+
+
+@pytest.mark.slow
+def test_fast_experiment_switches_work_on_cpu(run_train) -> None:
+    """experiment=shakespeare_char_fast's GPU settings (bf16 autocast, fused AdamW, torch.compile)
+    on a tiny model on CPU: it trains, checkpoints keep plain weight names, and the compiled
+    forward is not recompiled step after step (only once, for validation's no-grad mode)."""
+    result = run_train(
+        "experiment=shakespeare_char_fast",
+        *TINY,
+        "model.n_layer=2",
+        "model.dropout=0.1",
+        timeout=600,
+        env={"TORCH_LOGS": "recompiles"},
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.count("Recompiling function") <= 1, result.stderr
+    summary = read_summary(result.run_dir)
+    assert summary["steps"] == 30 and summary["best_val_loss"] < math.log(65)
+    checkpoint = torch.load(summary["last_ckpt"], weights_only=True)
+    assert all(k.startswith(("model.", "val_")) for k in checkpoint["state_dict"])
+    assert checkpoint["hyper_parameters"]["compile"] is True
 
 
 @pytest.mark.slow
