@@ -1,69 +1,440 @@
-"""Speed figures: `python -m gptlab.bench [experiment=... model.*=...]`.
+"""Speed figures: `python -m gptlab.bench [experiment=... model.*=... bench.*=...]`.
 
-Generation tokens/s with and without the KV cache, measured side by side (runs alternate, so
-the machine's noise falls on both) and reported as medians with their ratio.
+Each figure is measured side by side with what it is compared to, alternating in rounds so
+that the machine's noise falls on both; the median round is reported.
+
+- train: a training step through gptlab (the Trainer, data module and module that
+  `python -m gptlab.train` builds, with the run's loggers, callbacks and checkpoints) against
+  the same model and batches in a bare PyTorch loop (batch, forward, backward, clip, AdamW
+  step); batch production as a share of the step; tokens/s, peak memory, and on a GPU the
+  model FLOPs utilisation (MFU).
+- startup: process start to the first training step of `python -m gptlab.train`, and how much
+  of it is importing.
+- generate: tokens/s with and without the KV cache.
+- bare: the bare loop alone (what `grow` runs).
+- grow: the bare step's time and memory for each value of bench.grow, each in a fresh process
+  (so that one size's memory does not hide in the next one's).
 """
 
 import json
+import logging
+import resource
 import statistics
+import subprocess
+import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import hydra
+import lightning as L
+import psutil
 import torch
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 from rich.table import Table
 
-from gptlab.model import GPTConfig, create_model
+from gptlab.data import CharDataModule, RandomWindows
+from gptlab.model import GPTConfig, LanguageModel, create_model
+from gptlab.module import GPTLitModule, adamw
+from gptlab.train import build, model_settings
+
+log = logging.getLogger(__name__)
+
+PARTS = ("train", "startup", "generate", "bare", "grow")
+# dense bf16 peak FLOP/s by GPU name, for MFU (bench.peak_flops overrides)
+PEAK_BF16_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L4": 121e12, "A10": 125e12}
+CLEAR_REFS = Path("/proc/self/clear_refs")
 
 
-def generation_seconds(
-    model: torch.nn.Module, new_tokens: int, use_cache: bool, device: torch.device
-) -> float:
-    prompt = torch.zeros((1, 1), dtype=torch.long, device=device)
-    start = time.perf_counter()
-    model.generate(prompt, new_tokens, use_cache=use_cache)
+def synchronize(device: torch.device) -> None:
     if device.type == "cuda":
-        torch.cuda.synchronize()
-    return time.perf_counter() - start
+        torch.cuda.synchronize(device)
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="bench")
-def main(cfg: DictConfig) -> None:
-    device = torch.device(cfg.bench.device)
+def reset_peak_memory(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    elif CLEAR_REFS.exists():
+        CLEAR_REFS.write_text("5")  # Linux: the resident set's high-water mark starts again from now
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """CUDA: peak memory allocated by tensors. CPU: the process's peak resident set size (since
+    the last reset on Linux; since process start elsewhere)."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**10 if sys.platform != "darwin" else peak / 2**20  # kB on Linux, bytes on macOS
+
+
+def precision_dtype(precision: Any) -> torch.dtype | None:
+    """The autocast dtype of a Trainer precision the bare loop can mirror."""
+    if str(precision) in ("32-true", "32"):
+        return None
+    if str(precision) == "bf16-mixed":
+        return torch.bfloat16
+    raise ValueError(f"trainer.precision={precision} is not benchmarked: use 32-true or bf16-mixed")
+
+
+def flops_per_step(config: GPTConfig, params: int, batch_size: int) -> float:
+    """Training FLOPs of one step, as nanoGPT (after PaLM, appendix B) counts them: 6 per
+    parameter per token for forward and backward, plus attention's 12 * n_layer * n_embd * T."""
+    attention = 12 * config.n_layer * config.n_embd * config.block_size if config.arch == "gpt" else 0
+    return (6 * params + attention) * config.block_size * batch_size
+
+
+class BareLoop:
+    """nanoGPT's training loop and nothing else: batch, forward, backward, clip, AdamW step."""
+
+    def __init__(
+        self,
+        model: LanguageModel,
+        optim: dict[str, Any],
+        windows: RandomWindows,
+        gradient_clip_val: float | None,
+        autocast_dtype: torch.dtype | None,
+        compile: bool,
+    ):
+        self.model = model
+        self.forward = torch.compile(model) if compile else model
+        self.optimizer = adamw(model, optim)
+        self.windows = windows
+        self.gradient_clip_val = gradient_clip_val
+        self.autocast_dtype = autocast_dtype
+        self.device = next(model.parameters()).device
+        self.step = 0
+
+    def run(self, steps: int) -> float:
+        """Seconds per step, on average over `steps` steps."""
+        synchronize(self.device)
+        start = time.perf_counter()
+        for _ in range(steps):
+            x, y = (t.to(self.device, non_blocking=True) for t in self.windows.batch(self.step))
+            with torch.autocast(self.device.type, self.autocast_dtype, enabled=bool(self.autocast_dtype)):
+                _, loss = self.forward(x, y)
+            loss.backward()
+            if self.gradient_clip_val:
+                torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.gradient_clip_val)
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+            self.step += 1
+        synchronize(self.device)
+        return (time.perf_counter() - start) / steps
+
+
+def bare_loop(
+    cfg: DictConfig, model: LanguageModel, optim: dict[str, Any], windows: RandomWindows
+) -> BareLoop:
+    return BareLoop(
+        model,
+        optim,
+        windows,
+        cfg.trainer.gradient_clip_val,
+        precision_dtype(cfg.trainer.precision),
+        cfg.model.compile,
+    )
+
+
+def training_windows(datamodule: CharDataModule) -> RandomWindows:
+    """The batches rank 0 of a run trains on, from its first step."""
+    dm = datamodule
+    return RandomWindows(dm.train_data, dm.block_size, dm.batch_size, dm.seed, rank=0, start_step=0)
+
+
+class AlternateWithBareLoop(L.Callback):
+    """Times gptlab's steps in rounds from inside its own fit, and between two rounds runs a
+    round of the bare loop and a round of batch production. A round of gptlab spans whole
+    iterations of Lightning's loop (fetching the batch, every hook, logging, the progress
+    bar), measured from one step's start to the start of the step after the round."""
+
+    def __init__(self, cfg: DictConfig, datamodule: CharDataModule):
+        self.cfg = cfg
+        self.datamodule = datamodule
+        self.warmup = cfg.bench.warmup_steps
+        self.steps = cfg.bench.steps_per_round
+        self.rounds = cfg.bench.rounds
+        self.gptlab: list[float] = []  # seconds per step, one entry per round
+        self.bare: list[float] = []
+        self.batch: list[float] = []
+        self.peak_mb = {"gptlab": 0.0, "bare": 0.0}
+        self.round_start: float | None = None
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: GPTLitModule) -> None:
+        self.device = pl_module.device
+        model = create_model(pl_module.model.config).to(self.device)  # a copy, with its own optimizer
+        model.load_state_dict(pl_module.model.state_dict())
+        self.bare_loop = bare_loop(
+            self.cfg, model, pl_module.hparams.optim, training_windows(self.datamodule)
+        )
+        self.batches = iter(self.datamodule.train_dataloader())  # the DataLoader that fit draws from
+
+    def on_train_batch_start(
+        self, trainer: L.Trainer, pl_module: GPTLitModule, batch: Any, batch_idx: int
+    ) -> None:
+        step = trainer.global_step
+        if step < self.warmup or (step - self.warmup) % self.steps:
+            return
+        synchronize(self.device)
+        if self.round_start is not None:
+            self.gptlab.append((time.perf_counter() - self.round_start) / self.steps)
+            self.peak_mb["gptlab"] = max(self.peak_mb["gptlab"], peak_memory_mb(self.device))
+        if len(self.gptlab) == self.rounds:
+            return
+        reset_peak_memory(self.device)
+        self.bare.append(self.bare_loop.run(self.steps))
+        self.peak_mb["bare"] = max(self.peak_mb["bare"], peak_memory_mb(self.device))
+        self.batch.append(self.time_batches())
+        reset_peak_memory(self.device)
+        synchronize(self.device)
+        self.round_start = time.perf_counter()
+
+    def time_batches(self) -> float:
+        """Seconds per batch out of the training DataLoader and onto the device."""
+        start = time.perf_counter()
+        for _ in range(self.steps):
+            x, y = next(self.batches)
+            x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+        synchronize(self.device)
+        return (time.perf_counter() - start) / self.steps
+
+
+def bench_train(cfg: DictConfig) -> dict[str, Any]:
+    if cfg.trainer.devices != 1 or cfg.trainer.num_nodes != 1:
+        raise ValueError(
+            f"trainer.devices={cfg.trainer.devices} is not benchmarked: the bench measures one device "
+            "(trainer.devices=1, trainer.num_nodes=1)"
+        )
+    precision_dtype(cfg.trainer.precision)  # fails before the run starts
+    cfg.trainer.max_steps = cfg.bench.warmup_steps + cfg.bench.rounds * cfg.bench.steps_per_round + 1
+    datamodule, module, trainer = build(cfg)
+    timer = AlternateWithBareLoop(cfg, datamodule)
+    trainer.callbacks.append(timer)
+    try:
+        trainer.fit(module, datamodule=datamodule)
+    finally:
+        for logger in trainer.loggers:
+            if isinstance(logger, L.pytorch.loggers.WandbLogger):
+                logger.experiment.finish()
+    gptlab, bare, batch = (statistics.median(t) for t in (timer.gptlab, timer.bare, timer.batch))
+    config = module.model.config
+    tokens_per_step = cfg.data.batch_size * config.block_size
+    result = {
+        "device": str(timer.device),
+        "params": module.model.num_parameters(),
+        "gptlab_ms": 1e3 * gptlab,
+        "bare_ms": 1e3 * bare,
+        "ratio": gptlab / bare,
+        "batch_ms": 1e3 * batch,
+        "batch_share": batch / gptlab,
+        "tokens_per_second": tokens_per_step / gptlab,
+        "peak_memory_mb": timer.peak_mb,
+        "rounds_ms": {"gptlab": [1e3 * t for t in timer.gptlab], "bare": [1e3 * t for t in timer.bare]},
+    }
+    if timer.device.type == "cuda":
+        peak = cfg.bench.peak_flops or next(
+            (flops for name, flops in PEAK_BF16_FLOPS.items() if name in torch.cuda.get_device_name()), None
+        )
+        flops = flops_per_step(config, module.model.num_parameters(), cfg.data.batch_size)
+        result["mfu"] = flops / gptlab / peak if peak else None
+    return result
+
+
+def current_memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.memory_allocated(device) / 2**20
+    return psutil.Process().memory_info().rss / 2**20
+
+
+def bench_bare(cfg: DictConfig) -> dict[str, Any]:
+    """The bare loop alone: step time, and the memory that training adds to the process
+    (parameters, gradients, AdamW's state, activations)."""
+    device = torch.device("cuda" if torch.cuda.is_available() and cfg.trainer.accelerator != "cpu" else "cpu")
+    datamodule: CharDataModule = hydra.utils.instantiate(cfg.data)
+    datamodule.prepare_data()
+    datamodule.setup("fit")
+    config = GPTConfig(**model_settings(cfg), vocab_size=datamodule.tokenizer.vocab_size)
+    before_mb = current_memory_mb(device)
+    reset_peak_memory(device)
     torch.manual_seed(cfg.seed)
-    model = create_model(GPTConfig(**cfg.model)).to(device).eval()
+    model = create_model(config).to(device)
+    optim = OmegaConf.to_container(cfg.optim, resolve=True)
+    loop = bare_loop(cfg, model, optim, training_windows(datamodule))
+    loop.run(cfg.bench.warmup_steps)
+    seconds = statistics.median(loop.run(cfg.bench.steps_per_round) for _ in range(cfg.bench.rounds))
+    return {
+        "device": str(device),
+        "params": model.num_parameters(),
+        "bare_ms": 1e3 * seconds,
+        "tokens_per_second": cfg.data.batch_size * config.block_size / seconds,
+        "memory_mb": peak_memory_mb(device) - before_mb,
+    }
+
+
+def task_overrides(leave_out: tuple[str, ...] = ()) -> list[str]:
+    """This command's overrides, for the child processes, less those of bench.* keys given."""
+    return [
+        o for o in HydraConfig.get().overrides.task if not o.split("=")[0].lstrip("+~").startswith(leave_out)
+    ]
+
+
+def run_child(command: list[str]) -> None:
+    proc = subprocess.run(command, capture_output=True, text=True)
+    if proc.returncode:
+        raise RuntimeError(f"{' '.join(command)} failed:\n{proc.stderr[-3000:]}")
+
+
+def bench_startup(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
+    """`python -m gptlab.train` with this command's overrides, stopped after one step, from
+    process start to its first step (summary.json's startup_seconds); and the import alone."""
+    overrides = task_overrides(leave_out=("bench.",))
+    imports, startups = [], []
+    for run in range(cfg.bench.startup_runs):
+        start = time.perf_counter()
+        run_child([sys.executable, "-c", "import gptlab.train"])
+        imports.append(time.perf_counter() - start)
+        run_dir = out_dir / "startup" / str(run)
+        run_child(
+            [
+                sys.executable,
+                "-m",
+                "gptlab.train",
+                *overrides,
+                "trainer.max_steps=1",
+                f"hydra.run.dir={run_dir}",
+            ]
+        )
+        startups.append(json.loads((run_dir / "summary.json").read_text())["startup_seconds"])
+    return {
+        "seconds": statistics.median(startups),
+        "import_seconds": statistics.median(imports),
+        "runs": startups,
+    }
+
+
+def bench_generate(cfg: DictConfig) -> list[dict[str, Any]]:
+    """Tokens/s from a 1-token prompt, with and without the KV cache, runs alternating."""
+    device = torch.device("cuda" if torch.cuda.is_available() and cfg.trainer.accelerator != "cpu" else "cpu")
+    torch.manual_seed(cfg.seed)
+    model = create_model(GPTConfig(**model_settings(cfg))).to(device).eval()
     results = []
     for tokens in cfg.bench.generate_tokens:
         tokens = tokens or model.config.block_size - 1
         seconds: dict[bool, list[float]] = {True: [], False: []}
-        for _ in range(cfg.bench.repeats):
+        for _ in range(cfg.bench.rounds):
             for use_cache in (True, False):
-                seconds[use_cache].append(generation_seconds(model, tokens, use_cache, device))
+                prompt = torch.zeros((1, 1), dtype=torch.long, device=device)
+                synchronize(device)
+                start = time.perf_counter()
+                model.generate(prompt, tokens, use_cache=use_cache)
+                synchronize(device)
+                seconds[use_cache].append(time.perf_counter() - start)
         cached, uncached = (tokens / statistics.median(seconds[c]) for c in (True, False))
         results.append(
             {"new_tokens": tokens, "cached_tokens_per_s": cached, "uncached_tokens_per_s": uncached}
         )
+    return results
 
-    config = model.config
-    table = Table(
-        title=f"generation, {model.num_parameters():,} parameters, block_size {config.block_size}, {device}"
-    )
-    for column in ("new tokens", "KV cache tok/s", "no cache tok/s", "speed-up"):
-        table.add_column(column, justify="right")
-    for r in results:
-        speedup = r["cached_tokens_per_s"] / r["uncached_tokens_per_s"]
+
+def bench_grow(cfg: DictConfig, out_dir: Path) -> list[dict[str, Any]]:
+    """The bare loop for each value of each bench.grow key, each in a fresh process."""
+    overrides = task_overrides(leave_out=("bench.parts", "bench.grow", *cfg.bench.grow))
+    rows = []
+    for key, values in cfg.bench.grow.items():
+        for value in values:
+            run_dir = out_dir / "grow" / f"{key}_{value}"
+            run_child(
+                [
+                    sys.executable,
+                    "-m",
+                    "gptlab.bench",
+                    *overrides,
+                    "bench.parts=[bare]",
+                    f"{key}={value}",
+                    f"hydra.run.dir={run_dir}",
+                ]
+            )
+            bare = json.loads((run_dir / "bench.json").read_text())["bare"]
+            rows.append({"setting": key, "value": value} | bare)
+    return rows
+
+
+def print_tables(results: dict[str, Any], console: Console) -> None:
+    if train := results.get("train"):
+        table = Table(title=f"training step: {train['params']:,} parameters on {train['device']}")
+        for column in ("", "gptlab", "bare PyTorch", "gptlab / bare"):
+            table.add_column(column, justify="right")
         table.add_row(
-            str(r["new_tokens"]),
-            f"{r['cached_tokens_per_s']:.0f}",
-            f"{r['uncached_tokens_per_s']:.1f}",
-            f"{speedup:.1f}x",
+            "ms/step", f"{train['gptlab_ms']:.2f}", f"{train['bare_ms']:.2f}", f"{train['ratio']:.3f}"
         )
-    Console().print(table)
-    out = Path(HydraConfig.get().runtime.output_dir) / "bench.json"
-    out.write_text(json.dumps({"params": model.num_parameters(), "generation": results}, indent=2) + "\n")
+        table.add_row("tokens/s", f"{train['tokens_per_second']:,.0f}", "", "")
+        peak = train["peak_memory_mb"]
+        table.add_row("peak memory MB", f"{peak['gptlab']:,.0f}", f"{peak['bare']:,.0f}", "")
+        table.add_row(
+            "batch production", f"{train['batch_ms']:.3f} ms", f"{train['batch_share']:.2%} of a step", ""
+        )
+        if "mfu" in train:
+            table.add_row("MFU (bf16 peak)", "n/a" if train["mfu"] is None else f"{train['mfu']:.1%}", "", "")
+        console.print(table)
+    if startup := results.get("startup"):
+        console.print(
+            f"start-up to the first step: {startup['seconds']:.2f} s "
+            f"(of which `import gptlab.train`: {startup['import_seconds']:.2f} s)"
+        )
+    if generation := results.get("generate"):
+        table = Table(title="generation")
+        for column in ("new tokens", "KV cache tok/s", "no cache tok/s", "speed-up"):
+            table.add_column(column, justify="right")
+        for r in generation:
+            speedup = r["cached_tokens_per_s"] / r["uncached_tokens_per_s"]
+            table.add_row(
+                str(r["new_tokens"]),
+                f"{r['cached_tokens_per_s']:.0f}",
+                f"{r['uncached_tokens_per_s']:.1f}",
+                f"{speedup:.1f}x",
+            )
+        console.print(table)
+    rows = results.get("grow") or (
+        [{"setting": "", "value": ""} | results["bare"]] if "bare" in results else []
+    )
+    if rows:
+        table = Table(title="bare training step as the model grows")
+        for column in ("setting", "value", "parameters", "ms/step", "tokens/s", "memory MB"):
+            table.add_column(column, justify="right")
+        for r in rows:
+            table.add_row(
+                r["setting"],
+                str(r["value"]),
+                f"{r['params']:,}",
+                f"{r['bare_ms']:.1f}",
+                f"{r['tokens_per_second']:,.0f}",
+                f"{r['memory_mb']:,.0f}",
+            )
+        console.print(table)
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="bench")
+def main(cfg: DictConfig) -> None:
+    if unknown := [p for p in cfg.bench.parts if p not in PARTS]:
+        sys.exit(f"error: bench.parts has {unknown[0]!r}: use any of {list(PARTS)}")
+    out_dir = Path(HydraConfig.get().runtime.output_dir)
+    measure = {
+        "train": bench_train,
+        "bare": bench_bare,
+        "startup": lambda cfg: bench_startup(cfg, out_dir),
+        "generate": bench_generate,
+        "grow": lambda cfg: bench_grow(cfg, out_dir),
+    }
+    results: dict[str, Any] = {"overrides": list(HydraConfig.get().overrides.task)}
+    try:
+        for part in cfg.bench.parts:
+            results[part] = measure[part](cfg)
+    except ValueError as err:
+        sys.exit("error: " + " ".join(str(err).split()))
+    print_tables(results, Console())
+    out = out_dir / "bench.json"
+    out.write_text(json.dumps(results, indent=2) + "\n")
     print(f"wrote {out}")
 
 

@@ -1,0 +1,97 @@
+"""gptlab.bench for real: tiny models, few steps. Figures are checked for consistency, not speed:
+speed goals are the bench's to report (README, Performance), not a test's to time."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from gptlab.bench import flops_per_step
+from gptlab.model import GPTConfig
+from tests.conftest import REPO_ROOT, SHAKESPEARE, TINY, offline_env
+
+SHORT = ["bench.warmup_steps=2", "bench.rounds=3", "bench.steps_per_round=5", "trainer.log_every_n_steps=5"]
+
+
+def bench(run_dir: Path, *overrides: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    command = [
+        sys.executable,
+        "-m",
+        "gptlab.bench",
+        f"hydra.run.dir={run_dir}",
+        f"data.path={SHAKESPEARE}",
+        *TINY,
+        *SHORT,
+        *overrides,
+    ]
+    return subprocess.run(
+        command, cwd=REPO_ROOT, env=offline_env(), capture_output=True, text=True, timeout=timeout
+    )
+
+
+def test_training_step_against_the_bare_loop_and_generation(tmp_path, shakespeare) -> None:
+    result = bench(tmp_path, "bench.parts=[train,generate]", "bench.generate_tokens=[null,40]")
+    assert result.returncode == 0, result.stderr
+    figures = json.loads((tmp_path / "bench.json").read_text())
+    train = figures["train"]
+    assert len(train["rounds_ms"]["gptlab"]) == len(train["rounds_ms"]["bare"]) == 3
+    assert train["gptlab_ms"] > 0 and train["bare_ms"] > 0
+    assert train["ratio"] == pytest.approx(train["gptlab_ms"] / train["bare_ms"])
+    assert 0 < train["batch_share"] < 1
+    assert train["tokens_per_second"] == pytest.approx(8 * 16 / train["gptlab_ms"] * 1e3)
+    assert train["peak_memory_mb"]["gptlab"] > 100  # a CPU process with torch loaded
+    assert "mfu" not in train  # GPU only
+    # gptlab's side ran with the run's own loggers
+    assert list((tmp_path / "wandb").glob("offline-run-*/run-*.wandb"))
+    assert (tmp_path / "csv" / "metrics.csv").exists()
+
+    generation = figures["generate"]
+    assert [g["new_tokens"] for g in generation] == [15, 40]  # null: block_size - 1
+    assert all(g["cached_tokens_per_s"] > 0 and g["uncached_tokens_per_s"] > 0 for g in generation)
+    assert "gptlab / bare" in result.stdout and "KV cache tok/s" in result.stdout
+
+
+@pytest.mark.slow
+def test_startup_and_growth_tables(tmp_path, shakespeare) -> None:
+    result = bench(
+        tmp_path,
+        "bench.parts=[startup,grow]",
+        "bench.startup_runs=1",
+        "bench.grow={model.block_size:[16,256],model.n_layer:[]}",  # [] leaves a default key out
+    )
+    assert result.returncode == 0, result.stderr
+    figures = json.loads((tmp_path / "bench.json").read_text())
+    startup = figures["startup"]
+    assert 0 < startup["import_seconds"] < startup["seconds"] == startup["runs"][0]
+    child = json.loads((tmp_path / "startup" / "0" / "summary.json").read_text())
+    assert child["startup_seconds"] == startup["seconds"] and child["steps"] == 1
+
+    short, long = figures["grow"]
+    assert (short["setting"], short["value"], long["value"]) == ("model.block_size", 16, 256)
+    assert long["params"] > short["params"]  # 240 more position embeddings
+    # 16 times the tokens per step, and (B, n_head, T, T) attention: clearly more of both
+    assert long["bare_ms"] > short["bare_ms"] and long["memory_mb"] > short["memory_mb"]
+    assert (tmp_path / "grow" / "model.block_size_256" / "bench.json").exists()
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("bench.parts=[train,speed]", "error: bench.parts has 'speed': use any of"),
+        ("trainer.precision=16-mixed", "error: trainer.precision=16-mixed is not benchmarked"),
+        ("trainer.devices=2", "error: trainer.devices=2 is not benchmarked"),
+    ],
+)
+def test_bad_bench_settings_fail_in_one_line(tmp_path, shakespeare, override: str, message: str) -> None:
+    result = bench(tmp_path, override, timeout=60)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1].startswith(message)
+
+
+def test_flops_per_step_counts_like_nanogpt() -> None:
+    # nanoGPT's estimate_mfu: 6N + 12 * L * H * (C / H) * T per token, T tokens a sequence
+    config = GPTConfig(n_layer=6, n_head=6, n_embd=384, block_size=256)
+    N, L, C, T, B = 10_795_776, 6, 384, 256, 64
+    assert flops_per_step(config, N, batch_size=B) == (6 * N + 12 * L * C * T) * T * B
