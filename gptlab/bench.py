@@ -168,7 +168,7 @@ class AlternateWithBareLoop(L.Callback):
         self.bare_loop = bare_loop(
             self.cfg, model, pl_module.hparams.optim, training_windows(self.datamodule)
         )
-        self.batches = iter(self.datamodule.train_dataloader())  # the DataLoader that fit draws from
+        self.batches = iter(self.datamodule.train_dataloader())  # what fit draws from
 
     def on_train_batch_start(
         self, trainer: L.Trainer, pl_module: GPTLitModule, batch: Any, batch_idx: int
@@ -191,7 +191,7 @@ class AlternateWithBareLoop(L.Callback):
         self.round_start = time.perf_counter()
 
     def time_batches(self) -> float:
-        """Seconds per batch out of the training DataLoader and onto the device."""
+        """Seconds per batch out of the training stream and onto the device."""
         start = time.perf_counter()
         for _ in range(self.steps):
             x, y = next(self.batches)
@@ -322,7 +322,7 @@ def bench_generate(cfg: DictConfig) -> list[dict[str, Any]]:
     for tokens in cfg.bench.generate_tokens:
         tokens = tokens or model.config.block_size - 1
         seconds: dict[bool, list[float]] = {True: [], False: []}
-        for _ in range(cfg.bench.rounds):
+        for _ in range(cfg.bench.generate_repeats):
             for use_cache in (True, False):
                 prompt = torch.zeros((1, 1), dtype=torch.long, device=device)
                 synchronize(device)
