@@ -17,7 +17,6 @@ that the machine's noise falls on both; the median round is reported.
 """
 
 import json
-import logging
 import resource
 import statistics
 import subprocess
@@ -38,14 +37,17 @@ from rich.table import Table
 from gptlab.data import CharDataModule, RandomWindows
 from gptlab.model import GPTConfig, LanguageModel, create_model
 from gptlab.module import GPTLitModule, adamw
-from gptlab.train import build, model_settings
-
-log = logging.getLogger(__name__)
+from gptlab.train import build, finish_wandb, model_settings
 
 PARTS = ("train", "startup", "generate", "bare", "grow")
 # dense bf16 peak FLOP/s by GPU name, for MFU (bench.peak_flops overrides)
 PEAK_BF16_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L4": 121e12, "A10": 125e12}
 CLEAR_REFS = Path("/proc/self/clear_refs")
+
+
+def bench_device(cfg: DictConfig) -> torch.device:
+    """Where the parts without a Trainer run: where the run's Trainer (accelerator auto) would."""
+    return torch.device("cuda" if torch.cuda.is_available() and cfg.trainer.accelerator != "cpu" else "cpu")
 
 
 def synchronize(device: torch.device) -> None:
@@ -139,8 +141,14 @@ def bare_loop(
 
 def training_windows(datamodule: CharDataModule) -> RandomWindows:
     """The batches rank 0 of a run trains on, from its first step."""
-    dm = datamodule
-    return RandomWindows(dm.train_data, dm.block_size, dm.batch_size, dm.seed, rank=0, start_step=0)
+    return RandomWindows(
+        datamodule.train_data,
+        datamodule.block_size,
+        datamodule.batch_size,
+        datamodule.seed,
+        rank=0,
+        start_step=0,
+    )
 
 
 class AlternateWithBareLoop(L.Callback):
@@ -214,9 +222,7 @@ def bench_train(cfg: DictConfig) -> dict[str, Any]:
     try:
         trainer.fit(module, datamodule=datamodule)
     finally:
-        for logger in trainer.loggers:
-            if isinstance(logger, L.pytorch.loggers.WandbLogger):
-                logger.experiment.finish()
+        finish_wandb(trainer)
     gptlab, bare, batch = (statistics.median(t) for t in (timer.gptlab, timer.bare, timer.batch))
     config = module.model.config
     tokens_per_step = cfg.data.batch_size * config.block_size
@@ -250,7 +256,7 @@ def current_memory_mb(device: torch.device) -> float:
 def bench_bare(cfg: DictConfig) -> dict[str, Any]:
     """The bare loop alone: step time, and the memory that training adds to the process
     (parameters, gradients, AdamW's state, activations)."""
-    device = torch.device("cuda" if torch.cuda.is_available() and cfg.trainer.accelerator != "cpu" else "cpu")
+    device = bench_device(cfg)
     datamodule: CharDataModule = hydra.utils.instantiate(cfg.data)
     datamodule.prepare_data()
     datamodule.setup("fit")
@@ -315,7 +321,7 @@ def bench_startup(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
 
 def bench_generate(cfg: DictConfig) -> list[dict[str, Any]]:
     """Tokens/s from a 1-token prompt, with and without the KV cache, runs alternating."""
-    device = torch.device("cuda" if torch.cuda.is_available() and cfg.trainer.accelerator != "cpu" else "cpu")
+    device = bench_device(cfg)
     torch.manual_seed(cfg.seed)
     model = create_model(GPTConfig(**model_settings(cfg))).to(device).eval()
     results = []

@@ -144,6 +144,13 @@ def build(cfg: DictConfig) -> tuple[L.LightningDataModule, GPTLitModule, L.Train
     return datamodule, module, trainer
 
 
+def finish_wandb(trainer: L.Trainer) -> None:
+    """Ends the wandb run: else the next run in this process (a sweep's next job) logs into it."""
+    for logger in trainer.loggers:
+        if isinstance(logger, WandbLogger):
+            logger.experiment.finish()
+
+
 def record_failure(message: str) -> float:
     """In a sweep, a failed job leaves its reason in its summary.json and the sweep goes on."""
     log.error("this job failed: %s", message)
@@ -173,9 +180,7 @@ def main(cfg: DictConfig) -> float:
         log.exception("training crashed")  # the traceback goes to this job's log
         return record_failure(f"{type(err).__name__}: {err}")
     finally:
-        for logger in trainer.loggers:
-            if isinstance(logger, WandbLogger):
-                logger.experiment.finish()  # else the next run in this process logs into this one
+        finish_wandb(trainer)
 
     checkpoint = trainer.checkpoint_callback
     best = checkpoint.best_model_score if checkpoint is not None else None
