@@ -17,6 +17,7 @@ that the machine's noise falls on both; the median round is reported.
 """
 
 import json
+import os
 import resource
 import statistics
 import subprocess
@@ -30,18 +31,17 @@ import lightning as L
 import psutil
 import torch
 from hydra.core.hydra_config import HydraConfig
+from lightning.fabric.utilities.throughput import get_available_flops
 from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 from rich.table import Table
 
 from gptlab.data import CharDataModule, RandomWindows
 from gptlab.model import GPTConfig, LanguageModel, create_model
-from gptlab.module import GPTLitModule, adamw
-from gptlab.train import build, finish_wandb, model_settings
+from gptlab.module import GPTLitModule, OptimConfig, adamw, is_count
+from gptlab.train import BUILD_ERRORS, build, build_error, finish_wandb, model_settings
 
 PARTS = ("train", "startup", "generate", "bare", "grow")
-# dense bf16 peak FLOP/s by GPU name, for MFU (bench.peak_flops overrides)
-PEAK_BF16_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L4": 121e12, "A10": 125e12}
 CLEAR_REFS = Path("/proc/self/clear_refs")
 
 
@@ -80,20 +80,13 @@ def precision_dtype(precision: Any) -> torch.dtype | None:
     raise ValueError(f"trainer.precision={precision} is not benchmarked: use 32-true or bf16-mixed")
 
 
-def flops_per_step(config: GPTConfig, params: int, batch_size: int) -> float:
-    """Training FLOPs of one step, as nanoGPT (after PaLM, appendix B) counts them: 6 per
-    parameter per token for forward and backward, plus attention's 12 * n_layer * n_embd * T."""
-    attention = 12 * config.n_layer * config.n_embd * config.block_size if config.arch == "gpt" else 0
-    return (6 * params + attention) * config.block_size * batch_size
-
-
 class BareLoop:
     """nanoGPT's training loop and nothing else: batch, forward, backward, clip, AdamW step."""
 
     def __init__(
         self,
         model: LanguageModel,
-        optim: dict[str, Any],
+        optim: OptimConfig,
         windows: RandomWindows,
         gradient_clip_val: float | None,
         autocast_dtype: torch.dtype | None,
@@ -126,9 +119,7 @@ class BareLoop:
         return (time.perf_counter() - start) / steps
 
 
-def bare_loop(
-    cfg: DictConfig, model: LanguageModel, optim: dict[str, Any], windows: RandomWindows
-) -> BareLoop:
+def bare_loop(cfg: DictConfig, model: LanguageModel, optim: OptimConfig, windows: RandomWindows) -> BareLoop:
     return BareLoop(
         model,
         optim,
@@ -173,9 +164,7 @@ class AlternateWithBareLoop(L.Callback):
         self.device = pl_module.device
         model = create_model(pl_module.model.config).to(self.device)  # a copy, with its own optimizer
         model.load_state_dict(pl_module.model.state_dict())
-        self.bare_loop = bare_loop(
-            self.cfg, model, pl_module.hparams.optim, training_windows(self.datamodule)
-        )
+        self.bare_loop = bare_loop(self.cfg, model, pl_module.optim, training_windows(self.datamodule))
         self.batches = iter(self.datamodule.train_dataloader())  # what fit draws from
 
     def on_train_batch_start(
@@ -216,7 +205,7 @@ def bench_train(cfg: DictConfig) -> dict[str, Any]:
         )
     precision_dtype(cfg.trainer.precision)  # fails before the run starts
     cfg.trainer.max_steps = cfg.bench.warmup_steps + cfg.bench.rounds * cfg.bench.steps_per_round + 1
-    datamodule, module, trainer = build(cfg)
+    datamodule, module, trainer, _ = build(cfg)
     timer = AlternateWithBareLoop(cfg, datamodule)
     trainer.callbacks.append(timer)
     try:
@@ -239,10 +228,9 @@ def bench_train(cfg: DictConfig) -> dict[str, Any]:
         "rounds_ms": {"gptlab": [1e3 * t for t in timer.gptlab], "bare": [1e3 * t for t in timer.bare]},
     }
     if timer.device.type == "cuda":
-        peak = cfg.bench.peak_flops or next(
-            (flops for name, flops in PEAK_BF16_FLOPS.items() if name in torch.cuda.get_device_name()), None
-        )
-        flops = flops_per_step(config, module.model.num_parameters(), cfg.data.batch_size)
+        # Lightning's table of peak FLOP/s by GPU (H100 SXM/PCIe/NVL, H200, A100, ...), for bf16
+        peak = cfg.bench.peak_flops or get_available_flops(timer.device, torch.bfloat16)
+        flops = module.model.training_flops_per_token() * tokens_per_step
         result["mfu"] = flops / gptlab / peak if peak else None
     return result
 
@@ -265,7 +253,7 @@ def bench_bare(cfg: DictConfig) -> dict[str, Any]:
     reset_peak_memory(device)
     torch.manual_seed(cfg.seed)
     model = create_model(config).to(device)
-    optim = OmegaConf.to_container(cfg.optim, resolve=True)
+    optim = OptimConfig(**OmegaConf.to_container(cfg.optim, resolve=True))
     loop = bare_loop(cfg, model, optim, training_windows(datamodule))
     loop.run(cfg.bench.warmup_steps)
     seconds = statistics.median(loop.run(cfg.bench.steps_per_round) for _ in range(cfg.bench.rounds))
@@ -420,10 +408,14 @@ def print_tables(results: dict[str, Any], console: Console) -> None:
         console.print(table)
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="bench")
+@hydra.main(version_base="1.3", config_path="pkg://gptlab.conf", config_name="bench")
 def main(cfg: DictConfig) -> None:
     if unknown := [p for p in cfg.bench.parts if p not in PARTS]:
         sys.exit(f"error: bench.parts has {unknown[0]!r}: use any of {list(PARTS)}")
+    for key in ("warmup_steps", "rounds", "steps_per_round", "startup_runs", "generate_repeats"):
+        value, least = cfg.bench[key], 0 if key == "warmup_steps" else 1
+        if not is_count(value) or value < least:
+            sys.exit(f"error: bench.{key}={value!r} is not allowed: use an integer >= {least}")
     out_dir = Path(HydraConfig.get().runtime.output_dir)
     measure = {
         "train": bench_train,
@@ -436,8 +428,10 @@ def main(cfg: DictConfig) -> None:
     try:
         for part in cfg.bench.parts:
             results[part] = measure[part](cfg)
-    except ValueError as err:
-        sys.exit("error: " + " ".join(str(err).split()))
+    except BUILD_ERRORS as err:
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        sys.exit("error: " + build_error(err))
     print_tables(results, Console())
     out = out_dir / "bench.json"
     out.write_text(json.dumps(results, indent=2) + "\n")

@@ -2,58 +2,171 @@
 
 import json
 import logging
+import math
 import time
 from pathlib import Path
 from typing import Any
 
 import lightning as L
-import psutil
 import torch
-from lightning.pytorch.callbacks import RichProgressBar
+from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar, ThroughputMonitor
 from lightning.pytorch.loggers import WandbLogger
 
+from gptlab import runs
 from gptlab.data import CharTokenizer
 
 log = logging.getLogger(__name__)
 
 
-class RunSummary(L.Callback):
-    """Writes summary.json at the end of fit: the figures a person (or gptlab.compare) wants
-    from a run without reading its logs."""
+def validates_after_this_batch(trainer: L.Trainer) -> bool:
+    """Whether Lightning's loop runs a validation once this training batch ends: every
+    val_check_interval batches, and when the Trainer is stopping (see ValidateFinalStep)."""
+    if not trainer.enable_validation:
+        return False
+    every = trainer.val_check_batch
+    scheduled = isinstance(every, int) and (trainer.fit_loop.epoch_loop.total_batch_idx + 1) % every == 0
+    return scheduled or trainer.should_stop
 
-    def __init__(self, path: str):
-        self.path = Path(path)
-        self.tokens = 0
-        self.started = 0.0
-        self.startup_seconds = 0.0
 
-    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self.tokens = 0
-        self.started = time.perf_counter()
-        # from process start to here, just before the first step: imports, config, data,
-        # model, loggers, the sanity validation
-        self.startup_seconds = time.time() - psutil.Process().create_time()
+class ValidateFinalStep(L.Callback):
+    """Every run ends validated: at max_steps the Trainer is told to stop, which makes Lightning
+    validate that step (as it does for max_time and early stopping) unless it just has."""
 
     def on_train_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
+        if 0 <= trainer.max_steps <= trainer.global_step:
+            trainer.should_stop = True
+
+
+class LastCheckpoint(ModelCheckpoint):
+    """last.ckpt, written every every_n_train_steps steps and when training ends, always after
+    the validation of its step when that step has one: a run resumed from it has that
+    validation in its records, and Lightning does not run it again."""
+
+    def __init__(self, dirpath: str, every_n_train_steps: int | None = None):
+        if every_n_train_steps is not None and (
+            not isinstance(every_n_train_steps, int)
+            or isinstance(every_n_train_steps, bool)
+            or every_n_train_steps < 1
+        ):
+            raise ValueError(
+                f"checkpoint.every_n_steps={every_n_train_steps!r} is not allowed: use a positive integer "
+                "(or null: last.ckpt only when training ends)"
+            )
+        super().__init__(dirpath=dirpath, save_top_k=0, save_last=True)
+        self.every = every_n_train_steps
+
+    def due(self, trainer: L.Trainer) -> bool:
+        return bool(self.every) and trainer.global_step % self.every == 0
+
+    def write_last(self, trainer: L.Trainer) -> None:
+        if trainer.sanity_checking or self._last_global_step_saved == trainer.global_step:
+            return
+        self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        if trainer.fit_loop._should_accumulate():
+            return  # between the micro-batches of one step
+        if (self.due(trainer) or trainer.should_stop) and not validates_after_this_batch(trainer):
+            self.write_last(trainer)
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.due(trainer) or trainer.should_stop:
+            self.write_last(trainer)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        pass  # the training stream is endless: an epoch ends only when training does
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.write_last(trainer)
+
+
+class KeepRecordsWithCheckpoints(L.Callback):
+    """Each checkpoint carries what a resumed run needs to continue the run's records: the
+    loggers are flushed first (so metrics.csv on disk has every row up to it) and the wandb
+    run id goes in, for the resumed run to continue the same wandb run."""
+
+    def on_save_checkpoint(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        for logger in trainer.loggers:
+            logger.save()
+            if isinstance(logger, WandbLogger) and trainer.is_global_zero:
+                checkpoint["wandb_run_id"] = logger.experiment.id
+
+
+class RunSummary(L.Callback):
+    """Writes summary.json at the end of fit: the figures a person (or gptlab.compare) wants
+    from a run without reading its logs. Its totals travel in checkpoints, so the summary of a
+    resumed run covers the whole run."""
+
+    def __init__(self, path: str):
+        self.path = Path(path)
+        self.tokens = 0
+        self.step_seconds = 0.0  # in training steps only: no validation, samples or checkpoints
+        self.train_seconds = 0.0  # wall time of fit, all of it
+        self.fit_started = 0.0
+        self.step_started = 0.0
+        self.startup_seconds = 0.0
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"tokens": self.tokens, "step_seconds": self.step_seconds, "train_seconds": self.train_seconds}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.tokens = state_dict["tokens"]
+        self.step_seconds = state_dict["step_seconds"]
+        self.train_seconds = state_dict["train_seconds"]
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.fit_started = time.perf_counter()
+        # from the job's start to here, just before the first step: imports (the first job of a
+        # process), config, data, model, loggers, the sanity validation
+        self.startup_seconds = time.time() - (runs.job_started or runs.process_started())
+
+    def on_train_batch_start(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        self.step_started = time.perf_counter()
+
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        if pl_module.device.type == "cuda":
+            torch.cuda.synchronize(pl_module.device)  # the step's kernels, not only their launch
+        self.step_seconds += time.perf_counter() - self.step_started
         self.tokens += batch[0].numel() * trainer.world_size
+
+    def on_save_checkpoint(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        # the wall time so far goes into the checkpoint (state_dict is read after this hook)
+        now = time.perf_counter()
+        self.train_seconds += now - self.fit_started
+        self.fit_started = now
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not trainer.is_global_zero:
             return
-        train_seconds = time.perf_counter() - self.started
+        self.train_seconds += time.perf_counter() - self.fit_started
+        self.fit_started = time.perf_counter()
         checkpoint = trainer.checkpoint_callback
         best = checkpoint.best_model_score if checkpoint is not None else None
         final = trainer.callback_metrics.get("val_loss")
+        bits = bits_per_character(trainer)
         summary = {
             "best_val_loss": None if best is None else float(best),
+            "best_val_bpc": None if best is None else float(best) * bits,
             "final_val_loss": None if final is None else float(final),
+            "final_val_bpc": None if final is None else float(final) * bits,
             "steps": trainer.global_step,
             "params": pl_module.model.num_parameters(),
             "startup_seconds": round(self.startup_seconds, 3),
-            "train_seconds": round(train_seconds, 3),
-            "tokens_per_second": round(self.tokens / train_seconds, 1) if train_seconds else None,
+            "train_seconds": round(self.train_seconds, 3),
+            "tokens": self.tokens,
+            "tokens_per_second": round(self.tokens / self.step_seconds, 1) if self.step_seconds else None,
             "world_size": trainer.world_size,
             "best_ckpt": checkpoint.best_model_path if checkpoint is not None else None,
             "last_ckpt": next(
@@ -63,12 +176,41 @@ class RunSummary(L.Callback):
         self.path.write_text(json.dumps(summary, indent=2) + "\n")
 
 
+def bits_per_character(trainer: L.Trainer) -> float:
+    """Bits per character per nat of val_loss: the validation set's tokens per character over
+    ln 2 (one character a token for the character tokenizer)."""
+    return 1 / trainer.datamodule.val_characters_per_token / math.log(2)
+
+
+class TrainingThroughput(ThroughputMonitor):
+    """Lightning's ThroughputMonitor (tokens/s, FLOP/s and MFU on GPUs it knows, logged as
+    train/...), without its per-batch rows for validation: validation is still timed, and left
+    out of the training throughput, but not logged with validation batch counts as steps."""
+
+    def on_validation_batch_end(
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        outputs: Any,
+        batch: Any,
+        *args: Any,
+        **kwargs: Any,
+    ) -> None:
+        if not trainer.sanity_checking and trainer.is_global_zero:
+            self._update(trainer, pl_module, batch, trainer._evaluation_loop.batch_progress.total.ready)
+
+
 class ThrottledRichProgressBar(RichProgressBar):
     """Lightning's rich progress bar, updated from the training loop at most refresh_rate times
     a second. Lightning's updates it after every step, about 0.2 ms of Python each time: 10% of
     a tiny model's step, and the bar only redraws refresh_rate times a second anyway."""
 
     def __init__(self, refresh_rate: int = 4, **kwargs: Any):
+        if not isinstance(refresh_rate, int) or isinstance(refresh_rate, bool) or refresh_rate < 1:
+            raise ValueError(
+                f"callbacks.rich_progress_bar.refresh_rate={refresh_rate!r} is not allowed: use a positive "
+                "integer (redraws a second), or callbacks.rich_progress_bar=null for no bar"
+            )
         super().__init__(refresh_rate=refresh_rate, **kwargs)
         self.last_update = 0.0
 
@@ -88,6 +230,7 @@ class TextSamples(L.Callback):
     def __init__(
         self, prompt: str = "\n", max_new_tokens: int = 200, temperature: float = 0.8, top_k: int = 200
     ):
+        check_sampling("callbacks.text_samples.", prompt, max_new_tokens, temperature, top_k)
         self.prompt = prompt
         self.max_new_tokens = max_new_tokens
         self.temperature = temperature
@@ -121,3 +264,19 @@ class LeaveProcessGroupTogether(L.Callback):
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             torch.distributed.barrier()
             torch.distributed.destroy_process_group()
+
+
+def check_sampling(prefix: str, prompt: Any, max_new_tokens: Any, temperature: Any, top_k: Any) -> None:
+    """One line for a sampling setting that cannot sample (gptlab.sample and text samples)."""
+    if not isinstance(prompt, str) or not prompt:
+        raise ValueError(
+            f"{prefix}prompt={prompt!r} is not allowed: give at least one character, e.g. 'ROMEO:'"
+        )
+    if not isinstance(max_new_tokens, int) or isinstance(max_new_tokens, bool) or max_new_tokens < 1:
+        raise ValueError(f"{prefix}max_new_tokens={max_new_tokens!r} is not allowed: use a positive integer")
+    if isinstance(temperature, bool) or not isinstance(temperature, int | float) or not temperature > 0:
+        raise ValueError(f"{prefix}temperature={temperature!r} is not allowed: use a positive number")
+    if top_k is not None and (not isinstance(top_k, int) or isinstance(top_k, bool) or top_k < 1):
+        raise ValueError(
+            f"{prefix}top_k={top_k!r} is not allowed: use a positive integer, or null for all tokens"
+        )

@@ -22,17 +22,26 @@ from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 from rich.table import Table
 
+from gptlab.runs import without_ckpt_path
+
 
 def load_run(run_dir: Path) -> dict[str, Any]:
     """What one run directory says of itself; `summary` is None while it has none (a run that
     failed or is still going)."""
     summary_file = run_dir / "summary.json"
     hydra_dir = run_dir / ".hydra"
+    summary = None
+    if summary_file.exists():
+        try:
+            summary = json.loads(summary_file.read_text())
+        except json.JSONDecodeError as err:
+            summary = {"error": f"unreadable summary.json ({err})"}
     return {
         "dir": run_dir,
-        "overrides": list(OmegaConf.load(hydra_dir / "overrides.yaml")),
+        # a resumed run's overrides name its checkpoint: not what tells runs apart
+        "overrides": without_ckpt_path(list(OmegaConf.load(hydra_dir / "overrides.yaml"))),
         "reference_val_loss": OmegaConf.load(hydra_dir / "config.yaml").get("reference_val_loss"),
-        "summary": json.loads(summary_file.read_text()) if summary_file.exists() else None,
+        "summary": summary,
     }
 
 
@@ -58,6 +67,7 @@ def runs_table(runs: list[dict[str, Any]], title: str) -> Table:
     table.add_column("run", no_wrap=True)
     table.add_column("overrides", overflow="fold")
     table.add_column("val_loss", justify="right", no_wrap=True)  # the best one
+    table.add_column("bpc", justify="right", no_wrap=True)  # bits per character at the best val_loss
     if with_reference:
         table.add_column("ref", justify="right", no_wrap=True)
         table.add_column("diff", justify="right", no_wrap=True)
@@ -77,15 +87,21 @@ def runs_table(runs: list[dict[str, Any]], title: str) -> Table:
                 row[-1] = summary["error"]
         else:
             best = summary["best_val_loss"]
-            row = [name, overrides, f"{best:.4f}"]
+            bpc = summary.get("best_val_bpc")  # none in summaries from before bits per character
+            row = [
+                name,
+                overrides,
+                "not validated" if best is None else f"{best:.4f}",
+                "" if bpc is None else f"{bpc:.4f}",
+            ]
             if with_reference:
-                known = reference is not None
+                known = reference is not None and best is not None
                 row += [f"{reference:.2f}" if known else "", f"{best - reference:+.3f}" if known else ""]
             row += [
                 f"{summary['params']:,}",
                 str(summary["steps"]),
                 f"{summary['train_seconds']:.0f}",
-                f"{summary['tokens_per_second']:,.0f}",
+                f"{summary['tokens_per_second'] or 0:,.0f}",
             ]
             if failures:
                 row.append("")
@@ -120,6 +136,7 @@ def records(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """One flat dict a run, for --csv and --json."""
     fields = (
         "best_val_loss",
+        "best_val_bpc",
         "final_val_loss",
         "params",
         "steps",
@@ -151,7 +168,7 @@ def plot(runs: list[dict[str, Any]], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     shared = shared_overrides(runs)
-    done = [run for run in runs if run["summary"] and "best_val_loss" in run["summary"]]
+    done = [run for run in runs if (run["summary"] or {}).get("best_val_loss") is not None]
     fig, (curves, sizes) = plt.subplots(1, 2, figsize=(13, 5))
     for run in done:
         label = " ".join(o for o in run["overrides"] if o not in shared) or run["dir"].name
@@ -177,6 +194,8 @@ def main(argv: list[str] | None = None) -> None:
     output.add_argument("--csv", action="store_true", help="print CSV instead of the table")
     output.add_argument("--json", action="store_true", help="print JSON instead of the table")
     args = parser.parse_args(argv)
+    if not args.folder.is_dir():
+        parser.exit(1, f"error: {args.folder} is not a directory: give a run or sweep directory\n")
     runs = by_val_loss(find_runs(args.folder))
     if not runs:
         parser.exit(1, f"error: no run directories (with a .hydra/ folder) under {args.folder}\n")

@@ -3,7 +3,8 @@
 Training batches are random windows of the training split, drawn afresh for every step
 from a generator seeded by (seed, rank, step): each DDP rank sees different text, a run is
 reproducible, and a resumed run draws exactly the batches it would have drawn. Validation
-uses one fixed set of evenly spaced windows, so val_loss is comparable across runs.
+scores one fixed span of the validation split, every token of it once, so val_loss is
+comparable across runs whatever their batch size, block size or number of ranks.
 """
 
 import hashlib
@@ -15,7 +16,6 @@ from pathlib import Path
 
 import lightning as L
 import torch
-from torch.utils.data import DataLoader, TensorDataset
 
 log = logging.getLogger(__name__)
 
@@ -61,10 +61,67 @@ def describe_unknown(unknown: list[str]) -> str:
     return f"{len(unknown)} character{plural} not in the vocabulary: {shown}{more}"
 
 
+def validation_windows(n_targets: int, block_size: int) -> list[tuple[int, int]]:
+    """(start, length) of the windows that score each of n_targets targets exactly once:
+    consecutive, non-overlapping, block_size long except the last. Window (s, n) reads
+    tokens s .. s+n-1 and predicts tokens s+1 .. s+n."""
+    return [(start, min(block_size, n_targets - start)) for start in range(0, n_targets, block_size)]
+
+
+class Batches:
+    """Batches made in advance, as one loader (Lightning would read a list as several loaders)."""
+
+    def __init__(self, batches: list[tuple[torch.Tensor, torch.Tensor]]):
+        self.batches = batches
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        return iter(self.batches)
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+
+def validation_batches(
+    span: torch.Tensor, block_size: int, batch_size: int, rank: int = 0, world_size: int = 1
+) -> Batches:
+    """This rank's share of the windows that score every target of span (tokens 1..) once:
+    windows rank, rank + world_size, ... (no window twice, none padded), batch_size to a
+    batch; the short last window of the span, if any, is a batch of its own."""
+    windows = validation_windows(len(span) - 1, block_size)[rank::world_size]
+    batches = []
+    for length in sorted({n for _, n in windows}, reverse=True):
+        starts = torch.tensor([s for s, n in windows if n == length])
+        for chunk in starts.split(batch_size):
+            tokens = span[chunk[:, None] + torch.arange(length + 1)].long()
+            batches.append((tokens[:, :-1], tokens[:, 1:]))
+    return Batches(batches)
+
+
 def step_seed(seed: int, rank: int, step: int) -> int:
     """One seed for each (seed, rank, step). hash() of a tuple of ints is the same in every
     process (no PYTHONHASHSEED salt), so the draws are reproducible across runs and resumes."""
     return hash((seed, rank, step)) % 2**63
+
+
+def read_text(path: Path) -> str:
+    """The file's text; one line naming the file and the byte offset if it is not UTF-8."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise ValueError(
+            f"data file {path} is not UTF-8 text: byte {err.object[err.start]:#04x} at offset {err.start} "
+            "cannot be decoded; point data.path at a UTF-8 text file"
+        ) from None
+    except IsADirectoryError:
+        raise ValueError(f"data.path={path} is a directory: point it at a text file") from None
+
+
+def windows_in_batch(batch: tuple[torch.Tensor, torch.Tensor]) -> int:
+    return batch[0].size(0)
+
+
+def tokens_per_window(batch: tuple[torch.Tensor, torch.Tensor]) -> int:
+    return batch[0].size(1)
 
 
 class RandomWindows:
@@ -96,6 +153,9 @@ class RandomWindows:
 
 
 class CharDataModule(L.LightningDataModule):
+    """The text file, split into training (the first train_fraction) and validation (the
+    rest); validation scores the first val_tokens tokens of its split (all of it if null)."""
+
     def __init__(
         self,
         path: str,
@@ -104,28 +164,32 @@ class CharDataModule(L.LightningDataModule):
         url: str | None = None,
         sha256: str | None = None,
         train_fraction: float = 0.9,
-        val_batches: int = 50,
+        val_tokens: int | None = None,
         seed: int = 1337,
     ):
         super().__init__()
         for name, value in (
             ("block_size", block_size),
             ("batch_size", batch_size),
-            ("val_batches", val_batches),
+            ("val_tokens", val_tokens),
         ):
-            if not isinstance(value, int) or value < 1:
+            if value is None and name == "val_tokens":
+                continue
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"data.{name}={value!r} is not allowed: use a positive integer")
-        if not 0.0 < train_fraction < 1.0:
-            raise ValueError(
-                f"data.train_fraction={train_fraction} is not allowed: use 0 < train_fraction < 1"
-            )
+        if not isinstance(train_fraction, float) or not 0.0 < train_fraction < 1.0:
+            raise ValueError(f"data.train_fraction={train_fraction!r} is not allowed: use a number in (0, 1)")
+        if not isinstance(seed, int) or isinstance(seed, bool):
+            raise ValueError(f"seed={seed!r} is not allowed: use an integer")
+        # saved in checkpoints (datamodule_hyper_parameters): a resumed run checks it gets the same data
+        self.save_hyperparameters(ignore=["url", "sha256"])
         self.path = Path(path)
         self.url = url
         self.sha256 = sha256
         self.block_size = block_size
         self.batch_size = batch_size
         self.train_fraction = train_fraction
-        self.val_batches = val_batches
+        self.val_tokens = val_tokens
         self.seed = seed
         self.tokenizer: CharTokenizer | None = None
 
@@ -143,7 +207,7 @@ class CharDataModule(L.LightningDataModule):
         try:
             with urllib.request.urlopen(self.url, timeout=30) as response:
                 content = response.read()
-        except OSError as err:
+        except (OSError, ValueError) as err:
             raise FileNotFoundError(
                 f"data file {self.path} not found and downloading {self.url} failed ({err}): "
                 f"put the file at {self.path} or set data.path"
@@ -160,7 +224,7 @@ class CharDataModule(L.LightningDataModule):
         tokenizer was set before (fine-tuning keeps the checkpoint's vocabulary)."""
         if hasattr(self, "train_data"):
             return  # the entry point has already set the data up before the Trainer calls this
-        text = self.path.read_text(encoding="utf-8")
+        text = read_text(self.path)
         if not text:
             raise ValueError(f"data file {self.path} is empty: point data.path at a text file with content")
         self.tokenizer = self.tokenizer or CharTokenizer.from_text(text)
@@ -169,13 +233,21 @@ class CharDataModule(L.LightningDataModule):
         dtype = torch.uint8 if self.tokenizer.vocab_size <= 256 else torch.int32
         data = torch.tensor(self.tokenizer.encode(text), dtype=dtype)
         n_train = int(self.train_fraction * len(data))
-        self.train_data, self.val_data = data[:n_train], data[n_train:]
-        for split, part in (("training", self.train_data), ("validation", self.val_data)):
+        self.train_data, val_data = data[:n_train], data[n_train:]
+        for split, part in (("training", self.train_data), ("validation", val_data)):
             if len(part) <= self.block_size:
                 raise ValueError(
                     f"model.block_size={self.block_size} is too long for the {split} split of "
                     f"{self.path} ({len(part)} characters): use block_size < {len(part)} or more text"
                 )
+        n_targets = len(val_data) - 1 if self.val_tokens is None else min(self.val_tokens, len(val_data) - 1)
+        self.val_span = val_data[: n_targets + 1]
+        # bits per character need characters: one a token here, more with other tokenizers
+        self.val_characters = len(self.tokenizer.decode(self.val_span[1:].tolist()))
+
+    @property
+    def val_characters_per_token(self) -> float:
+        return self.val_characters / (len(self.val_span) - 1)
 
     def train_dataloader(self) -> RandomWindows:
         rank, step = 0, 0
@@ -195,9 +267,16 @@ class CharDataModule(L.LightningDataModule):
         # more (pickling each batch back)
         return windows
 
-    def val_dataloader(self) -> DataLoader:
-        n_windows = self.val_batches * self.batch_size
-        starts = torch.linspace(0, len(self.val_data) - self.block_size - 1, n_windows).long()
-        windows = self.val_data[starts[:, None] + torch.arange(self.block_size + 1)].long()
-        # under DDP Lightning shards this dataset across ranks with a DistributedSampler
-        return DataLoader(TensorDataset(windows[:, :-1], windows[:, 1:]), batch_size=self.batch_size)
+    def val_dataloader(self) -> Batches:
+        rank, world_size = 0, 1
+        if self.trainer is not None:
+            rank, world_size = self.trainer.global_rank, self.trainer.world_size
+        n_windows = len(validation_windows(len(self.val_span) - 1, self.block_size))
+        if n_windows < world_size:
+            raise ValueError(
+                f"data.val_tokens={len(self.val_span) - 1} makes {n_windows} validation windows of "
+                f"block_size {self.block_size}, fewer than the {world_size} ranks: use more validation tokens"
+            )
+        # not a DataLoader: Lightning would shard one with a DistributedSampler, which pads the
+        # last ranks with repeated windows
+        return validation_batches(self.val_span, self.block_size, self.batch_size, rank, world_size)

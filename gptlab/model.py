@@ -59,8 +59,14 @@ class GPTConfig:
                 f"model.n_embd={self.n_embd} is not divisible by model.n_head={self.n_head}: "
                 f"with n_embd={self.n_embd} use n_head in {divisors}"
             )
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"model.dropout={self.dropout} is not allowed: use 0 <= dropout < 1")
+        if (
+            isinstance(self.dropout, bool)
+            or not isinstance(self.dropout, int | float)
+            or not 0 <= self.dropout < 1
+        ):
+            raise ValueError(
+                f"model.dropout={self.dropout!r} is not allowed: use a number with 0 <= dropout < 1"
+            )
 
 
 class CausalSelfAttention(nn.Module):
@@ -215,6 +221,13 @@ class LanguageModel(nn.Module):
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
+
+    def training_flops_per_token(self) -> float:
+        """FLOPs of a training step (forward and backward) per token, as nanoGPT (after PaLM,
+        appendix B) counts them: 6 per parameter, plus attention's 12 * n_layer * n_embd * T."""
+        c = self.config
+        attention = 12 * c.n_layer * c.n_embd * c.block_size if c.arch == "gpt" else 0
+        return 6 * self.num_parameters() + attention
 
     @staticmethod
     def loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

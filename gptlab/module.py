@@ -2,6 +2,7 @@
 
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import lightning as L
@@ -23,16 +24,57 @@ def warmup_cosine(step: int, *, lr: float, min_lr: float, warmup_steps: int, dec
     return min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (lr - min_lr)
 
 
-def adamw(model: torch.nn.Module, optim: dict[str, Any]) -> torch.optim.AdamW:
+def is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """The `optim` settings, checked: AdamW, linear warmup, cosine decay to min_lr."""
+
+    lr: float
+    min_lr: float
+    weight_decay: float
+    betas: list[float]
+    warmup_steps: int
+    decay_steps: int
+    fused: bool = False  # checkpoints from before this setting have no key
+
+    def __post_init__(self) -> None:
+        if not is_number(self.lr) or not self.lr > 0:
+            raise ValueError(f"optim.lr={self.lr!r} is not allowed: use a positive learning rate")
+        if not is_number(self.min_lr) or not 0 <= self.min_lr <= self.lr:
+            raise ValueError(
+                f"optim.min_lr={self.min_lr!r} is not allowed: use 0 <= min_lr <= lr ({self.lr})"
+            )
+        if not is_number(self.weight_decay) or self.weight_decay < 0:
+            raise ValueError(f"optim.weight_decay={self.weight_decay!r} is not allowed: use 0 or more")
+        if len(self.betas) != 2 or not all(is_number(b) and 0 <= b < 1 for b in self.betas):
+            raise ValueError(f"optim.betas={list(self.betas)!r} is not allowed: use two numbers in [0, 1)")
+        if not is_count(self.warmup_steps) or self.warmup_steps < 0:
+            raise ValueError(f"optim.warmup_steps={self.warmup_steps!r} is not allowed: use 0 or more steps")
+        if not is_count(self.decay_steps) or self.decay_steps < 1:
+            raise ValueError(
+                f"optim.decay_steps={self.decay_steps!r} is not allowed: use a positive number of steps "
+                "(it follows trainer.max_steps: set it when max_steps is -1)"
+            )
+        if not isinstance(self.fused, bool):
+            raise ValueError(f"optim.fused={self.fused!r} is not allowed: use true or false")
+
+
+def adamw(model: torch.nn.Module, optim: OptimConfig) -> torch.optim.AdamW:
     """nanoGPT's AdamW: weight decay on matrices (linear and embedding weights), none on biases
     and LayerNorm gains. fused: one kernel for all parameters (CUDA and CPU) instead of a loop."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    groups = [
-        {"params": [p for p in params if p.dim() >= 2], "weight_decay": optim["weight_decay"]},
-        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+    params = [p for p in model.parameters() if p.requires_grad]  # a tied weight once
+    groups = [  # named: LearningRateMonitor logs lr/decay and lr/no_decay
+        {"params": [p for p in params if p.dim() >= 2], "weight_decay": optim.weight_decay, "name": "decay"},
+        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0, "name": "no_decay"},
     ]
-    fused = optim.get("fused", False)  # checkpoints from before this setting have no key
-    return torch.optim.AdamW(groups, lr=optim["lr"], betas=tuple(optim["betas"]), fused=fused)
+    return torch.optim.AdamW(groups, lr=optim.lr, betas=tuple(optim.betas), fused=optim.fused)
 
 
 class GPTLitModule(L.LightningModule):
@@ -48,22 +90,21 @@ class GPTLitModule(L.LightningModule):
         compile: bool = False,
     ):
         super().__init__()
-        if not optim["lr"] > 0:
-            raise ValueError(f"optim.lr={optim['lr']} is not allowed: use a positive learning rate")
-        if not 0 <= optim["min_lr"] <= optim["lr"]:
-            raise ValueError(
-                f"optim.min_lr={optim['min_lr']} is not allowed: use 0 <= min_lr <= lr ({optim['lr']})"
-            )
-        if optim["warmup_steps"] < 0:
-            raise ValueError(f"optim.warmup_steps={optim['warmup_steps']} is not allowed: use 0 or more")
+        self.optim = OptimConfig(**optim)
         # logger=False: the entry point logs the whole resolved run config instead
         self.save_hyperparameters(logger=False)
         self.model = create_model(GPTConfig(**model))
         self.compiled_forward: Callable | None = None  # set in setup() when compile=True
         self.val_loss = MeanMetric()
+        self.val_bpc = MeanMetric()
         self.val_perplexity = Perplexity()
+        self.flops_per_batch: float | None = None  # set in setup(), read by Lightning's ThroughputMonitor
 
     def setup(self, stage: str) -> None:
+        datamodule = self.trainer.datamodule if self._trainer is not None else None
+        if datamodule is not None:
+            batch_tokens = datamodule.batch_size * self.model.config.block_size
+            self.flops_per_batch = self.model.training_flops_per_token() * batch_tokens
         if self.hparams.compile:
             # the model's forward only (a function: no second copy of the weights in the state
             # dict). Compiling the whole LightningModule, as Lightning's docs show, would trace
@@ -94,15 +135,19 @@ class GPTLitModule(L.LightningModule):
         every = self.trainer.log_every_n_steps
         if every and (self.global_step + 1) % every == 0:
             self.log("train_loss", loss, prog_bar=True)
-            self.log("lr", self.lr_schedulers().get_last_lr()[0])
         return loss
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         x, y = batch
         logits, loss = self(x, y)
-        self.val_loss.update(loss, weight=y.numel())  # token-weighted, synced across DDP ranks
+        # token-weighted means over the whole validation set, synced across DDP ranks: every
+        # token counts once, however the set is cut into batches
+        self.val_loss.update(loss, weight=y.numel())
+        bits_per_nat = 1 / self.trainer.datamodule.val_characters_per_token / math.log(2)
+        self.val_bpc.update(loss * bits_per_nat, weight=y.numel())
         self.val_perplexity.update(logits, y)
         self.log("val_loss", self.val_loss, prog_bar=True)
+        self.log("val_bpc", self.val_bpc)
         self.log("val_perplexity", self.val_perplexity)
 
     def configure_gradient_clipping(
@@ -111,7 +156,7 @@ class GPTLitModule(L.LightningModule):
         gradient_clip_val: float | None = None,
         gradient_clip_algorithm: str | None = None,
     ) -> None:
-        if gradient_clip_val and self.trainer.precision == "bf16-mixed" and self.hparams.optim.get("fused"):
+        if gradient_clip_val and self.trainer.precision == "bf16-mixed" and self.optim.fused:
             # Lightning refuses to clip for a fused optimizer under mixed precision (its issue
             # #21435), a guard for fp16's gradient scaler, which unscales inside the fused step.
             # bf16 has no scaler: the gradients are already true, and clip like any others.
@@ -123,10 +168,13 @@ class GPTLitModule(L.LightningModule):
         super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
 
     def configure_optimizers(self) -> dict[str, Any]:
-        optim = self.hparams.optim
+        optim = self.optim
         optimizer = adamw(self.model, optim)
-        schedule_args = {key: optim[key] for key in ("lr", "min_lr", "warmup_steps", "decay_steps")}
+        schedule_args = {key: getattr(optim, key) for key in ("lr", "min_lr", "warmup_steps", "decay_steps")}
         schedule = torch.optim.lr_scheduler.LambdaLR(  # LambdaLR wants a factor of the base lr
-            optimizer, lambda step: warmup_cosine(step, **schedule_args) / optim["lr"]
+            optimizer, lambda step: warmup_cosine(step, **schedule_args) / optim.lr
         )
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": schedule, "interval": "step", "name": "lr"},
+        }

@@ -12,34 +12,51 @@ import hydra
 import torch
 from omegaconf import DictConfig
 
+from gptlab.callbacks import check_sampling
 from gptlab.checkpoint import find_checkpoint, load_checkpoint, model_from_checkpoint
+from gptlab.module import is_count
 
 
 def pick_device(name: str) -> torch.device:
-    if name != "auto":
-        return torch.device(name)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    """The device named (auto: cuda when there is one), checked to be there."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"device={name!r} is not a device: use auto, cpu, cuda, cuda:N or mps") from None
+    available = {
+        "cpu": True,
+        "cuda": torch.cuda.is_available() and (device.index or 0) < torch.cuda.device_count(),
+        "mps": torch.backends.mps.is_available(),
+    }
+    if not available.get(device.type, False):
+        raise ValueError(f"device={name} is not available on this machine: use device=auto or device=cpu")
+    return device
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="sample")
+@hydra.main(version_base="1.3", config_path="pkg://gptlab.conf", config_name="sample")
 def main(cfg: DictConfig) -> None:
     try:
+        check_sampling("", cfg.prompt, cfg.max_new_tokens, cfg.temperature, cfg.top_k)
+        if not is_count(cfg.num_samples) or cfg.num_samples < 1:
+            raise ValueError(f"num_samples={cfg.num_samples!r} is not allowed: use a positive integer")
+        if not is_count(cfg.seed):
+            raise ValueError(f"seed={cfg.seed!r} is not allowed: use an integer")
+        if not isinstance(cfg.use_cache, bool):
+            raise ValueError(f"use_cache={cfg.use_cache!r} is not allowed: use true or false")
+        device = pick_device(cfg.device)
         path = find_checkpoint(cfg.ckpt_path)
         model, tokenizer = model_from_checkpoint(load_checkpoint(path))
         prompt = tokenizer.encode(cfg.prompt)
-        if not prompt:
-            raise ValueError("prompt is empty: give at least one character, e.g. prompt='ROMEO:'")
-        if cfg.temperature <= 0:
-            raise ValueError(f"temperature={cfg.temperature} is not allowed: use a positive number")
+        out_file = open(cfg.out_file, "w") if cfg.out_file else None  # noqa: SIM115 (written while streaming)
     except (ValueError, OSError) as err:
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
         sys.exit("error: " + " ".join(str(err).split()))
 
-    device = pick_device(cfg.device)
     model.to(device).eval()
     torch.manual_seed(cfg.seed)
-    out_file = open(cfg.out_file, "w") if cfg.out_file else None  # noqa: SIM115 (written while streaming)
     try:
         for i in range(cfg.num_samples):
             if i:

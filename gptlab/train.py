@@ -1,13 +1,15 @@
-"""Train a GPT: `python -m gptlab.train [overrides]`.
+"""Train a GPT: `python -m gptlab.train [overrides]` (or `gptlab-train`).
 
-Composes conf/config.yaml, checks everything that can be checked before the first step
-(model shape, data, optimizer, trainer arguments), then fits and returns the best val_loss
-so that Hydra sweepers can minimise it.
+Composes the config, checks everything that can be checked before the first step (model shape,
+optimizer, data, trainer arguments, the checkpoint to resume), then fits and returns the best
+val_loss so that Hydra sweepers can minimise it. `ckpt_path=<run dir>` continues a run in its
+own directory (see gptlab/runs.py).
 """
 
 import json
 import logging
 import os
+import re
 import sys
 from dataclasses import asdict, fields, replace
 from pathlib import Path
@@ -18,32 +20,47 @@ import lightning as L
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
 from hydra.types import RunMode
-from lightning.pytorch.loggers import WandbLogger
+from lightning.fabric.utilities.exceptions import MisconfigurationException
+from lightning.pytorch.callbacks import LearningRateMonitor
+from lightning.pytorch.loggers import CSVLogger, WandbLogger
+from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
-from gptlab.callbacks import LeaveProcessGroupTogether, TextSamples
+from gptlab import runs
+from gptlab.callbacks import (
+    KeepRecordsWithCheckpoints,
+    LeaveProcessGroupTogether,
+    TextSamples,
+    ValidateFinalStep,
+)
 from gptlab.checkpoint import find_checkpoint, load_checkpoint, model_from_checkpoint
 from gptlab.model import GPTConfig
-from gptlab.module import GPTLitModule
+from gptlab.module import GPTLitModule, OptimConfig, is_count
 
 log = logging.getLogger(__name__)
 
+# what a bad config or data raises while a run is built: each becomes one line (build_error)
+BUILD_ERRORS = (ValueError, TypeError, OSError, InstantiationException, MisconfigurationException)
 
-def wandb_arguments(logger_cfg: DictConfig) -> dict[str, Any]:
+
+def wandb_arguments(logger_cfg: DictConfig, resume_id: str | None) -> dict[str, Any]:
     """What the wandb logger's config leaves open (null), decided per run:
     - mode: online when this machine has wandb credentials, offline when not (left to itself,
       wandb would prompt for a key, or fail without a terminal); WANDB_MODE is respected;
     - name and tags: the run's overrides, so runs of a sweep tell themselves apart;
-    - group: in a sweep, its directory, so its runs sit together in the dashboard."""
+    - group: in a sweep, its directory, so its runs sit together in the dashboard;
+    - id: a resumed run continues its wandb run."""
     arguments: dict[str, Any] = {}
     hydra_cfg = HydraConfig.get()
-    overrides = list(hydra_cfg.overrides.task)
+    overrides = runs.without_ckpt_path(list(hydra_cfg.overrides.task))
     if logger_cfg.get("name") is None and overrides:
         arguments["name"] = " ".join(overrides)
     if not logger_cfg.get("tags"):
         arguments["tags"] = [o[:64] for o in overrides]  # wandb's limit for a tag
     if logger_cfg.get("group") is None and hydra_cfg.mode == RunMode.MULTIRUN:
         arguments["group"] = hydra_cfg.sweep.dir
+    if resume_id:
+        arguments |= {"id": resume_id, "resume": "allow"}
     if logger_cfg.get("mode") is None and "WANDB_MODE" not in os.environ:
         import wandb
 
@@ -63,26 +80,79 @@ def model_settings(cfg: DictConfig) -> dict[str, Any]:
     return settings
 
 
-def build(cfg: DictConfig) -> tuple[L.LightningDataModule, GPTLitModule, L.Trainer]:
-    """Everything before the first step. Bad config or data raise here, not mid-run."""
+def check_settings(cfg: DictConfig) -> GPTConfig:
+    """The model, optimizer and trainer settings that cost nothing to check: before any file is read."""
     model_fields = {f.name for f in fields(GPTConfig)} | {"compile"}
     if unknown := sorted(set(cfg.model) - model_fields):
         raise ValueError(f"model.{unknown[0]} is not a model setting: use one of {sorted(model_fields)}")
     if not isinstance(cfg.model.get("compile", False), bool):
         raise ValueError(f"model.compile={cfg.model.compile!r} is not allowed: use true or false")
-    model_config = GPTConfig(**model_settings(cfg))  # validates the model fields first: it costs nothing
-    if (
-        cfg.optim.get("fused")
-        and str(cfg.trainer.precision).startswith("16")
-        and cfg.trainer.gradient_clip_val
-    ):
+    model_config = GPTConfig(**model_settings(cfg))
+    if not is_count(cfg.seed):
+        raise ValueError(f"seed={cfg.seed!r} is not allowed: use an integer")
+    trainer = cfg.trainer
+    if not is_count(trainer.max_steps) or not (trainer.max_steps >= 1 or trainer.max_steps == -1):
         raise ValueError(
-            f"optim.fused=true with trainer.precision={cfg.trainer.precision} cannot clip gradients (the "
+            f"trainer.max_steps={trainer.max_steps!r} is not allowed: use a positive number of steps "
+            "(or -1, for no limit, with trainer.max_time)"
+        )
+    optim = OptimConfig(**OmegaConf.to_container(cfg.optim, resolve=True))
+    if optim.fused and str(trainer.precision).startswith("16") and trainer.gradient_clip_val:
+        raise ValueError(
+            f"optim.fused=true with trainer.precision={trainer.precision} cannot clip gradients (the "
             "fused step unscales them itself): use trainer.precision=bf16-mixed, optim.fused=false "
             "or trainer.gradient_clip_val=null"
         )
-    if cfg.ckpt_path:
-        load_checkpoint(cfg.ckpt_path)  # a missing or broken checkpoint fails here, in one line
+    interval = trainer.val_check_interval
+    if interval is not None and (not is_count(interval) or interval < 1):
+        raise ValueError(
+            f"trainer.val_check_interval={interval!r} is not allowed: use a positive number of steps (the "
+            "training stream is endless: there are no epochs to take a fraction of), or null to validate "
+            "only when training ends"
+        )
+    if cfg.ckpt_path and cfg.init_from:
+        raise ValueError(
+            "ckpt_path and init_from are both set: ckpt_path resumes a run, init_from starts a new one "
+            "from a checkpoint's weights; give one"
+        )
+    return model_config
+
+
+def trainer_arguments(cfg: DictConfig) -> dict[str, Any]:
+    """What gptlab decides for the Trainer beyond its config:
+    - val_check_interval counts optimizer steps, like max_steps and checkpoint.every_n_steps;
+      Lightning counts batches, accumulate_grad_batches of them to a step;
+    - inside a multirun, DDP spawns its ranks: Lightning's ddp starts ranks 1.. by re-running
+      the command line, which inside a sweep would re-run the whole sweep."""
+    arguments: dict[str, Any] = {}
+    if cfg.trainer.val_check_interval is not None:
+        arguments["val_check_interval"] = cfg.trainer.val_check_interval * cfg.trainer.accumulate_grad_batches
+    if (
+        HydraConfig.get().mode == RunMode.MULTIRUN
+        and cfg.trainer.strategy == "auto"
+        and cfg.trainer.devices != 1
+    ):
+        arguments["strategy"] = "ddp_spawn"
+    return arguments
+
+
+def build(cfg: DictConfig) -> tuple[L.LightningDataModule, GPTLitModule, L.Trainer, Path | None]:
+    """Everything before the first step; bad config or data raise here, not mid-run. Returns
+    the checkpoint to resume from, if any."""
+    model_config = check_settings(cfg)
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    resume_from = runs.resume_checkpoint(str(cfg.ckpt_path), run_dir) if cfg.ckpt_path else None
+    resumed: dict[str, Any] = {}
+    if resume_from is not None:
+        resumed = load_checkpoint(resume_from)  # a missing or broken checkpoint fails here, in one line
+        runs.check_same_settings(cfg, resumed, list(HydraConfig.get().overrides.task))
+        if 0 <= cfg.trainer.max_steps <= resumed["global_step"]:
+            raise ValueError(
+                f"ckpt_path={cfg.ckpt_path} is at step {resumed['global_step']}, and trainer.max_steps="
+                f"{cfg.trainer.max_steps}: give a larger trainer.max_steps to train further"
+            )
+    # the same run goes on in its own directory: its records continue too
+    continuing = resume_from is not None and runs.run_dir_of(resume_from) in (run_dir, run_dir.resolve())
     if HydraConfig.get().runtime.choices.get("experiment") == "finetune" and not cfg.init_from:
         raise ValueError("experiment=finetune needs init_from=<checkpoint file or run directory>")
     pretrained = None
@@ -114,12 +184,6 @@ def build(cfg: DictConfig) -> tuple[L.LightningDataModule, GPTLitModule, L.Train
     if pretrained is not None:
         module.model.load_state_dict(pretrained.state_dict())
 
-    loggers = []
-    for logger_cfg in (cfg.get("logger") or {}).values():
-        is_wandb = logger_cfg._target_.endswith("WandbLogger")
-        loggers.append(
-            hydra.utils.instantiate(logger_cfg, **(wandb_arguments(logger_cfg) if is_wandb else {}))
-        )
     callbacks = [hydra.utils.instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c]
     for callback in callbacks:
         if isinstance(callback, TextSamples):
@@ -127,21 +191,39 @@ def build(cfg: DictConfig) -> tuple[L.LightningDataModule, GPTLitModule, L.Train
                 datamodule.tokenizer.encode(callback.prompt)
             except ValueError as err:
                 raise ValueError(f"callbacks.text_samples.prompt: {err}") from None
-    strategy = {}
-    if (
-        HydraConfig.get().mode == RunMode.MULTIRUN
-        and cfg.trainer.strategy == "auto"
-        and cfg.trainer.devices != 1
-    ):
-        # Lightning's ddp starts ranks 1.. by re-running the command line, which inside a sweep
-        # would re-run the whole sweep; spawned ranks stay inside this job and its run directory
-        strategy = {"strategy": "ddp_spawn"}
+    # not options: every run ends validated, and its checkpoints carry its records
+    callbacks += [ValidateFinalStep(), KeepRecordsWithCheckpoints()]
+    arguments = trainer_arguments(cfg)
+    if arguments.get("strategy") == "ddp_spawn":
         callbacks.append(LeaveProcessGroupTogether())
-    trainer = hydra.utils.instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks, **strategy)
-    run_config = OmegaConf.to_container(cfg, resolve=True) | {"run_dir": HydraConfig.get().runtime.output_dir}
+
+    loggers = []
+    for logger_cfg in (cfg.get("logger") or {}).values():
+        if logger_cfg._target_.endswith("WandbLogger"):
+            resume_id = resumed.get("wandb_run_id") if continuing else None
+            logger = hydra.utils.instantiate(logger_cfg, **wandb_arguments(logger_cfg, resume_id))
+        else:
+            logger = hydra.utils.instantiate(logger_cfg)
+        if continuing and isinstance(logger, CSVLogger) and rank_zero_only.rank == 0:
+            runs.continue_csv_log(logger, before_step=resumed["global_step"])
+        loggers.append(logger)
+    if not loggers:  # logger=none: the lr has nowhere to go (Lightning refuses to start)
+        callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
+    trainer = hydra.utils.instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks, **arguments)
+    run_config = OmegaConf.to_container(cfg, resolve=True) | {"run_dir": str(run_dir)}
     for logger in trainer.loggers:
         logger.log_hyperparams(run_config)
-    return datamodule, module, trainer
+    return datamodule, module, trainer, resume_from
+
+
+def build_error(err: Exception) -> str:
+    """One line for what went wrong: for an object the config failed to build, the error it
+    raised, named by its config key."""
+    if isinstance(err, InstantiationException) and err.__cause__ is not None:
+        message = " ".join(str(err.__cause__).split())
+        key = re.search(r"full_key: (\S+)", str(err))
+        return message if key is None or key.group(1) in message else f"{key.group(1)}: {message}"
+    return " ".join(str(err).split())
 
 
 def finish_wandb(trainer: L.Trainer) -> None:
@@ -159,21 +241,23 @@ def record_failure(message: str) -> float:
     return float("nan")
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
-def main(cfg: DictConfig) -> float:
+@hydra.main(version_base="1.3", config_path="pkg://gptlab.conf", config_name="config")
+def train(cfg: DictConfig) -> float:
+    runs.start_job()
     in_sweep = HydraConfig.get().mode == RunMode.MULTIRUN
     try:
-        datamodule, module, trainer = build(cfg)
-    except (ValueError, OSError, InstantiationException) as err:
+        datamodule, module, trainer, resume_from = build(cfg)
+    except BUILD_ERRORS as err:
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
-        message = " ".join(str(err).split())  # one line
         if in_sweep:
-            return record_failure(message)
-        sys.exit("error: " + message)  # exit status 1
+            return record_failure(build_error(err))
+        sys.exit("error: " + build_error(err))  # exit status 1
+    if rank_zero_only.rank == 0:
+        runs.record_resume(Path(HydraConfig.get().runtime.output_dir))
 
     try:
-        trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
+        trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from)
     except Exception as err:
         if not in_sweep:
             raise
@@ -191,6 +275,13 @@ def main(cfg: DictConfig) -> float:
     if trainer.is_global_zero and best is not None:
         print(f"best val_loss {best:.4f}, checkpoint {checkpoint.best_model_path}")
     return float(best) if best is not None else float("nan")
+
+
+def main() -> None:
+    """`python -m gptlab.train` and `gptlab-train`: a resumed run's command line is completed
+    with the run's own overrides and directory before Hydra reads it (gptlab.runs)."""
+    sys.argv[1:] = runs.resume_arguments(sys.argv[1:])
+    train()
 
 
 if __name__ == "__main__":

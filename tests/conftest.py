@@ -18,7 +18,7 @@ TINY = [
     "model.n_embd=32",
     "model.block_size=16",
     "data.batch_size=8",
-    "data.val_batches=2",
+    "data.val_tokens=256",
     "trainer.max_steps=30",
     "trainer.val_check_interval=15",
     "optim.warmup_steps=5",
@@ -72,6 +72,18 @@ def train(run_dir: Path, *overrides: str, timeout: float = 300, env: dict[str, s
         timeout=timeout,
     )
     return Result(proc.returncode, proc.stdout, proc.stderr, time.perf_counter() - start, run_dir)
+
+
+def gptlab_train(*arguments: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    """`python -m gptlab.train` with these arguments and nothing else (a resume, say)."""
+    return subprocess.run(
+        [sys.executable, "-m", "gptlab.train", *arguments],
+        cwd=REPO_ROOT,
+        env=offline_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def sweep(sweep_dir: Path, *overrides: str, timeout: float = 300) -> subprocess.CompletedProcess:

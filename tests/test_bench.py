@@ -8,8 +8,6 @@ from pathlib import Path
 
 import pytest
 
-from gptlab.bench import flops_per_step
-from gptlab.model import GPTConfig
 from tests.conftest import REPO_ROOT, SHAKESPEARE, TINY, offline_env
 
 SHORT = ["bench.warmup_steps=2", "bench.rounds=3", "bench.steps_per_round=5", "trainer.log_every_n_steps=5"]
@@ -88,10 +86,3 @@ def test_bad_bench_settings_fail_in_one_line(tmp_path, shakespeare, override: st
     result = bench(tmp_path, override, timeout=60)
     assert result.returncode == 1
     assert result.stderr.strip().splitlines()[-1].startswith(message)
-
-
-def test_flops_per_step_counts_like_nanogpt() -> None:
-    # nanoGPT's estimate_mfu: 6N + 12 * L * H * (C / H) * T per token, T tokens a sequence
-    config = GPTConfig(n_layer=6, n_head=6, n_embd=384, block_size=256)
-    N, L, C, T, B = 10_795_776, 6, 384, 256, 64
-    assert flops_per_step(config, N, batch_size=B) == (6 * N + 12 * L * C * T) * T * B

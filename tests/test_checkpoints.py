@@ -2,10 +2,8 @@
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -104,73 +102,45 @@ def test_unsafe_broken_and_foreign_files_are_refused_in_one_line(tmp_path: Path)
     assert load_checkpoint(tmp_path / "ok.ckpt")["state_dict"]["w"].shape == (3,)
 
 
-def kill_once_checkpointed(run_dir: Path, overrides: list[str], then_wait: float = 0.0) -> Path:
-    """Starts a training run, waits for its first last.ckpt (and then_wait seconds more), and
-    kills it with SIGKILL; returns last.ckpt's path."""
-    last = run_dir / "checkpoints" / "last.ckpt"
-    proc = subprocess.Popen(
-        train_command(run_dir, *overrides),
-        cwd=REPO_ROOT,
-        env=offline_env(),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 120
-    while not last.exists() and time.monotonic() < deadline and proc.poll() is None:
-        time.sleep(0.02)
-    time.sleep(then_wait)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert proc.returncode == -signal.SIGKILL  # killed, not finished
-    return last
-
-
 def final_val_loss(run_dir: Path) -> float:
     return read_summary(run_dir)["final_val_loss"]
 
 
-@pytest.mark.slow
-def test_a_killed_run_resumes_exactly(tmp_path: Path, shakespeare: Path) -> None:
-    overrides = [
-        *TINY,
-        "model.dropout=0.1",  # dropout draws random numbers: resuming must draw the same ones
-        "trainer.max_steps=150",
-        "trainer.val_check_interval=50",
-        "checkpoint.every_n_steps=10",
-        "logger=csv",
-    ]
-    whole = train(tmp_path / "whole", *overrides)
-    assert whole.returncode == 0, whole.stderr
-
-    killed_dir = tmp_path / "killed"
-    last = kill_once_checkpointed(killed_dir, overrides)
-    assert not (killed_dir / "summary.json").exists()
-    killed_at = load_checkpoint(last)["global_step"]
-    assert 10 <= killed_at < 150
-
-    resumed = train(tmp_path / "resumed", *overrides, f"ckpt_path={last}")
-    assert resumed.returncode == 0, resumed.stderr
-    assert read_summary(tmp_path / "resumed")["steps"] == 150
-    assert final_val_loss(tmp_path / "resumed") == pytest.approx(final_val_loss(tmp_path / "whole"), abs=1e-4)
+# Runs gptlab.train with an audit hook that records every rename: how each file came to be.
+RECORD_RENAMES = """
+import json, os, runpy, sys
+renames = []
+sys.addaudithook(lambda event, args: renames.append(args[:2]) if event == "os.rename" else None)
+sys.argv[0] = "train.py"
+try:
+    runpy.run_module("gptlab.train", run_name="__main__")
+finally:
+    with open(os.environ["RENAMES"], "w") as f:
+        json.dump([[os.fspath(a) for a in r] for r in renames], f)
+"""
 
 
 @pytest.mark.slow
-def test_a_kill_while_writing_never_leaves_a_broken_last_checkpoint(
-    tmp_path: Path, shakespeare: Path
-) -> None:
-    # a checkpoint every step, of a model big enough that writing it is most of the step
-    overrides = [
-        "model.n_layer=4",
-        "model.n_embd=256",
-        "model.block_size=16",
-        "data.batch_size=4",
-        "trainer.max_steps=1000",
-        "trainer.val_check_interval=1000",
-        "checkpoint.every_n_steps=1",
-        "logger=none",
-    ]
-    last = kill_once_checkpointed(tmp_path / "run", overrides, then_wait=1.0)  # some steps, and writes, later
-    assert load_checkpoint(last)["global_step"] >= 1
+def test_checkpoints_are_written_beside_their_place_then_renamed(tmp_path: Path, shakespeare: Path) -> None:
+    """A checkpoint appears whole or not at all: written in its own folder, then renamed into
+    place, an atomic step. Lightning's own writer stages it in the system's temporary folder
+    and moves it from there, a copy when that is another file system."""
+    run_dir, renames = tmp_path / "run", tmp_path / "renames.json"
+    proc = subprocess.run(
+        [sys.executable, "-c", RECORD_RENAMES, *train_command(run_dir, *TINY, "logger=none")[3:]],
+        cwd=REPO_ROOT,
+        env=offline_env() | {"RENAMES": str(renames), "TMPDIR": str(tmp_path)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    into_checkpoints = [(Path(s), Path(d)) for s, d in json.loads(renames.read_text()) if d.endswith(".ckpt")]
+    checkpoints = sorted((run_dir / "checkpoints").glob("*.ckpt"))
+    assert len(checkpoints) == 2  # last.ckpt and the best one
+    assert {d for _, d in into_checkpoints} >= set(checkpoints)
+    assert all(source.parent == target.parent for source, target in into_checkpoints)
+    assert not list((run_dir / "checkpoints").glob(".*partial"))  # nothing left half-written
 
 
 @pytest.mark.slow
@@ -209,7 +179,7 @@ def test_fine_tuning_refuses_text_outside_the_vocabulary(trained_run: Path, tmp_
     text = tmp_path / "mine.txt"
     text.write_text("Grüße aus Köln! " * 100 + "".join(chr(0x4E00 + i) for i in range(30)))
     result = train(tmp_path / "run", "experiment=finetune", f"init_from={trained_run}", f"data.path={text}")
-    assert result.returncode == 1 and result.seconds < 15
+    assert result.returncode == 1 and "Traceback" not in result.stderr
     error = result.stderr.strip().splitlines()[-1]
     assert error.startswith(
         f"error: data file {text} has 33 characters not in the vocabulary: 'ß', 'ö', 'ü', "

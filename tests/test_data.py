@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from gptlab.data import CharDataModule, CharTokenizer, RandomWindows
+from gptlab.data import CharDataModule, CharTokenizer, RandomWindows, read_text, validation_batches
 
 
 def test_tokenizer_round_trip(shakespeare: Path) -> None:
@@ -57,35 +57,49 @@ def two_part_file(tmp_path: Path) -> Path:
 
 
 def test_training_and_validation_windows_stay_inside_their_split(tmp_path: Path) -> None:
-    dm = CharDataModule(path=str(two_part_file(tmp_path)), block_size=20, batch_size=16, val_batches=3)
+    dm = CharDataModule(path=str(two_part_file(tmp_path)), block_size=20, batch_size=16)
     dm.setup("fit")
     a, b = dm.tokenizer.encode("ab")
     x, y = next(iter(dm.train_dataloader()))
     assert (x == a).all() and (y == a).all()
     val_batches = list(dm.val_dataloader())
-    assert len(val_batches) == 3
+    assert [x.shape for x, _ in val_batches] == [(4, 20), (1, 19)]  # 99 targets: 4 windows of 20, one of 19
     for x, y in val_batches:
-        assert x.shape == (16, 20) and (x == b).all() and (y == b).all()
+        assert (x == b).all() and (y == b).all()
 
 
-def test_validation_set_is_fixed(shakespeare: Path) -> None:
-    def val_batches(seed: int) -> list[torch.Tensor]:
-        dm = CharDataModule(path=str(shakespeare), block_size=32, batch_size=4, val_batches=5, seed=seed)
+@pytest.mark.parametrize(
+    ("block_size", "batch_size", "world_size"), [(16, 8, 1), (16, 3, 1), (7, 8, 1), (16, 8, 2), (5, 4, 3)]
+)
+def test_validation_scores_every_token_once(block_size: int, batch_size: int, world_size: int) -> None:
+    span = torch.arange(1001)  # each value is its own position: 1000 targets
+    targets = []
+    for rank in range(world_size):
+        for x, y in validation_batches(span, block_size, batch_size, rank, world_size):
+            assert x.shape == y.shape and x.size(0) <= batch_size and x.size(1) <= block_size
+            assert torch.equal(y, x + 1)  # each target predicted from the tokens before it
+            targets += y.flatten().tolist()
+    assert sorted(targets) == list(range(1, 1001))  # every target once: none twice, none left out
+
+
+def test_validation_span_is_fixed_in_tokens(shakespeare: Path) -> None:
+    def val_targets(**settings) -> torch.Tensor:
+        dm = CharDataModule(path=str(shakespeare), **({"block_size": 32, "batch_size": 4} | settings))
         dm.setup("fit")
-        return [x for x, _ in dm.val_dataloader()]
+        return torch.cat([y.flatten() for _, y in dm.val_dataloader()]).sort().values
 
-    first, again, other_seed = val_batches(1), val_batches(1), val_batches(2)
-    assert all(torch.equal(p, q) for p, q in zip(first, again, strict=True))
-    assert all(torch.equal(p, q) for p, q in zip(first, other_seed, strict=True))
-    windows = torch.cat(first)
-    assert len(torch.unique(windows, dim=0)) == len(windows)  # 20 distinct windows
+    first = val_targets(val_tokens=5000)
+    assert len(first) == 5000
+    for other in ({"seed": 2}, {"batch_size": 7}, {"block_size": 9}):
+        assert torch.equal(val_targets(val_tokens=5000, **other), first)
+    assert len(val_targets(val_tokens=None)) == 1_115_394 - math.floor(0.9 * 1_115_394) - 1  # the whole split
 
 
 def test_split_sizes(shakespeare: Path) -> None:
     dm = CharDataModule(path=str(shakespeare), block_size=32, batch_size=4)
     dm.setup("fit")
     assert len(dm.train_data) == math.floor(0.9 * 1_115_394)
-    assert len(dm.train_data) + len(dm.val_data) == 1_115_394
+    assert len(dm.val_span) == 1_115_394 - len(dm.train_data)  # val_tokens=None: the whole split
     assert dm.train_data.dtype == torch.uint8  # 65 characters fit in a byte
 
 
@@ -95,9 +109,17 @@ def test_split_sizes(shakespeare: Path) -> None:
         ({"block_size": 101}, r"model.block_size=101 is too long for the validation split"),
         ({"batch_size": 0}, r"data.batch_size=0"),
         ({"train_fraction": 1.0}, r"data.train_fraction=1.0"),
+        ({"val_tokens": 0}, r"data.val_tokens=0 is not allowed"),
     ],
 )
 def test_bad_data_settings(tmp_path: Path, kwargs: dict, message: str) -> None:
     settings = {"path": str(two_part_file(tmp_path)), "block_size": 8, "batch_size": 4} | kwargs
     with pytest.raises(ValueError, match=message):
         CharDataModule(**settings).setup("fit")
+
+
+def test_a_binary_file_is_named_with_the_offending_byte(tmp_path: Path) -> None:
+    path = tmp_path / "image.bin"
+    path.write_bytes(b"plain text, then \xae")
+    with pytest.raises(ValueError, match=rf"data file {path} is not UTF-8 text: byte 0xae at offset 17"):
+        read_text(path)

@@ -124,3 +124,11 @@ def test_cached_logits_match_a_full_forward() -> None:
     step_logits = [model(idx[:, :4], cache_pos=0)[0][:, -1]]
     step_logits += [model(idx[:, t : t + 1], cache_pos=t)[0][:, -1] for t in range(4, 16)]
     torch.testing.assert_close(torch.stack(step_logits, dim=1), full[:, 3:], atol=1e-5, rtol=1e-5)
+
+
+def test_training_flops_count_like_nanogpt() -> None:
+    # nanoGPT's estimate_mfu: 6N + 12 * L * H * (C / H) * T per token
+    model = GPT(GPTConfig(n_layer=6, n_head=6, n_embd=384, block_size=256))
+    N, L, C, T = model.num_parameters(), 6, 384, 256
+    assert N == 10_795_776  # the lecture's final model
+    assert model.training_flops_per_token() == 6 * N + 12 * L * C * T

@@ -1,0 +1,165 @@
+"""What a run directory is: where a run lives, how it resumes, when its job started.
+
+A run directory holds Hydra's record of the run (.hydra/: the composed config and the
+command-line overrides), checkpoints/, csv/metrics.csv, wandb/ and summary.json. Resuming
+(`ckpt_path=<run dir, or a checkpoint in one>`) continues in that directory with the overrides
+the run was started with, and appends to its records.
+"""
+
+import csv
+import logging
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import psutil
+from lightning.pytorch.loggers import CSVLogger
+from omegaconf import DictConfig, OmegaConf
+
+log = logging.getLogger(__name__)
+
+# where a resume's own Hydra record goes until it has passed its checks (see resume_arguments)
+RESUME_RECORD = ".hydra/resume"
+
+# time.time() at the start of the job now running: the process's start for its first job (its
+# imports count), the job function's own start for the later jobs of a sweep
+job_started: float | None = None
+
+
+def process_started() -> float:
+    return psutil.Process().create_time()
+
+
+def start_job() -> None:
+    global job_started
+    job_started = process_started() if job_started is None else time.time()
+
+
+def override_key(override: str) -> str:
+    """`model.n_head` for `model.n_head=6`, `+x.y=1` or `~x.y`."""
+    return override.split("=", 1)[0].lstrip("+~")
+
+
+def without_ckpt_path(overrides: list[str]) -> list[str]:
+    """A run's overrides as they describe it: which checkpoint it last resumed from is not one."""
+    return [o for o in overrides if override_key(o) != "ckpt_path"]
+
+
+def run_dir_of(ckpt_path: str | Path) -> Path | None:
+    """The run directory of a checkpoint (<run>/checkpoints/x.ckpt) or the directory itself,
+    if Hydra's .hydra/ record is there; else None."""
+    path = Path(ckpt_path)
+    run_dir = path if path.is_dir() else path.parent.parent
+    return run_dir if (run_dir / ".hydra" / "overrides.yaml").is_file() else None
+
+
+def resume_arguments(arguments: list[str]) -> list[str]:
+    """The command line of a resumed run: `ckpt_path=<run dir or a checkpoint of one>` (or
+    `ckpt_path=last hydra.run.dir=<run dir>`) continues that run in its own directory, with the
+    overrides it was started with, then those given now (which may extend it, e.g. a larger
+    trainer.max_steps). Hydra and the DDP ranks Lightning starts by re-running the command line
+    both see this; applied twice it changes nothing."""
+    if "-m" in arguments or "--multirun" in arguments:
+        return arguments  # a sweep's jobs each have their own directory
+    given = {override_key(a): a.split("=", 1)[1] for a in arguments if "=" in a and not a.startswith("-")}
+    ckpt_path = given.get("ckpt_path")
+    if ckpt_path in (None, "null"):
+        return arguments
+    run_dir = Path(given["hydra.run.dir"]) if ckpt_path == "last" and "hydra.run.dir" in given else None
+    run_dir = run_dir or run_dir_of(ckpt_path)
+    if run_dir is None or not (run_dir / ".hydra" / "overrides.yaml").is_file():
+        return arguments  # a checkpoint from elsewhere: a new run, with the overrides given
+    saved = OmegaConf.to_container(OmegaConf.load(run_dir / ".hydra" / "overrides.yaml"))
+    kept = [o for o in without_ckpt_path(saved) if override_key(o) not in given]
+    added = [] if "hydra.run.dir" in given else [f"hydra.run.dir={run_dir}"]
+    if "hydra.output_subdir" not in given:
+        # Hydra records this command's config beside the run's own, which it replaces only once
+        # the resume is known to be good (record_resume): a refused one leaves the run as it was
+        added.append(f"hydra.output_subdir={RESUME_RECORD}")
+    return kept + arguments + added
+
+
+def record_resume(run_dir: Path) -> None:
+    """A resume that passed its checks becomes the run's record (.hydra/), so that the next
+    resume starts from its settings (a larger trainer.max_steps, say)."""
+    record = run_dir / RESUME_RECORD
+    if record.is_dir():
+        for path in record.glob("*.yaml"):
+            path.replace(run_dir / ".hydra" / path.name)
+        record.rmdir()
+
+
+def resume_checkpoint(ckpt_path: str, run_dir: Path) -> Path | None:
+    """The checkpoint a run resumes from: a run directory's last.ckpt, `last` for the last.ckpt
+    of this run's own directory (None when there is none yet: Lightning's convention is to start
+    afresh), or the file given."""
+    if ckpt_path == "last":
+        last = run_dir / "checkpoints" / "last.ckpt"
+        if not last.is_file():
+            log.info("ckpt_path=last: no %s yet, so this run starts from step 0", last)
+            return None
+        return last
+    path = Path(ckpt_path)
+    if path.is_dir():
+        path = path / "checkpoints" / "last.ckpt"
+        if not path.is_file():
+            raise FileNotFoundError(f"ckpt_path={ckpt_path}: this run directory has no {path} to resume from")
+    return path
+
+
+def check_same_settings(cfg: DictConfig, checkpoint: dict[str, Any], overrides: list[str]) -> None:
+    """A resumed run keeps the model, data and optimizer its checkpoint was trained with: an
+    override that changes one of them is refused. The lr schedule is the checkpoint's too
+    (optim.decay_steps follows trainer.max_steps, which a resume may extend)."""
+    saved = {
+        "model": checkpoint["hyper_parameters"].get("model", {}),
+        "optim": checkpoint["hyper_parameters"].get("optim", {}),
+        "data": checkpoint.get("datamodule_hyper_parameters", {}),  # none before gptlab 0.1's resume
+    }
+    decay_steps_given = any(override_key(o) == "optim.decay_steps" for o in overrides)
+    for group, values in saved.items():
+        for key, value in values.items():
+            if (
+                key == "vocab_size"
+                or (key == "decay_steps" and not decay_steps_given)
+                or key not in cfg[group]
+            ):
+                continue
+            now = cfg[group][key]
+            now = OmegaConf.to_container(now) if OmegaConf.is_config(now) else now
+            if now != value:
+                raise ValueError(
+                    f"{group}.{key}={now!r} contradicts the checkpoint, trained with "
+                    f"{group}.{key}={value!r}: "
+                    "a resumed run keeps its model, data and optimizer settings (to start from its weights "
+                    "with other settings, fine-tune with init_from=)"
+                )
+    if "decay_steps" in saved["optim"]:
+        cfg.optim.decay_steps = saved["optim"]["decay_steps"]
+
+
+def continue_csv_log(logger: CSVLogger, before_step: int) -> None:
+    """Continues the run's metrics.csv instead of starting it afresh (Lightning's CSVLogger
+    deletes an existing one): the rows of the steps before the checkpoint are kept; those
+    written after it are dropped, since the resumed run logs those steps again. The old file
+    is moved aside first and removed only once the new one is written, so a kill at any moment
+    loses no row."""
+    metrics = Path(logger.log_dir) / "metrics.csv"
+    aside = metrics.with_name("metrics.csv.resuming")
+    if metrics.is_file() and not aside.is_file():  # else a resume killed before it finished
+        metrics.replace(aside)
+    rows = []
+    if aside.is_file():
+        with aside.open(newline="") as f:
+            rows = [row for row in csv.DictReader(f) if int(row["step"]) < before_step]
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Experiment logs directory")  # hparams.yaml is there
+        writer = logger.experiment
+    for row in rows:
+        step = int(row.pop("step"))
+        writer.log_metrics({k: float(v) for k, v in row.items() if v != ""}, step)
+    logger.save()
+    if rows and not metrics.is_file():
+        raise OSError(f"could not rewrite {metrics}; its rows are kept in {aside}")
+    aside.unlink(missing_ok=True)

@@ -1,0 +1,66 @@
+"""gptlab as people install it: a wheel carrying its configs, console scripts, Trainer arguments."""
+
+import inspect
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import lightning
+import pytest
+
+from tests.conftest import REPO_ROOT
+
+
+@pytest.mark.slow
+def test_the_wheel_runs_from_any_folder_with_its_own_configs(tmp_path: Path) -> None:
+    wheels = tmp_path / "wheels"
+    build = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-w", str(wheels)]
+    proc = subprocess.run([*build, str(REPO_ROOT)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    (wheel,) = wheels.glob("gptlab-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    assert {"gptlab/conf/config.yaml", "gptlab/conf/model/gpt.yaml", "gptlab/conf/eval.yaml"} <= set(names)
+
+    # installed on its own (its dependencies are this environment's), away from the repository
+    site = tmp_path / "site"
+    install = [sys.executable, "-m", "pip", "install", "--no-deps", "--target", str(site), str(wheel)]
+    proc = subprocess.run(install, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    elsewhere = tmp_path / "anywhere"
+    elsewhere.mkdir()
+    env = {"PYTHONPATH": str(site), "PATH": f"{site / 'bin'}:/usr/bin:/bin", "HOME": str(tmp_path)}
+    where = subprocess.run(
+        [sys.executable, "-c", "import gptlab.train; print(gptlab.train.__file__)"],
+        cwd=elsewhere,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert where.stdout.startswith(str(site)), where.stdout + where.stderr  # the wheel's copy
+    for command in ([sys.executable, "-m", "gptlab.train"], [str(site / "bin" / "gptlab-train")]):
+        proc = subprocess.run(
+            [*command, "--cfg", "job", "model.n_head=6"],
+            cwd=elsewhere,
+            env=env,
+            capture_output=True,
+            text=True,
+        )
+        assert proc.returncode == 0, proc.stderr
+        assert "n_head: 6" in proc.stdout and "max_steps: 2000" in proc.stdout
+    for script in ("gptlab-sample", "gptlab-eval", "gptlab-compare", "gptlab-convert", "gptlab-bench"):
+        assert (site / "bin" / script).exists()
+    assert list(elsewhere.iterdir()) == []  # --cfg job makes no run directory
+
+
+def test_every_trainer_argument_is_an_override(compose) -> None:
+    arguments = set(inspect.signature(lightning.Trainer.__init__).parameters) - {
+        "self",
+        "logger",
+        "callbacks",
+    }
+    assert set(compose().trainer) - {"_target_"} == arguments
+    cfg = compose(
+        "trainer.accumulate_grad_batches=4", "trainer.limit_val_batches=0", "trainer.max_time=00:00:10:00"
+    )
+    assert (cfg.trainer.accumulate_grad_batches, cfg.trainer.limit_val_batches) == (4, 0)
