@@ -120,8 +120,8 @@ def windows_in_batch(batch: tuple[torch.Tensor, torch.Tensor]) -> int:
     return batch[0].size(0)
 
 
-def tokens_per_window(batch: tuple[torch.Tensor, torch.Tensor]) -> int:
-    return batch[0].size(1)
+def tokens_in_batch(batch: tuple[torch.Tensor, torch.Tensor]) -> int:
+    return batch[0].numel()
 
 
 class RandomWindows:

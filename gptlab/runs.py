@@ -11,11 +11,13 @@ import logging
 import time
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psutil
-from lightning.pytorch.loggers import CSVLogger
 from omegaconf import DictConfig, OmegaConf
+
+if TYPE_CHECKING:  # gptlab.compare reads run directories without importing Lightning
+    from lightning.pytorch.loggers import CSVLogger
 
 log = logging.getLogger(__name__)
 
@@ -139,7 +141,7 @@ def check_same_settings(cfg: DictConfig, checkpoint: dict[str, Any], overrides: 
         cfg.optim.decay_steps = saved["optim"]["decay_steps"]
 
 
-def continue_csv_log(logger: CSVLogger, before_step: int) -> None:
+def continue_csv_log(logger: "CSVLogger", before_step: int) -> None:
     """Continues the run's metrics.csv instead of starting it afresh (Lightning's CSVLogger
     deletes an existing one): the rows of the steps before the checkpoint are kept; those
     written after it are dropped, since the resumed run logs those steps again. The old file

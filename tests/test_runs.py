@@ -73,6 +73,10 @@ def test_no_validation_at_all_still_saves_the_last_step(tmp_path: Path, shakespe
     assert summary["steps"] == 30 and summary["best_val_loss"] is None and summary["final_val_loss"] is None
     assert validations(result.run_dir) == {}
     assert last_step(result.run_dir) == 30
+    compare = subprocess.run(
+        [sys.executable, "-m", "gptlab.compare", str(result.run_dir)], capture_output=True, text=True
+    )
+    assert compare.returncode == 0 and "not validated" in compare.stdout, compare.stderr
 
 
 def start(run_dir: Path, *overrides: str) -> subprocess.Popen:

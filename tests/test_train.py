@@ -117,6 +117,17 @@ def test_ddp_on_two_cpu_processes(run_train) -> None:
     summary = read_summary(result.run_dir)
     assert summary["world_size"] == 2 and summary["steps"] == 20
     assert len(val_losses(result.run_dir)) == 2
+    # the two ranks scored the validation set between them, each token once: one process
+    # scoring the final checkpoint alone gets the same val_loss
+    proc = subprocess.run(
+        [sys.executable, "-m", "gptlab.eval", f"ckpt_path={summary['last_ckpt']}", "batch_size=5"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 0, proc.stderr
+    (line,) = [line for line in proc.stdout.splitlines() if line.startswith("val_loss ")]
+    assert float(line.split()[1]) == pytest.approx(summary["final_val_loss"], abs=1e-4)
     checkpoints = {p.name for p in (result.run_dir / "checkpoints").iterdir()}
     assert checkpoints == {"last.ckpt", os.path.basename(summary["best_ckpt"])}
     assert result.stdout.count("best val_loss") == 1  # printed by rank 0 only
