@@ -2,7 +2,6 @@
 
 import json
 import logging
-import math
 import time
 from pathlib import Path
 from typing import Any
@@ -112,8 +111,9 @@ class RunSummary(L.Callback):
         self.step_started = 0.0
         self.startup_seconds = 0.0
 
-    def state_dict(self) -> dict[str, Any]:
-        return {"tokens": self.tokens, "step_seconds": self.step_seconds, "train_seconds": self.train_seconds}
+    def state_dict(self) -> dict[str, Any]:  # what a checkpoint holds: the totals up to it
+        train_seconds = self.train_seconds + time.perf_counter() - self.fit_started
+        return {"tokens": self.tokens, "step_seconds": self.step_seconds, "train_seconds": train_seconds}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.tokens = state_dict["tokens"]
@@ -139,23 +139,14 @@ class RunSummary(L.Callback):
         self.step_seconds += time.perf_counter() - self.step_started
         self.tokens += batch[0].numel() * trainer.world_size
 
-    def on_save_checkpoint(
-        self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]
-    ) -> None:
-        # the wall time so far goes into the checkpoint (state_dict is read after this hook)
-        now = time.perf_counter()
-        self.train_seconds += now - self.fit_started
-        self.fit_started = now
-
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not trainer.is_global_zero:
             return
-        self.train_seconds += time.perf_counter() - self.fit_started
-        self.fit_started = time.perf_counter()
+        train_seconds = self.state_dict()["train_seconds"]
         checkpoint = trainer.checkpoint_callback
         best = checkpoint.best_model_score if checkpoint is not None else None
         final = trainer.callback_metrics.get("val_loss")
-        bits = bits_per_character(trainer)
+        bits = trainer.datamodule.val_bits_per_nat
         summary = {
             "best_val_loss": None if best is None else float(best),
             "best_val_bpc": None if best is None else float(best) * bits,
@@ -164,7 +155,7 @@ class RunSummary(L.Callback):
             "steps": trainer.global_step,
             "params": pl_module.model.num_parameters(),
             "startup_seconds": round(self.startup_seconds, 3),
-            "train_seconds": round(self.train_seconds, 3),
+            "train_seconds": round(train_seconds, 3),
             "tokens": self.tokens,
             "tokens_per_second": round(self.tokens / self.step_seconds, 1) if self.step_seconds else None,
             "world_size": trainer.world_size,
@@ -174,12 +165,6 @@ class RunSummary(L.Callback):
             ),
         }
         self.path.write_text(json.dumps(summary, indent=2) + "\n")
-
-
-def bits_per_character(trainer: L.Trainer) -> float:
-    """Bits per character per nat of val_loss: the validation set's tokens per character over
-    ln 2 (one character a token for the character tokenizer)."""
-    return 1 / trainer.datamodule.val_characters_per_token / math.log(2)
 
 
 class TrainingThroughput(ThroughputMonitor):

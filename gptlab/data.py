@@ -9,6 +9,7 @@ comparable across runs whatever their batch size, block size or number of ranks.
 
 import hashlib
 import logging
+import math
 import os
 import urllib.request
 from collections.abc import Iterator
@@ -246,8 +247,10 @@ class CharDataModule(L.LightningDataModule):
         self.val_characters = len(self.tokenizer.decode(self.val_span[1:].tolist()))
 
     @property
-    def val_characters_per_token(self) -> float:
-        return self.val_characters / (len(self.val_span) - 1)
+    def val_bits_per_nat(self) -> float:
+        """Bits per character of the validation set for each nat of val_loss: total nats /
+        characters / ln 2 is val_loss x tokens / characters / ln 2."""
+        return (len(self.val_span) - 1) / self.val_characters / math.log(2)
 
     def train_dataloader(self) -> RandomWindows:
         rank, step = 0, 0

@@ -53,8 +53,13 @@ class OptimConfig:
             )
         if not is_number(self.weight_decay) or self.weight_decay < 0:
             raise ValueError(f"optim.weight_decay={self.weight_decay!r} is not allowed: use 0 or more")
-        if len(self.betas) != 2 or not all(is_number(b) and 0 <= b < 1 for b in self.betas):
-            raise ValueError(f"optim.betas={list(self.betas)!r} is not allowed: use two numbers in [0, 1)")
+        betas = self.betas
+        if (
+            not isinstance(betas, list | tuple)
+            or len(betas) != 2
+            or not all(is_number(b) and 0 <= b < 1 for b in betas)
+        ):
+            raise ValueError(f"optim.betas={betas!r} is not allowed: use two numbers in [0, 1)")
         if not is_count(self.warmup_steps) or self.warmup_steps < 0:
             raise ValueError(f"optim.warmup_steps={self.warmup_steps!r} is not allowed: use 0 or more steps")
         if not is_count(self.decay_steps) or self.decay_steps < 1:
@@ -101,7 +106,7 @@ class GPTLitModule(L.LightningModule):
         self.flops_per_batch: float | None = None  # set in setup(), read by Lightning's ThroughputMonitor
 
     def setup(self, stage: str) -> None:
-        datamodule = self.trainer.datamodule if self._trainer is not None else None
+        datamodule = self.trainer.datamodule
         if datamodule is not None:
             batch_tokens = datamodule.batch_size * self.model.config.block_size
             self.flops_per_batch = self.model.training_flops_per_token() * batch_tokens
@@ -143,8 +148,7 @@ class GPTLitModule(L.LightningModule):
         # token-weighted means over the whole validation set, synced across DDP ranks: every
         # token counts once, however the set is cut into batches
         self.val_loss.update(loss, weight=y.numel())
-        bits_per_nat = 1 / self.trainer.datamodule.val_characters_per_token / math.log(2)
-        self.val_bpc.update(loss * bits_per_nat, weight=y.numel())
+        self.val_bpc.update(loss * self.trainer.datamodule.val_bits_per_nat, weight=y.numel())
         self.val_perplexity.update(logits, y)
         self.log("val_loss", self.val_loss, prog_bar=True)
         self.log("val_bpc", self.val_bpc)

@@ -152,7 +152,8 @@ def build(cfg: DictConfig) -> tuple[L.LightningDataModule, GPTLitModule, L.Train
                 f"{cfg.trainer.max_steps}: give a larger trainer.max_steps to train further"
             )
     # the same run goes on in its own directory: its records continue too
-    continuing = resume_from is not None and runs.run_dir_of(resume_from) in (run_dir, run_dir.resolve())
+    checkpoint_run_dir = runs.run_dir_of(resume_from) if resume_from is not None else None
+    continuing = checkpoint_run_dir is not None and checkpoint_run_dir.resolve() == run_dir.resolve()
     if HydraConfig.get().runtime.choices.get("experiment") == "finetune" and not cfg.init_from:
         raise ValueError("experiment=finetune needs init_from=<checkpoint file or run directory>")
     pretrained = None

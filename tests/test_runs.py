@@ -1,6 +1,7 @@
 """Runs you can trust: every run ends validated and saved, and a resumed run is the same run."""
 
 import csv
+import os
 import signal
 import subprocess
 import sys
@@ -122,8 +123,9 @@ RESUMABLE = [
 
 
 def resume(run_dir: Path) -> None:
-    """`python -m gptlab.train ckpt_path=<run dir>`, nothing else: the run's own settings and directory."""
-    result = gptlab_train(f"ckpt_path={run_dir}")
+    """`python -m gptlab.train ckpt_path=<run dir>`, nothing else: the run's own settings and
+    directory (named relative to where the command runs, as people type it)."""
+    result = gptlab_train(f"ckpt_path={os.path.relpath(run_dir, REPO_ROOT)}")
     assert result.returncode == 0, result.stderr
 
 
