@@ -165,3 +165,21 @@ def continue_csv_log(logger: "CSVLogger", before_step: int) -> None:
     if rows and not metrics.is_file():
         raise OSError(f"could not rewrite {metrics}; its rows are kept in {aside}")
     aside.unlink(missing_ok=True)
+
+
+def study_seed(seed: int, storage: str | None, study_name: str) -> int:
+    """The Optuna sampler's seed: the run's seed for a new study. A study kept in a database
+    and launched again gets the seed moved on by the trials it already holds: with the same
+    seed the sampler would propose the very trials it proposed before."""
+    if not storage:
+        return seed
+    import optuna
+
+    try:
+        trials = optuna.load_study(study_name=study_name, storage=storage).trials
+    except KeyError:  # no such study yet
+        return seed
+    return seed + len(trials)
+
+
+OmegaConf.register_new_resolver("gptlab.study_seed", study_seed)

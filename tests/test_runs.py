@@ -114,7 +114,7 @@ RESUMABLE = [
     "model.dropout=0.1",  # dropout draws random numbers: resuming must draw the same ones
     "data.batch_size=16",
     "data.val_tokens=2048",
-    "trainer.max_steps=300",
+    "trainer.max_steps=200",
     "trainer.val_check_interval=50",
     "checkpoint.every_n_steps=10",
     "optim.warmup_steps=20",
@@ -159,17 +159,17 @@ def test_a_run_killed_anywhere_and_resumed_by_its_directory_is_the_same_run(
     expected = read_summary(tmp_path / "whole")
     for run in (tmp_path / "killed", tmp_path / "killed twice"):
         summary = read_summary(run)
-        assert summary["steps"] == 300
+        assert summary["steps"] == 200
         assert summary["best_val_loss"] == pytest.approx(expected["best_val_loss"], abs=1e-4)
         assert summary["final_val_loss"] == pytest.approx(expected["final_val_loss"], abs=1e-4)
-        assert summary["tokens"] == expected["tokens"] == 300 * accumulate * 16 * 32  # summed over the pieces
+        assert summary["tokens"] == expected["tokens"] == 200 * accumulate * 16 * 32  # summed over the pieces
         assert summary["best_ckpt"] == str(run / "checkpoints" / Path(expected["best_ckpt"]).name)
         # the same validations, each once, in the one metrics.csv
         got, want = validations(run), validations(tmp_path / "whole")
-        assert list(got) == list(want) == [50, 100, 150, 200, 250, 300]
+        assert list(got) == list(want) == [50, 100, 150, 200]
         assert list(got.values()) == pytest.approx(list(want.values()), abs=1e-4)
         logged = [int(r["step"]) for r in metric_rows(run) if r["train_loss"]]
-        assert logged == list(range(9, 300, 10))
+        assert logged == list(range(9, 200, 10))
         # one wandb run, continued by each resume (offline: one folder per process, one run id)
         ids = {p.name.rsplit("-", 1)[1] for p in (run / "wandb").glob("offline-run-*")}
         assert len(ids) == 1 and len(list((run / "wandb").glob("offline-run-*"))) >= 2

@@ -342,6 +342,8 @@ def test_an_optuna_study_in_a_database_goes_on_where_it_stopped(tmp_path, shakes
         assert proc.returncode == 0, proc.stderr
     study = optuna.load_study(study_name="resumable", storage=storage)
     assert [t.state for t in study.trials] == [optuna.trial.TrialState.COMPLETE] * 4  # 2 + 2: one study
+    first, second = [t.params for t in study.trials[:2]], [t.params for t in study.trials[2:]]
+    assert all(params not in first for params in second)  # new trials, not the first ones again
     assert study.best_value == pytest.approx(
         min(
             read_summary(tmp_path / launch / str(job))["best_val_loss"]
