@@ -74,11 +74,13 @@ def train(run_dir: Path, *overrides: str, timeout: float = 300, env: dict[str, s
     return Result(proc.returncode, proc.stdout, proc.stderr, time.perf_counter() - start, run_dir)
 
 
-def gptlab_train(*arguments: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    """`python -m gptlab.train` with these arguments and nothing else (a resume, say)."""
+def run_entry(
+    entry: str, *arguments: str, cwd: Path = REPO_ROOT, timeout: float = 300
+) -> subprocess.CompletedProcess:
+    """`python -m gptlab.<entry>` with these arguments and nothing else (a resume, say)."""
     return subprocess.run(
-        [sys.executable, "-m", "gptlab.train", *arguments],
-        cwd=REPO_ROOT,
+        [sys.executable, "-m", f"gptlab.{entry}", *arguments],
+        cwd=cwd,
         env=offline_env(),
         capture_output=True,
         text=True,

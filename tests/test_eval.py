@@ -2,24 +2,11 @@
 
 import json
 import math
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO_ROOT, TINY, offline_env, read_summary, train
-
-
-def evaluate(*arguments: str, cwd: Path = REPO_ROOT) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "gptlab.eval", *arguments],
-        cwd=cwd,
-        env=offline_env(),
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+from tests.conftest import TINY, read_summary, run_entry, train
 
 
 @pytest.mark.slow
@@ -31,8 +18,8 @@ def test_eval_reproduces_the_runs_val_loss_at_any_batch_size(tmp_path: Path, sha
     figures = []
     for batch_size in (1, 64):
         out = tmp_path / f"eval-{batch_size}.json"
-        proc = evaluate(
-            f"ckpt_path={run}/checkpoints/last.ckpt", f"batch_size={batch_size}", f"out_file={out}"
+        proc = run_entry(
+            "eval", f"ckpt_path={run}/checkpoints/last.ckpt", f"batch_size={batch_size}", f"out_file={out}"
         )
         assert proc.returncode == 0, proc.stderr
         figures.append(json.loads(out.read_text()))
@@ -49,7 +36,7 @@ def test_eval_reproduces_the_runs_val_loss_at_any_batch_size(tmp_path: Path, sha
     # any text file, every token of it; from a run directory, its best checkpoint
     text = tmp_path / "other.txt"
     text.write_text(shakespeare.read_text()[:3001])
-    proc = evaluate(f"ckpt_path={run}", f"data.path={text}", cwd=tmp_path)
+    proc = run_entry("eval", f"ckpt_path={run}", f"data.path={text}", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert f"on all of {text}: 3,000 tokens, 3,000 characters" in proc.stdout
     assert summary["best_ckpt"] in proc.stdout

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from gptlab.checkpoint import load_checkpoint
-from tests.conftest import REPO_ROOT, TINY, gptlab_train, offline_env, read_summary, train, train_command
+from tests.conftest import REPO_ROOT, TINY, offline_env, read_summary, run_entry, train, train_command
 
 
 def metric_rows(run_dir: Path) -> list[dict[str, str]]:
@@ -125,7 +125,7 @@ RESUMABLE = [
 def resume(run_dir: Path) -> None:
     """`python -m gptlab.train ckpt_path=<run dir>`, nothing else: the run's own settings and
     directory (named relative to where the command runs, as people type it)."""
-    result = gptlab_train(f"ckpt_path={os.path.relpath(run_dir, REPO_ROOT)}")
+    result = run_entry("train", f"ckpt_path={os.path.relpath(run_dir, REPO_ROOT)}")
     assert result.returncode == 0, result.stderr
 
 
@@ -181,7 +181,9 @@ def test_ckpt_path_last_in_a_given_run_directory(tmp_path: Path, shakespeare: Pa
     first = train(run, *TINY, "ckpt_path=last", "logger=csv")  # nothing to resume yet: starts at step 0
     assert first.returncode == 0, first.stderr
     assert "ckpt_path=last: no" in first.stdout + first.stderr
-    longer = gptlab_train(f"hydra.run.dir={run}", "ckpt_path=last", "trainer.max_steps=45")  # extends it
+    longer = run_entry(
+        "train", f"hydra.run.dir={run}", "ckpt_path=last", "trainer.max_steps=45"
+    )  # extends it
     assert longer.returncode == 0, longer.stderr
     assert list(validations(run)) == [15, 30, 45]
     summary = read_summary(run)
@@ -208,7 +210,7 @@ def test_a_resume_that_contradicts_the_checkpoint_is_refused_and_changes_nothing
         "trainer.max_steps=30": "is at step 30, and trainer.max_steps=30: give a larger trainer.max_steps",
     }
     for override, message in cases.items():
-        result = gptlab_train(f"ckpt_path={run / 'checkpoints' / 'last.ckpt'}", override)
+        result = run_entry("train", f"ckpt_path={run / 'checkpoints' / 'last.ckpt'}", override)
         assert result.returncode == 1, (override, result.stderr)
         assert result.stderr.strip().splitlines()[-1].startswith("error: ")
         assert message in result.stderr, (override, result.stderr)
