@@ -37,8 +37,8 @@ from rich.console import Console
 from rich.table import Table
 
 from gptlab.data import CharDataModule, RandomWindows
-from gptlab.model import GPTConfig, LanguageModel, create_model
-from gptlab.module import GPTLitModule, OptimConfig, adamw, is_count
+from gptlab.model import GPTConfig, LanguageModel, create_model, is_count
+from gptlab.module import GPTLitModule, OptimConfig, adamw
 from gptlab.train import BUILD_ERRORS, build, build_error, finish_wandb, model_settings
 
 PARTS = ("train", "startup", "generate", "bare", "grow")

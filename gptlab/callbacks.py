@@ -13,6 +13,7 @@ from lightning.pytorch.loggers import WandbLogger
 
 from gptlab import runs
 from gptlab.data import CharTokenizer
+from gptlab.model import is_count, is_number
 
 log = logging.getLogger(__name__)
 
@@ -44,11 +45,7 @@ class LastCheckpoint(ModelCheckpoint):
     validation in its records, and Lightning does not run it again."""
 
     def __init__(self, dirpath: str, every_n_train_steps: int | None = None):
-        if every_n_train_steps is not None and (
-            not isinstance(every_n_train_steps, int)
-            or isinstance(every_n_train_steps, bool)
-            or every_n_train_steps < 1
-        ):
+        if every_n_train_steps is not None and (not is_count(every_n_train_steps) or every_n_train_steps < 1):
             raise ValueError(
                 f"checkpoint.every_n_steps={every_n_train_steps!r} is not allowed: use a positive integer "
                 "(or null: last.ckpt only when training ends)"
@@ -191,7 +188,7 @@ class ThrottledRichProgressBar(RichProgressBar):
     a tiny model's step, and the bar only redraws refresh_rate times a second anyway."""
 
     def __init__(self, refresh_rate: int = 4, **kwargs: Any):
-        if not isinstance(refresh_rate, int) or isinstance(refresh_rate, bool) or refresh_rate < 1:
+        if not is_count(refresh_rate) or refresh_rate < 1:
             raise ValueError(
                 f"callbacks.rich_progress_bar.refresh_rate={refresh_rate!r} is not allowed: use a positive "
                 "integer (redraws a second), or callbacks.rich_progress_bar=null for no bar"
@@ -257,11 +254,11 @@ def check_sampling(prefix: str, prompt: Any, max_new_tokens: Any, temperature: A
         raise ValueError(
             f"{prefix}prompt={prompt!r} is not allowed: give at least one character, e.g. 'ROMEO:'"
         )
-    if not isinstance(max_new_tokens, int) or isinstance(max_new_tokens, bool) or max_new_tokens < 1:
+    if not is_count(max_new_tokens) or max_new_tokens < 1:
         raise ValueError(f"{prefix}max_new_tokens={max_new_tokens!r} is not allowed: use a positive integer")
-    if isinstance(temperature, bool) or not isinstance(temperature, int | float) or not temperature > 0:
+    if not is_number(temperature) or not temperature > 0:
         raise ValueError(f"{prefix}temperature={temperature!r} is not allowed: use a positive number")
-    if top_k is not None and (not isinstance(top_k, int) or isinstance(top_k, bool) or top_k < 1):
+    if top_k is not None and (not is_count(top_k) or top_k < 1):
         raise ValueError(
             f"{prefix}top_k={top_k!r} is not allowed: use a positive integer, or null for all tokens"
         )

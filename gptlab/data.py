@@ -18,6 +18,8 @@ from pathlib import Path
 import lightning as L
 import torch
 
+from gptlab.model import is_count
+
 log = logging.getLogger(__name__)
 
 
@@ -176,11 +178,11 @@ class CharDataModule(L.LightningDataModule):
         ):
             if value is None and name == "val_tokens":
                 continue
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            if not is_count(value) or value < 1:
                 raise ValueError(f"data.{name}={value!r} is not allowed: use a positive integer")
         if not isinstance(train_fraction, float) or not 0.0 < train_fraction < 1.0:
             raise ValueError(f"data.train_fraction={train_fraction!r} is not allowed: use a number in (0, 1)")
-        if not isinstance(seed, int) or isinstance(seed, bool):
+        if not is_count(seed):
             raise ValueError(f"seed={seed!r} is not allowed: use an integer")
         # saved in checkpoints (datamodule_hyper_parameters): a resumed run checks it gets the same data
         self.save_hyperparameters(ignore=["url", "sha256"])
@@ -274,7 +276,7 @@ class CharDataModule(L.LightningDataModule):
         rank, world_size = 0, 1
         if self.trainer is not None:
             rank, world_size = self.trainer.global_rank, self.trainer.world_size
-        n_windows = len(validation_windows(len(self.val_span) - 1, self.block_size))
+        n_windows = math.ceil((len(self.val_span) - 1) / self.block_size)  # validation_windows() makes these
         if n_windows < world_size:
             raise ValueError(
                 f"data.val_tokens={len(self.val_span) - 1} makes {n_windows} validation windows of "

@@ -25,8 +25,7 @@ from gptlab.data import (
     read_text,
     validation_batches,
 )
-from gptlab.model import LanguageModel
-from gptlab.module import is_count
+from gptlab.model import LanguageModel, is_count
 from gptlab.sample import pick_device
 
 

@@ -11,7 +11,7 @@ from torchmetrics import MeanMetric
 from torchmetrics.text import Perplexity
 
 from gptlab.data import step_seed
-from gptlab.model import GPTConfig, create_model
+from gptlab.model import GPTConfig, create_model, is_count, is_number
 
 
 def warmup_cosine(step: int, *, lr: float, min_lr: float, warmup_steps: int, decay_steps: int) -> float:
@@ -22,14 +22,6 @@ def warmup_cosine(step: int, *, lr: float, min_lr: float, warmup_steps: int, dec
         return min_lr
     progress = (step - warmup_steps) / max(1, decay_steps - warmup_steps)
     return min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (lr - min_lr)
-
-
-def is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
-
-
-def is_count(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ from omegaconf import DictConfig
 
 from gptlab.callbacks import check_sampling
 from gptlab.checkpoint import find_checkpoint, load_checkpoint, model_from_checkpoint
-from gptlab.module import is_count
+from gptlab.model import is_count
 
 
 def pick_device(name: str) -> torch.device:

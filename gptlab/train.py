@@ -34,8 +34,8 @@ from gptlab.callbacks import (
     ValidateFinalStep,
 )
 from gptlab.checkpoint import find_checkpoint, load_checkpoint, model_from_checkpoint
-from gptlab.model import GPTConfig
-from gptlab.module import GPTLitModule, OptimConfig, is_count
+from gptlab.model import GPTConfig, is_count
+from gptlab.module import GPTLitModule, OptimConfig
 
 log = logging.getLogger(__name__)
 
