@@ -2,14 +2,19 @@
 
 import json
 import logging
+import os
+import signal
+import subprocess
 import time
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
+from lightning.fabric.plugins.environments import SLURMEnvironment
 from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar, ThroughputMonitor
 from lightning.pytorch.loggers import WandbLogger
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from gptlab import runs
 from gptlab.data import CharTokenizer
@@ -40,9 +45,10 @@ class ValidateFinalStep(L.Callback):
 
 
 class LastCheckpoint(ModelCheckpoint):
-    """last.ckpt, written every every_n_train_steps steps and when training ends, always after
-    the validation of its step when that step has one: a run resumed from it has that
-    validation in its records, and Lightning does not run it again."""
+    """last.ckpt, written every every_n_train_steps steps, when training ends and when a signal
+    stops it (SIGTERM, or a requeue signal: see RequeueWhenPreempted), always after the
+    validation of its step when that step has one: a run resumed from it has that validation in
+    its records, and Lightning does not run it again."""
 
     def __init__(self, dirpath: str, every_n_train_steps: int | None = None):
         if every_n_train_steps is not None and (not is_count(every_n_train_steps) or every_n_train_steps < 1):
@@ -78,6 +84,54 @@ class LastCheckpoint(ModelCheckpoint):
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.write_last(trainer)
+
+    def on_exception(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
+    ) -> None:
+        # on SIGTERM Lightning's loops stop between two steps (all ranks at the same one): the
+        # step reached is whole, and saved
+        if isinstance(exception, SIGTERMException):
+            self.write_last(trainer)
+
+
+class RequeueWhenPreempted(L.Callback):
+    """In a SLURM job, the signal SLURM sends ahead of preemption or the time limit (the job's
+    --signal: SIGUSR1 for Lightning's SLURMEnvironment, SIGUSR2 for submitit) stops training the
+    way SIGTERM does, at the end of the step, with last.ckpt written there; then rank 0 requeues
+    the job, which resumes from last.ckpt by itself (gptlab.cluster.restarted). This takes the
+    place of Lightning's own requeue handler, which saves an hpc_ckpt in the middle of a step."""
+
+    signals = (signal.SIGUSR1, signal.SIGUSR2)
+
+    def __init__(self) -> None:
+        self.requeue = False  # a requeue signal came
+        self.requeued = False
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # after Lightning's handlers are set (it puts its own back when fit ends)
+        if SLURMEnvironment.detect():
+            for signum in self.signals:
+                signal.signal(signum, self.stop_to_requeue)
+
+    def stop_to_requeue(self, signum: int, frame: Any) -> None:
+        log.info("%s: stopping at the end of this step, to be requeued", signal.Signals(signum).name)
+        self.requeue = True
+        os.kill(os.getpid(), signal.SIGTERM)  # Lightning's own stop, between two steps
+
+    def on_exception(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
+    ) -> None:
+        if not (self.requeue and isinstance(exception, SIGTERMException) and trainer.is_global_zero):
+            return
+        job_id = os.environ["SLURM_JOB_ID"]
+        if "SLURM_ARRAY_JOB_ID" in os.environ:  # a job of an array (submitit submits sweeps as one)
+            job_id = f"{os.environ['SLURM_ARRAY_JOB_ID']}_{os.environ['SLURM_ARRAY_TASK_ID']}"
+        try:
+            subprocess.run(["scontrol", "requeue", job_id], check=True)
+            self.requeued = True
+            log.info("requeued SLURM job %s: it resumes from last.ckpt when it starts again", job_id)
+        except (OSError, subprocess.CalledProcessError) as err:
+            log.error("could not requeue SLURM job %s (%s): resume it by hand", job_id, err)
 
 
 class KeepRecordsWithCheckpoints(L.Callback):
@@ -156,6 +210,9 @@ class RunSummary(L.Callback):
             "tokens": self.tokens,
             "tokens_per_second": round(self.tokens / self.step_seconds, 1) if self.step_seconds else None,
             "world_size": trainer.world_size,
+            "visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
+            "started_at": round(runs.job_started or runs.process_started(), 3),
+            "finished_at": round(time.time(), 3),
             "best_ckpt": checkpoint.best_model_path if checkpoint is not None else None,
             "last_ckpt": next(
                 (c.last_model_path for c in trainer.checkpoint_callbacks if c.last_model_path), None

@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import re
+import signal
 import sys
 from dataclasses import asdict, fields, replace
 from pathlib import Path
@@ -24,12 +25,14 @@ from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.loggers import CSVLogger, WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
-from gptlab import runs
+from gptlab import cluster, runs
 from gptlab.callbacks import (
     KeepRecordsWithCheckpoints,
     LeaveProcessGroupTogether,
+    RequeueWhenPreempted,
     TextSamples,
     ValidateFinalStep,
 )
@@ -123,7 +126,8 @@ def trainer_arguments(cfg: DictConfig) -> dict[str, Any]:
     - val_check_interval counts optimizer steps, like max_steps and checkpoint.every_n_steps;
       Lightning counts batches, accumulate_grad_batches of them to a step;
     - inside a multirun, DDP spawns its ranks: Lightning's ddp starts ranks 1.. by re-running
-      the command line, which inside a sweep would re-run the whole sweep."""
+      the command line, which inside a sweep would re-run the whole sweep; unless a cluster
+      launcher (SLURM tasks, torchrun) already started this process as one of the ranks."""
     arguments: dict[str, Any] = {}
     if cfg.trainer.val_check_interval is not None:
         arguments["val_check_interval"] = cfg.trainer.val_check_interval * cfg.trainer.accumulate_grad_batches
@@ -131,6 +135,7 @@ def trainer_arguments(cfg: DictConfig) -> dict[str, Any]:
         HydraConfig.get().mode == RunMode.MULTIRUN
         and cfg.trainer.strategy == "auto"
         and cfg.trainer.devices != 1
+        and cluster.launcher_environment() is None
     ):
         arguments["strategy"] = "ddp_spawn"
     return arguments
@@ -141,6 +146,10 @@ def build(cfg: DictConfig) -> tuple[L.LightningDataModule, GPTLitModule, L.Train
     the checkpoint to resume from, if any."""
     model_config = check_settings(cfg)
     run_dir = Path(HydraConfig.get().runtime.output_dir)
+    if not cfg.ckpt_path and cluster.restarted():
+        # a requeued SLURM job (or restarted torchrun) is back in its run directory: it goes on
+        # from the last.ckpt it wrote when it was stopped, if it got that far
+        cfg.ckpt_path = "last"
     resume_from = runs.resume_checkpoint(str(cfg.ckpt_path), run_dir) if cfg.ckpt_path else None
     resumed: dict[str, Any] = {}
     if resume_from is not None:
@@ -192,8 +201,9 @@ def build(cfg: DictConfig) -> tuple[L.LightningDataModule, GPTLitModule, L.Train
                 datamodule.tokenizer.encode(callback.prompt)
             except ValueError as err:
                 raise ValueError(f"callbacks.text_samples.prompt: {err}") from None
-    # not options: every run ends validated, and its checkpoints carry its records
-    callbacks += [ValidateFinalStep(), KeepRecordsWithCheckpoints()]
+    # not options: every run ends validated, its checkpoints carry its records, and a preempted
+    # run saves where it stopped
+    callbacks += [ValidateFinalStep(), KeepRecordsWithCheckpoints(), RequeueWhenPreempted()]
     arguments = trainer_arguments(cfg)
     if arguments.get("strategy") == "ddp_spawn":
         callbacks.append(LeaveProcessGroupTogether())
@@ -227,11 +237,29 @@ def build_error(err: Exception) -> str:
     return " ".join(str(err).split())
 
 
-def finish_wandb(trainer: L.Trainer) -> None:
-    """Ends the wandb run: else the next run in this process (a sweep's next job) logs into it."""
+def finish_wandb(trainer: L.Trainer, preempted: bool = False) -> None:
+    """Ends the wandb run: else the next run in this process (a sweep's next job) logs into it.
+    A preempted one is marked so: it continues when the run resumes."""
     for logger in trainer.loggers:
         if isinstance(logger, WandbLogger):
+            if preempted:
+                logger.experiment.mark_preempting()
             logger.experiment.finish()
+
+
+def stopped_by_signal(trainer: L.Trainer, requeued: bool) -> None:
+    """A run stopped by SIGTERM (or a requeue signal) exits as a killed process does (143), with
+    one line saying how it goes on: it is not finished, whatever Lightning's exit status says."""
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    if trainer.is_global_zero:
+        how = (
+            "the SLURM job is requeued and resumes by itself"
+            if requeued
+            else f"resume with `python -m gptlab.train ckpt_path={run_dir}`"
+        )
+        last = run_dir / "checkpoints" / "last.ckpt"
+        print(f"stopped by a signal at step {trainer.global_step}, saved in {last}: {how}", file=sys.stderr)
+    sys.exit(128 + signal.SIGTERM)
 
 
 def record_failure(message: str) -> float:
@@ -257,15 +285,21 @@ def train(cfg: DictConfig) -> float:
     if rank_zero_only.rank == 0:
         runs.record_resume(Path(HydraConfig.get().runtime.output_dir))
 
+    preempted = False
     try:
         trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from)
+    except SIGTERMException:
+        preempted = True
     except Exception as err:
         if not in_sweep:
             raise
         log.exception("training crashed")  # the traceback goes to this job's log
         return record_failure(f"{type(err).__name__}: {err}")
     finally:
-        finish_wandb(trainer)
+        finish_wandb(trainer, preempted)
+    if preempted:
+        requeue = next(c for c in trainer.callbacks if isinstance(c, RequeueWhenPreempted))
+        stopped_by_signal(trainer, requeued=requeue.requeued)
 
     checkpoint = trainer.checkpoint_callback
     best = checkpoint.best_model_score if checkpoint is not None else None
@@ -279,9 +313,14 @@ def train(cfg: DictConfig) -> float:
 
 
 def main() -> None:
-    """`python -m gptlab.train` and `gptlab-train`: a resumed run's command line is completed
-    with the run's own overrides and directory before Hydra reads it (gptlab.runs)."""
+    """`python -m gptlab.train` and `gptlab-train`. Before Hydra names the run directory: a
+    resumed run's command line is completed with the run's own overrides and directory
+    (gptlab.runs), and the ranks of a job a cluster launcher started agree on rank 0's start
+    time, so on one run directory, which only rank 0 records itself in (gptlab.cluster)."""
     sys.argv[1:] = runs.resume_arguments(sys.argv[1:])
+    cluster.agree_on_start_time()
+    if cluster.global_rank() != 0:
+        sys.argv.append("hydra.output_subdir=null")
     train()
 
 

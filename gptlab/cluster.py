@@ -1,0 +1,100 @@
+"""What a cluster launcher says about this process: whether it is one rank of a job whose ranks
+the launcher started (SLURM tasks, torchrun workers, LSF, MPI: the Lightning cluster environments
+that detect themselves), whether
+the job was restarted (a SLURM requeue, a torchrun restart), and the one start time all ranks of
+a job agree on, so that they agree on one run directory (`${gptlab.now:...}` in conf/hydra/).
+"""
+
+import os
+import time
+from datetime import datetime, timedelta
+
+from lightning.fabric.plugins.environments import (
+    ClusterEnvironment,
+    LSFEnvironment,
+    MPIEnvironment,
+    SLURMEnvironment,
+    TorchElasticEnvironment,
+)
+from omegaconf import OmegaConf
+
+# how long the ranks of a job wait for rank 0 to hand out its start time
+START_TIME_TIMEOUT = timedelta(minutes=5)
+START_TIME_KEY = "gptlab/start_time"
+# where the agreed start time is kept, for this process and those it starts
+START_TIME_VARIABLE = "GPTLAB_START_TIME"
+
+
+def launcher_environment() -> ClusterEnvironment | None:
+    """The cluster environment that started this process as one rank of several, if any. A SLURM
+    job with one task is not one: its process starts the ranks itself (Lightning does the same)."""
+    if TorchElasticEnvironment.detect():
+        return TorchElasticEnvironment()
+    if SLURMEnvironment.detect() and int(os.environ["SLURM_NTASKS"]) > 1:
+        return SLURMEnvironment()
+    for environment in (LSFEnvironment, MPIEnvironment):
+        if environment.detect():
+            return environment()
+    return None
+
+
+def global_rank() -> int:
+    """This process's rank in its job: 0 when no launcher started it."""
+    environment = launcher_environment()
+    return environment.global_rank() if environment is not None else 0
+
+
+def restarted() -> bool:
+    """Whether the job running here was started before and stopped: requeued by SLURM (after
+    preemption, or by Lightning or submitit before a time limit), or restarted by torchrun."""
+    return (
+        int(os.environ.get("SLURM_RESTART_COUNT", 0)) > 0
+        or int(os.environ.get("TORCHELASTIC_RESTART_COUNT", 0)) > 0
+    )
+
+
+def agreed_start_time() -> str:
+    """Rank 0's local time (ISO format) on every rank of a job a launcher started, whatever each
+    node's clock or time zone says: rank 0 hands it out through a TCPStore at the job's main
+    address (torchrun's own store, which its agent keeps; for other launchers one that rank 0
+    holds until every rank has read it, before the process group is set up on that port)."""
+    environment = launcher_environment()
+    if environment is None or environment.world_size() == 1:
+        return datetime.now().isoformat()
+    from torch.distributed import TCPStore
+
+    rank, world_size = environment.global_rank(), environment.world_size()
+    agent_store = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
+    store = TCPStore(
+        environment.main_address,
+        environment.main_port,
+        world_size=None if agent_store else world_size,
+        is_master=rank == 0 and not agent_store,
+        timeout=START_TIME_TIMEOUT,
+        wait_for_workers=False,
+    )
+    if rank == 0:
+        # the first to set it wins: a torchrun restart reads the time of the job's first start
+        started = store.compare_set(START_TIME_KEY, "", datetime.now().isoformat()).decode()
+    else:
+        started = store.get(START_TIME_KEY).decode()
+    if not agent_store:  # the store dies with rank 0's: it waits until every rank has read
+        store.add(f"{START_TIME_KEY}/read", 1)
+        while rank == 0 and store.add(f"{START_TIME_KEY}/read", 0) < world_size:
+            time.sleep(0.05)
+    return started
+
+
+def agree_on_start_time() -> None:
+    """Called by the entry point before Hydra names the run directory: every process started from
+    here (a sweep's jobs, SLURM jobs submitted from here, requeued ones) inherits the time."""
+    os.environ.setdefault(START_TIME_VARIABLE, agreed_start_time())
+
+
+def now(pattern: str) -> str:
+    """`${gptlab.now:%Y-%m-%d}`: Hydra's `${now:...}`, formatting the job's agreed start time."""
+    started = os.environ.get(START_TIME_VARIABLE)
+    return (datetime.fromisoformat(started) if started else datetime.now()).strftime(pattern)
+
+
+OmegaConf.register_new_resolver("gptlab.now", now, use_cache=True)

@@ -1,0 +1,193 @@
+"""Cluster launchers are the ranks (SLURM tasks and torchrun workers, on this machine's loopback),
+and a preempted run saves where it stopped and goes on from there."""
+
+import csv
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from gptlab.checkpoint import load_checkpoint
+from tests.conftest import (
+    REPO_ROOT,
+    SHAKESPEARE,
+    TINY,
+    offline_env,
+    read_summary,
+    run_entry,
+    train,
+    train_command,
+)
+
+CPU_RANK = [*TINY, "logger=csv", "trainer.accelerator=cpu", f"data.path={SHAKESPEARE}"]
+
+
+def slurm_task(rank: int, ntasks: int, job_id: str = "4242", **extra: str) -> dict[str, str]:
+    """The environment SLURM gives task `rank` of a job step with ntasks tasks on this one node."""
+    return {
+        "SLURM_JOB_ID": job_id,
+        "SLURM_JOB_NAME": "gptlab",
+        "SLURM_NTASKS": str(ntasks),
+        "SLURM_NTASKS_PER_NODE": str(ntasks),
+        "SLURM_NNODES": "1",
+        "SLURM_NODELIST": "127.0.0.1",
+        "SLURM_PROCID": str(rank),
+        "SLURM_LOCALID": str(rank),
+        "SLURM_NODEID": "0",
+        **extra,
+    }
+
+
+def start_all(
+    commands: list[tuple[list[str], dict[str, str]]], cwd: Path
+) -> list[subprocess.CompletedProcess]:
+    """Starts every (command, environment) at once, as a launcher does, and waits for all."""
+    processes = [
+        subprocess.Popen(
+            command,
+            cwd=cwd,
+            env=offline_env() | env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for command, env in commands
+    ]
+    outputs = [p.communicate(timeout=300)[0] for p in processes]
+    return [
+        subprocess.CompletedProcess(p.args, p.returncode, out, "")
+        for p, out in zip(processes, outputs, strict=True)
+    ]
+
+
+def run_dirs(folder: Path) -> list[Path]:
+    return sorted(p.parent for p in folder.rglob("train.log"))
+
+
+@pytest.mark.slow
+def test_slurm_tasks_are_the_ranks_of_a_sweep_job(tmp_path: Path, shakespeare: Path) -> None:
+    # two SLURM tasks each run the sweep; its job's DDP is those two tasks, not ranks spawned by each
+    command = [sys.executable, "-m", "gptlab.train", "-m", *CPU_RANK, "trainer.devices=2"]
+    done = start_all([(command, slurm_task(rank, ntasks=2)) for rank in (0, 1)], cwd=tmp_path)
+    for result in done:
+        assert result.returncode == 0, result.stdout[-3000:]
+    (job,) = run_dirs(tmp_path / "outputs")  # one sweep, one job, one directory
+    assert job.name == "0"
+    assert read_summary(job)["world_size"] == 2
+    assert read_summary(job)["tokens"] == 30 * 2 * 8 * 16  # both ranks' batches
+    assert "Initializing distributed: GLOBAL_RANK: 1, MEMBER: 2/2" in done[1].stdout
+
+
+@pytest.mark.slow
+def test_torchrun_nodes_whose_clocks_disagree_share_rank_0s_run_directory(
+    tmp_path: Path, shakespeare: Path
+) -> None:
+    # two "nodes" of one process each on loopback; the second's clock reads 9 hours later
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc-per-node=1"]
+    rendezvous = ["--master-addr=127.0.0.1", "--master-port=29561", "--rdzv-id=test"]
+    train = ["-m", "gptlab.train", *CPU_RANK, "trainer.num_nodes=2", "trainer.devices=1"]
+    done = start_all(
+        [
+            ([*torchrun, f"--node-rank={node}", *rendezvous, *train], {"TZ": zone})
+            for node, zone in ((0, "UTC"), (1, "Asia/Tokyo"))
+        ],
+        cwd=tmp_path,
+    )
+    for result in done:
+        assert result.returncode == 0, result.stdout[-3000:]
+    (run,) = [p for p in (tmp_path / "outputs").glob("*/*") if p.is_dir()]  # no second directory
+    assert run_dirs(tmp_path / "outputs") == [run]
+    assert read_summary(run)["world_size"] == 2
+    assert (run / ".hydra" / "config.yaml").is_file()
+
+
+PREEMPTED = [
+    *TINY,
+    "trainer.max_steps=400",
+    "trainer.val_check_interval=200",
+    "model.dropout=0.1",
+    "logger=csv",
+]
+
+
+def stopped_after_first_checkpoint(
+    run_dir: Path, signum: signal.Signals, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
+    """Starts a run, sends it signum once it has written last.ckpt at step 200, waits for it."""
+    process = subprocess.Popen(
+        train_command(run_dir, *PREEMPTED),
+        cwd=REPO_ROOT,
+        env=offline_env() | (env or {}),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 120
+    while not (run_dir / "checkpoints" / "last.ckpt").exists() and process.poll() is None:
+        assert time.monotonic() < deadline, "no last.ckpt in 120 s"
+        time.sleep(0.05)
+    process.send_signal(signum)
+    stdout, stderr = process.communicate(timeout=120)
+    return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
+
+
+def stopped_step(result: subprocess.CompletedProcess) -> int:
+    line = result.stderr.strip().splitlines()[-1]
+    match = re.fullmatch(r"stopped by a signal at step (\d+), saved in (\S+): (.*)", line)
+    assert match, result.stderr[-3000:]
+    return int(match.group(1))
+
+
+@pytest.mark.slow
+def test_a_preempted_run_saves_the_step_it_reached_and_resumes_to_the_same_val_loss(
+    tmp_path: Path, shakespeare: Path
+) -> None:
+    left_alone = train(tmp_path / "left_alone", *PREEMPTED)
+    assert left_alone.returncode == 0, left_alone.stderr
+    expected = read_summary(left_alone.run_dir)["final_val_loss"]
+
+    # SIGTERM, as Kubernetes or SLURM send it: saved, non-zero, one line saying how to go on
+    run = tmp_path / "terminated"
+    result = stopped_after_first_checkpoint(run, signal.SIGTERM)
+    assert result.returncode == 143, result.stderr[-3000:]
+    step = stopped_step(result)
+    assert 200 <= step < 400
+    assert load_checkpoint(run / "checkpoints" / "last.ckpt")["global_step"] == step
+    assert not (run / "summary.json").exists()  # not finished
+    assert f"resume with `python -m gptlab.train ckpt_path={run}`" in result.stderr
+    resumed = run_entry("train", f"ckpt_path={run}")
+    assert resumed.returncode == 0, resumed.stderr
+    assert read_summary(run)["final_val_loss"] == pytest.approx(expected, abs=1e-4)
+    assert read_summary(run)["steps"] == 400
+
+    # a SLURM job's requeue signal: saved and requeued (`scontrol` stands in for SLURM's)
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "scontrol").write_text('#!/bin/sh\necho "$@" >> "$SCONTROL_CALLS"\n')
+    (bin_dir / "scontrol").chmod(0o755)
+    calls = tmp_path / "scontrol_calls"
+    job = slurm_task(0, ntasks=1, job_id="777") | {
+        "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
+        "SCONTROL_CALLS": str(calls),
+    }
+    run = tmp_path / "requeued"
+    result = stopped_after_first_checkpoint(run, signal.SIGUSR1, env=job)
+    assert result.returncode == 143, result.stderr[-3000:]
+    assert 200 <= stopped_step(result) < 400
+    assert "the SLURM job is requeued and resumes by itself" in result.stderr
+    assert calls.read_text().split() == ["requeue", "777"]
+    # SLURM starts the job again with the same command line, now as a restart
+    requeued = train(run, *PREEMPTED, env=job | {"SLURM_RESTART_COUNT": "1"})
+    assert requeued.returncode == 0, requeued.stderr
+    assert read_summary(run)["final_val_loss"] == pytest.approx(expected, abs=1e-4)
+    assert [int(r["step"]) + 1 for r in validation_rows(run)] == [200, 400]  # each validation once
+
+
+def validation_rows(run_dir: Path) -> list[dict[str, str]]:
+    with open(run_dir / "csv" / "metrics.csv", newline="") as f:
+        return [row for row in csv.DictReader(f) if row.get("val_loss")]
