@@ -28,7 +28,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
-from gptlab import cluster, runs
+from gptlab import cluster, launcher, runs
 from gptlab.callbacks import (
     KeepRecordsWithCheckpoints,
     LeaveProcessGroupTogether,
@@ -318,6 +318,7 @@ def main() -> None:
     (gptlab.runs), and the ranks of a job a cluster launcher started agree on rank 0's start
     time, so on one run directory, which only rank 0 records itself in (gptlab.cluster)."""
     sys.argv[1:] = runs.resume_arguments(sys.argv[1:])
+    launcher.register_with_hydra()
     cluster.agree_on_start_time()
     if cluster.global_rank() != 0:
         sys.argv.append("hydra.output_subdir=null")

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from omegaconf import OmegaConf
 
 from gptlab.data import CharTokenizer
 from gptlab.model import GPTConfig, create_model
@@ -241,29 +240,6 @@ def test_grid_sweep_and_compare(tmp_path, shakespeare) -> None:
         as_csv.stdout.splitlines()[0].startswith("run_dir,overrides,")
         and len(as_csv.stdout.splitlines()) == 5
     )
-
-
-@pytest.mark.slow
-def test_optuna_search_minimises_the_returned_val_loss(tmp_path, shakespeare) -> None:
-    sweep_dir = tmp_path / "sweep"
-    proc = sweep(
-        sweep_dir,
-        "hparams_search=optuna",
-        "hydra.sweeper.n_trials=3",
-        *TINY[4:],
-        "logger=csv",
-    )
-    assert proc.returncode == 0, proc.stderr
-    results = OmegaConf.load(sweep_dir / "optimization_results.yaml")
-    values = [read_summary(sweep_dir / str(t))["best_val_loss"] for t in range(3)]
-    assert results.best_value == pytest.approx(min(values))
-    assert set(results.best_params) == {
-        "model.n_head",
-        "model.n_layer",
-        "model.n_embd",
-        "model.dropout",
-        "optim.lr",
-    }
 
 
 def free_port() -> int:

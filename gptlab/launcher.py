@@ -1,0 +1,148 @@
+"""`hydra/launcher=parallel`: a sweep's jobs side by side on one machine, each pinned to its own
+devices. `hydra.launcher.devices` is the pool (default: every GPU visible here); each job takes
+`trainer.devices` of them, as many jobs run at once as the pool allows, and the next job starts
+as soon as a finished one frees enough devices.
+
+Built on hydra-submitit-launcher's local launcher: submitit's LocalExecutor starts each job in a
+fresh Python process with CUDA_VISIBLE_DEVICES set to the GPUs it is given (`visible_gpus`), so
+CUDA never starts with another job's devices, and it keeps each job's output under
+.submitit/ in the sweep directory. What this adds is only the device pool: which job starts
+when, on which devices, with a distinct MASTER_PORT for each job's own DDP and (unless
+OMP_NUM_THREADS is set) each device's process its share of the CPU cores.
+"""
+
+import logging
+import os
+import time
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from hydra.core.singleton import Singleton
+from hydra.core.utils import JobReturn, JobStatus, filter_overrides
+from hydra_plugins.hydra_submitit_launcher.submitit_launcher import LocalLauncher
+from lightning.fabric.plugins.environments.lightning import find_free_network_port
+
+log = logging.getLogger(__name__)
+
+POLL_SECONDS = 0.5
+
+
+@dataclass
+class Job:
+    num: int
+    overrides: list[str]
+    devices_needed: int
+
+
+class DevicePoolLauncher(LocalLauncher):
+    def __init__(self, devices: Sequence[int] | None = None, **params: Any) -> None:
+        super().__init__(**params)
+        self.devices = list(devices) if devices is not None else None
+
+    def device_pool(self) -> list[int]:
+        if self.devices is not None:
+            if not self.devices or not all(isinstance(d, int) and d >= 0 for d in self.devices):
+                raise ValueError(
+                    f"hydra.launcher.devices={self.devices} is not allowed: give device numbers, e.g. [0,1]"
+                )
+            return self.devices
+        import torch
+
+        if torch.cuda.device_count() == 0:
+            raise ValueError(
+                "hydra.launcher.devices=null takes every visible GPU, and there is none here: give the "
+                "slots to share, e.g. hydra.launcher.devices=[0,1]"
+            )
+        return list(range(torch.cuda.device_count()))
+
+    def devices_needed(self, overrides: list[str]) -> int:
+        """trainer.devices of one job, composed as the job will compose it: a count ("auto": one)."""
+        assert self.hydra_context is not None and self.config is not None
+        devices = self.hydra_context.config_loader.load_sweep_config(self.config, overrides).trainer.devices
+        if devices == "auto":
+            return 1
+        if isinstance(devices, bool) or not isinstance(devices, int) or devices < 1:
+            raise ValueError(
+                f"trainer.devices={devices} is not allowed with hydra/launcher=parallel: give a number of "
+                "devices (the launcher picks which), or auto for one"
+            )
+        return devices
+
+    def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
+        import submitit
+
+        assert self.config is not None
+        pool = self.device_pool()
+        jobs = [
+            Job(initial_job_idx + i, list(overrides), self.devices_needed(list(overrides)))
+            for i, overrides in enumerate(job_overrides)
+        ]
+        if too_big := [job for job in jobs if job.devices_needed > len(pool)]:
+            raise ValueError(
+                f"trainer.devices={too_big[0].devices_needed} (job #{too_big[0].num}) is more than the "
+                f"{len(pool)} devices of hydra.launcher.devices={pool}"
+            )
+        sweep_dir = Path(str(self.config.hydra.sweep.dir))
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        log.info(f"Parallel launcher: {len(jobs)} jobs on devices {pool}, sweep output dir: {sweep_dir}")
+        executor = submitit.LocalExecutor(folder=self.params["submitit_folder"])
+        executor.update_parameters(
+            timeout_min=self.params["timeout_min"], stderr_to_stdout=self.params["stderr_to_stdout"]
+        )
+
+        threads = max(1, (os.cpu_count() or 1) // len(pool))  # for each device's process
+        waiting, free = deque(jobs), list(pool)
+        running: dict[int, tuple[Any, list[int]]] = {}
+        returns: dict[int, JobReturn] = {}
+        try:
+            while waiting or running:
+                # in sweep order: a job that needs more devices than are free waits for them
+                while waiting and waiting[0].devices_needed <= len(free):
+                    job = waiting.popleft()
+                    devices, free = free[: job.devices_needed], free[job.devices_needed :]
+                    running[job.num] = (self.start(executor, job, devices, threads), devices)
+                time.sleep(POLL_SECONDS)
+                for num, (submitted, devices) in list(running.items()):
+                    if submitted.done():
+                        del running[num]
+                        free = sorted(free + devices)
+                        returns[num] = self.job_return(submitted, next(j for j in jobs if j.num == num))
+        except BaseException:
+            for submitted, _ in running.values():  # Ctrl-C or a failure here: no job left behind
+                submitted.cancel(check=False)
+            raise
+        return [returns[job.num] for job in jobs]
+
+    def start(self, executor: Any, job: Job, devices: list[int], threads: int) -> Any:
+        log.info(f"\t#{job.num} : {' '.join(filter_overrides(job.overrides))} (devices {devices})")
+        # each job's own DDP gets its own port: jobs starting together would otherwise race for one
+        setup = [f"export MASTER_PORT={find_free_network_port()}"]
+        if "OMP_NUM_THREADS" not in os.environ:
+            # each process its share of the CPU cores: jobs side by side that each use all of
+            # them thrash (on a CPU machine, many times slower than one job at a time)
+            setup.append(f"export OMP_NUM_THREADS={threads}")
+        executor.update_parameters(visible_gpus=devices, gpus_per_node=len(devices), setup=setup)
+        return executor.submit(
+            self, job.overrides, "hydra.sweep.dir", job.num, f"job_id_for_{job.num}", Singleton.get_state()
+        )
+
+    def job_return(self, submitted: Any, job: Job) -> JobReturn:
+        """The job's own JobReturn; for a process that died without one (killed, out of memory), a
+        failed one that names its log."""
+        try:
+            return submitted.result()
+        except Exception as err:  # submitit's UncompletedJobError/FailedJobError
+            log.error(f"#{job.num} died: see {submitted.paths.stdout}")
+            return JobReturn(overrides=job.overrides, status=JobStatus.FAILED, _return_value=err)
+
+
+def register_with_hydra() -> None:
+    """Hydra finds launchers by scanning the hydra_plugins package, where the wheel installs
+    ours (hydra_plugins.gptlab); an editable install's import hook hides it from that scan."""
+    from hydra.core.plugins import Plugins
+    from hydra_plugins.gptlab import ParallelLauncher
+
+    Plugins.instance().register(ParallelLauncher)
