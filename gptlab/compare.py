@@ -1,7 +1,9 @@
 """Compare runs: `python -m gptlab.compare outputs/multirun/DATE/TIME` prints a table of the
 run directories below a folder, best val_loss first, read from their files alone (summary.json,
-.hydra/, csv/metrics.csv); wandb is never needed.
+.hydra/, csv/metrics.csv); wandb is never needed. Runs that differ only in `seed` make one row:
+the mean and standard deviation of their best val_loss, and how many seeds.
 
+    --runs            one row a run, seeds not grouped
     --plot runs.png   val_loss curves of every run, and best val_loss against parameters
     --csv / --json    the table for machines, on stdout
 
@@ -13,6 +15,7 @@ import argparse
 import csv
 import json
 import math
+import statistics
 import sys
 from pathlib import Path
 from typing import Any
@@ -22,7 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 from rich.table import Table
 
-from gptlab.runs import without_ckpt_path
+from gptlab.runs import override_key, without_ckpt_path
 
 
 def load_run(run_dir: Path) -> dict[str, Any]:
@@ -54,19 +57,54 @@ def find_runs(folder: Path) -> list[dict[str, Any]]:
     return [load_run(d) for d in run_dirs]
 
 
+def settings(run: dict[str, Any]) -> tuple[str, ...]:
+    """What a run tried, apart from its seed."""
+    return tuple(o for o in run["overrides"] if override_key(o) != "seed")
+
+
+def finished(run: dict[str, Any]) -> bool:
+    return run["summary"] is not None and "error" not in run["summary"]
+
+
+def group_seeds(runs: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
+    """The finished runs that differ only in seed, together, in the order of their first run;
+    a failed or unfinished run stays on its own."""
+    groups: dict[Any, list[dict[str, Any]]] = {}
+    for n, run in enumerate(runs):
+        groups.setdefault(settings(run) if finished(run) else n, []).append(run)
+    return list(groups.values())
+
+
+def best_val_losses(group: list[dict[str, Any]]) -> list[float]:
+    return [run["summary"]["best_val_loss"] for run in group if run["summary"]["best_val_loss"] is not None]
+
+
+def mean_and_std(values: list[float]) -> tuple[float | None, float | None]:
+    """The mean, and the sample standard deviation (None for fewer than two values)."""
+    if not values:
+        return None, None
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else None
+
+
 def shared_overrides(runs: list[dict[str, Any]]) -> set[str]:
     """The overrides all runs have in common (none for a single run)."""
     return set.intersection(*(set(run["overrides"]) for run in runs)) if len(runs) > 1 else set()
 
 
-def runs_table(runs: list[dict[str, Any]], title: str) -> Table:
+def runs_table(groups: list[list[dict[str, Any]]], title: str) -> Table:
+    """One row a group of runs (see group_seeds; `--runs`: one a run). A group's figures are the
+    means over its seeds, its val_loss also their standard deviation."""
+    runs = [run for group in groups for run in group]
     with_reference = any(run["reference_val_loss"] is not None for run in runs)
+    with_seeds = any(len(group) > 1 for group in groups)
     # overrides every run shares go into the title; the column shows what tells runs apart
     shared = shared_overrides(runs)
     table = Table(title=" ".join([title, *sorted(shared)]))
     table.add_column("run", no_wrap=True)
     table.add_column("overrides", overflow="fold")
-    table.add_column("val_loss", justify="right", no_wrap=True)  # the best one
+    table.add_column("val_loss", justify="right", no_wrap=True)  # the best one (mean ± std over seeds)
+    if with_seeds:
+        table.add_column("seeds", justify="right", no_wrap=True)
     table.add_column("bpc", justify="right", no_wrap=True)  # bits per character at the best val_loss
     if with_reference:
         table.add_column("ref", justify="right", no_wrap=True)
@@ -76,37 +114,50 @@ def runs_table(runs: list[dict[str, Any]], title: str) -> Table:
     failures = any(run["summary"] and "error" in run["summary"] for run in runs)
     if failures:
         table.add_column("error", overflow="fold")
-    for run in runs:
-        summary, reference = run["summary"], run["reference_val_loss"]
-        name = run["dir"].name
-        overrides = " ".join(o for o in run["overrides"] if o not in shared)
-        if summary is None or "error" in summary:
+    for group in groups:
+        first = group[0]
+        summary, reference = first["summary"], first["reference_val_loss"]
+        name = " ".join(run["dir"].name for run in group)
+        described = settings(first) if len(group) > 1 else first["overrides"]
+        overrides = " ".join(o for o in described if o not in shared)
+        if not finished(first):
             status = "no summary" if summary is None else "failed"
             row = [name, overrides, status] + [""] * (len(table.columns) - 3)
             if summary is not None:
                 row[-1] = summary["error"]
-        else:
-            best = summary["best_val_loss"]
-            bpc = summary.get("best_val_bpc")  # none in summaries from before bits per character
-            row = [
-                name,
-                overrides,
-                "not validated" if best is None else f"{best:.4f}",
-                "" if bpc is None else f"{bpc:.4f}",
-            ]
-            if with_reference:
-                known = reference is not None and best is not None
-                row += [f"{reference:.2f}" if known else "", f"{best - reference:+.3f}" if known else ""]
-            row += [
-                f"{summary['params']:,}",
-                str(summary["steps"]),
-                f"{summary['train_seconds']:.0f}",
-                f"{summary['tokens_per_second'] or 0:,.0f}",
-            ]
-            if failures:
-                row.append("")
+            table.add_row(*row)
+            continue
+        mean, std = mean_and_std(best_val_losses(group))
+        bpc = group_mean(group, "best_val_bpc")  # none in summaries from before bits per character
+        row = [
+            name,
+            overrides,
+            "not validated" if mean is None else f"{mean:.4f}" + ("" if std is None else f" ± {std:.4f}"),
+        ]
+        if with_seeds:
+            row.append(str(len(group)))
+        row.append("" if bpc is None else f"{bpc:.4f}")
+        if with_reference:
+            known = reference is not None and mean is not None
+            row += [f"{reference:.2f}" if known else "", f"{mean - reference:+.3f}" if known else ""]
+        row += [
+            f"{summary['params']:,}",
+            str(summary["steps"]),
+            f"{group_mean(group, 'train_seconds'):.0f}",
+            f"{group_mean(group, 'tokens_per_second') or 0:,.0f}",
+        ]
+        if failures:
+            row.append("")
         table.add_row(*row)
     return table
+
+
+def group_mean(group: list[dict[str, Any]], field: str) -> float | None:
+    """The mean of one summary field over a group's runs that have it (their value, if they agree)."""
+    values = [run["summary"][field] for run in group if run["summary"].get(field) is not None]
+    if not values:
+        return None
+    return values[0] if len(set(values)) == 1 else statistics.fmean(values)
 
 
 def console() -> Console:
@@ -119,37 +170,52 @@ class PrintRunsAtMultirunEnd(Callback):
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
-        console().print(runs_table(find_runs(sweep_dir), title=str(sweep_dir)))
+        console().print(runs_table(group_seeds(find_runs(sweep_dir)), title=str(sweep_dir)))
 
 
-def by_val_loss(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Completed runs, best first, then the failed and unfinished ones."""
+def by_val_loss(groups: list[list[dict[str, Any]]]) -> list[list[dict[str, Any]]]:
+    """Groups with finished runs, best (mean) val_loss first, then the failed and unfinished."""
 
-    def key(run: dict[str, Any]) -> float:
-        summary = run["summary"] or {}
-        return summary.get("best_val_loss") or math.inf
+    def key(group: list[dict[str, Any]]) -> float:
+        mean, _ = mean_and_std(best_val_losses(group)) if finished(group[0]) else (None, None)
+        return math.inf if mean is None else mean
 
-    return sorted(runs, key=key)
+    return sorted(groups, key=key)
 
 
-def records(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One flat dict a run, for --csv and --json."""
-    fields = (
-        "best_val_loss",
-        "best_val_bpc",
-        "final_val_loss",
-        "params",
-        "steps",
-        "train_seconds",
-        "tokens_per_second",
-        "error",
-    )
-    return [
-        {"run_dir": str(run["dir"]), "overrides": " ".join(run["overrides"])}
-        | {"reference_val_loss": run["reference_val_loss"]}
-        | {f: (run["summary"] or {"error": "no summary.json"}).get(f) for f in fields}
-        for run in runs
-    ]
+SUMMARY_FIELDS = (
+    "best_val_loss",
+    "best_val_bpc",
+    "final_val_loss",
+    "params",
+    "steps",
+    "train_seconds",
+    "tokens_per_second",
+)
+
+
+def records(groups: list[list[dict[str, Any]]], seeds: bool) -> list[dict[str, Any]]:
+    """One flat dict a row, for --csv and --json. With seeds grouped, a row's figures are the
+    means over its runs (run_dir: their directories, space-separated), with n_seeds,
+    best_val_loss_mean and best_val_loss_std (null for one seed)."""
+    rows = []
+    for group in groups:
+        first = group[0]
+        row: dict[str, Any] = {
+            "run_dir": " ".join(str(run["dir"]) for run in group),
+            "overrides": " ".join(settings(first) if len(group) > 1 else first["overrides"]),
+            "reference_val_loss": first["reference_val_loss"],
+        }
+        if not finished(first):
+            row |= {field: None for field in SUMMARY_FIELDS}
+        else:
+            row |= {field: group_mean(group, field) for field in SUMMARY_FIELDS}
+        if seeds:
+            mean, std = mean_and_std(best_val_losses(group)) if finished(first) else (None, None)
+            row |= {"n_seeds": len(group), "best_val_loss_mean": mean, "best_val_loss_std": std}
+        row["error"] = (first["summary"] or {"error": "no summary.json"}).get("error")
+        rows.append(row)
+    return rows
 
 
 def val_loss_curve(run_dir: Path) -> tuple[list[int], list[float]]:
@@ -161,24 +227,34 @@ def val_loss_curve(run_dir: Path) -> tuple[list[int], list[float]]:
     return [int(row["step"]) + 1 for row in rows], [float(row["val_loss"]) for row in rows]
 
 
-def plot(runs: list[dict[str, Any]], path: Path) -> None:
+def plot(groups: list[list[dict[str, Any]]], path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")  # files only, no display needed
     import matplotlib.pyplot as plt
 
+    runs = [run for group in groups for run in group]
     shared = shared_overrides(runs)
-    done = [run for run in runs if (run["summary"] or {}).get("best_val_loss") is not None]
+    done = [group for group in groups if finished(group[0]) and best_val_losses(group)]
     fig, (curves, sizes) = plt.subplots(1, 2, figsize=(13, 5))
-    for run in done:
-        label = " ".join(o for o in run["overrides"] if o not in shared) or run["dir"].name
-        curves.plot(*val_loss_curve(run["dir"]), marker=".", label=label)
-        sizes.scatter(run["summary"]["params"], run["summary"]["best_val_loss"])
-        sizes.annotate(label, (run["summary"]["params"], run["summary"]["best_val_loss"]), fontsize=7)
+    for group in done:
+        described = settings(group[0]) if len(group) > 1 else group[0]["overrides"]
+        label = " ".join(o for o in described if o not in shared) or group[0]["dir"].name
+        for run in group:
+            seed = [o for o in run["overrides"] if override_key(o) == "seed"] if len(group) > 1 else []
+            curves.plot(*val_loss_curve(run["dir"]), marker=".", label=" ".join([label, *seed]))
+        mean, std = mean_and_std(best_val_losses(group))
+        params = group[0]["summary"]["params"]
+        # error bars: one standard deviation over the seeds
+        sizes.errorbar(params, mean, yerr=std or 0, fmt="o", capsize=4)
+        sizes.annotate(label, (params, mean), fontsize=7)
     curves.set(xlabel="step", ylabel="val_loss", title="validation loss")
     curves.legend(fontsize=7)
     sizes.set(
-        xlabel="parameters", ylabel="best val_loss", title="best val_loss against model size", xscale="log"
+        xlabel="parameters",
+        ylabel="best val_loss (mean ± std over seeds)",
+        title="best val_loss against model size",
+        xscale="log",
     )
     fig.tight_layout()
     fig.savefig(path, dpi=100)
@@ -190,26 +266,28 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--plot", type=Path, metavar="FILE.png", help="draw val_loss curves and best val_loss by size"
     )
+    parser.add_argument("--runs", action="store_true", help="one row a run: runs that differ in seed apart")
     output = parser.add_mutually_exclusive_group()
     output.add_argument("--csv", action="store_true", help="print CSV instead of the table")
     output.add_argument("--json", action="store_true", help="print JSON instead of the table")
     args = parser.parse_args(argv)
     if not args.folder.is_dir():
         parser.exit(1, f"error: {args.folder} is not a directory: give a run or sweep directory\n")
-    runs = by_val_loss(find_runs(args.folder))
+    runs = find_runs(args.folder)
     if not runs:
         parser.exit(1, f"error: no run directories (with a .hydra/ folder) under {args.folder}\n")
+    groups = by_val_loss([[run] for run in runs] if args.runs else group_seeds(runs))
     if args.json:
-        print(json.dumps(records(runs), indent=2))
+        print(json.dumps(records(groups, seeds=not args.runs), indent=2))
     elif args.csv:
-        rows = records(runs)
+        rows = records(groups, seeds=not args.runs)
         writer = csv.DictWriter(sys.stdout, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
     else:
-        console().print(runs_table(runs, title=str(args.folder)))
+        console().print(runs_table(groups, title=str(args.folder)))
     if args.plot:
-        plot(runs, args.plot)
+        plot(groups, args.plot)
         print(f"wrote {args.plot}", file=sys.stderr)
 
 

@@ -5,6 +5,7 @@ import csv
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -83,13 +84,19 @@ def test_slurm_tasks_are_the_ranks_of_a_sweep_job(tmp_path: Path, shakespeare: P
     assert "Initializing distributed: GLOBAL_RANK: 1, MEMBER: 2/2" in done[1].stdout
 
 
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 @pytest.mark.slow
 def test_torchrun_nodes_whose_clocks_disagree_share_rank_0s_run_directory(
     tmp_path: Path, shakespeare: Path
 ) -> None:
     # two "nodes" of one process each on loopback; the second's clock reads 9 hours later
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc-per-node=1"]
-    rendezvous = ["--master-addr=127.0.0.1", "--master-port=29561", "--rdzv-id=test"]
+    rendezvous = ["--master-addr=127.0.0.1", f"--master-port={free_port()}"]
     train = ["-m", "gptlab.train", *CPU_RANK, "trainer.num_nodes=2", "trainer.devices=1"]
     done = start_all(
         [
@@ -98,12 +105,20 @@ def test_torchrun_nodes_whose_clocks_disagree_share_rank_0s_run_directory(
         ],
         cwd=tmp_path,
     )
-    for result in done:
+    for rank, result in enumerate(done):
         assert result.returncode == 0, result.stdout[-3000:]
+        assert f"GLOBAL_RANK: {rank}, MEMBER: {rank + 1}/2" in result.stdout
+        # batches are drawn by (seed, rank, step): each node its own windows
+        assert (
+            f"rank {rank}: training windows drawn by (seed=1337, rank={rank}, step) from step 0"
+            in result.stdout
+        )
     (run,) = [p for p in (tmp_path / "outputs").glob("*/*") if p.is_dir()]  # no second directory
     assert run_dirs(tmp_path / "outputs") == [run]
-    assert read_summary(run)["world_size"] == 2
     assert (run / ".hydra" / "config.yaml").is_file()
+    summary = read_summary(run)
+    assert summary["world_size"] == 2 and summary["steps"] == 30
+    assert len(list(run.glob("checkpoints/*.ckpt"))) == 2  # one set (best, last): rank 0's
 
 
 PREEMPTED = [

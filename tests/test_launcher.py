@@ -1,12 +1,14 @@
 """hydra/launcher=parallel: a sweep's jobs side by side, each on its own devices from a pool (on
 this CPU machine, device numbers are slots: CUDA_VISIBLE_DEVICES is set all the same)."""
 
+import json
+import statistics
 from pathlib import Path
 
 import pytest
 from omegaconf import OmegaConf
 
-from tests.conftest import TINY, read_summary, sweep
+from tests.conftest import TINY, read_summary, run_entry, sweep
 
 PARALLEL = ["hydra/launcher=parallel", *TINY[4:], "logger=csv"]
 
@@ -37,6 +39,21 @@ def test_a_grid_sweep_runs_its_jobs_side_by_side_each_on_its_own_device(
     for failed in (sweep_dir / "2", sweep_dir / "3"):
         assert "not divisible by model.n_head=3" in read_summary(failed)["error"]
     assert "model.n_head=3 seed=2" in proc.stdout  # the sweep went on to its last job, and its table
+
+    # compare: the two seeds of n_head=2 are one row, mean and spread; --runs lists them apart
+    grouped = json.loads(
+        run_entry("compare", str(sweep_dir), "--json", "--plot", str(tmp_path / "p.png")).stdout
+    )
+    assert [row["n_seeds"] for row in grouped] == [2, 1, 1]
+    losses = [first["best_val_loss"], second["best_val_loss"]]
+    assert grouped[0]["best_val_loss_mean"] == pytest.approx(statistics.mean(losses))
+    assert grouped[0]["best_val_loss_std"] == pytest.approx(statistics.stdev(losses))
+    assert "seed=" not in grouped[0]["overrides"]
+    assert (tmp_path / "p.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    one_by_one = json.loads(run_entry("compare", str(sweep_dir), "--json", "--runs").stdout)
+    assert len(one_by_one) == 4 and "n_seeds" not in one_by_one[0]
+    table = run_entry("compare", str(sweep_dir)).stdout
+    assert f"{statistics.mean(losses):.4f} ± {statistics.stdev(losses):.4f}" in table
 
 
 @pytest.mark.slow

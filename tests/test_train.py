@@ -4,17 +4,15 @@ import csv
 import json
 import math
 import os
-import socket
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
 
 from gptlab.data import CharTokenizer
 from gptlab.model import GPTConfig, create_model
-from tests.conftest import REPO_ROOT, TINY, offline_env, read_summary, sweep
+from tests.conftest import REPO_ROOT, TINY, read_summary, sweep
 
 
 def validations(run_dir) -> list[dict[str, str]]:
@@ -240,47 +238,6 @@ def test_grid_sweep_and_compare(tmp_path, shakespeare) -> None:
         as_csv.stdout.splitlines()[0].startswith("run_dir,overrides,")
         and len(as_csv.stdout.splitlines()) == 5
     )
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.mark.slow
-def test_two_nodes_with_torchrun_on_loopback(tmp_path, shakespeare) -> None:
-    torchrun = Path(sys.executable).with_name("torchrun")
-    port = free_port()
-    overrides = [*TINY, "trainer.num_nodes=2", "trainer.devices=1", "trainer.accelerator=cpu", "logger=csv"]
-    nodes = [
-        subprocess.Popen(
-            [
-                *(str(torchrun), "--nnodes=2", "--nproc_per_node=1", f"--node_rank={rank}"),
-                *("--master_addr=127.0.0.1", f"--master_port={port}", "-m", "gptlab.train"),
-                *(*overrides, f"data.path={shakespeare}", f"hydra.run.dir={tmp_path / f'node{rank}'}"),
-            ],
-            cwd=REPO_ROOT,
-            env=offline_env(),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        for rank in (0, 1)
-    ]
-    outputs = [node.communicate(timeout=300)[0] for node in nodes]
-    assert [node.returncode for node in nodes] == [0, 0], outputs
-    for rank, output in enumerate(outputs):
-        assert f"GLOBAL_RANK: {rank}, MEMBER: {rank + 1}/2" in output
-        # batches are drawn by (seed, rank, step): each node its own windows
-        assert f"rank {rank}: training windows drawn by (seed=1337, rank={rank}, step) from step 0" in output
-    summary = read_summary(tmp_path / "node0")
-    assert summary["world_size"] == 2 and summary["steps"] == 30
-    checkpoints = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*.ckpt"))
-    assert [str(p.parent) for p in checkpoints] == [
-        "node0/checkpoints",
-        "node0/checkpoints",
-    ]  # one set, rank 0's
 
 
 @pytest.mark.slow
