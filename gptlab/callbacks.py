@@ -150,8 +150,8 @@ class KeepRecordsWithCheckpoints(L.Callback):
 
 class RunSummary(L.Callback):
     """Writes summary.json at the end of fit: the figures a person (or gptlab.compare) wants
-    from a run without reading its logs. Its totals travel in checkpoints, so the summary of a
-    resumed run covers the whole run."""
+    from a run without reading its logs; they go into the wandb run's summary too. Its totals
+    travel in checkpoints, so the summary of a resumed run covers the whole run."""
 
     def __init__(self, path: str):
         self.path = Path(path)
@@ -219,6 +219,11 @@ class RunSummary(L.Callback):
             ),
         }
         self.path.write_text(json.dumps(summary, indent=2) + "\n")
+        for logger in trainer.loggers:
+            if isinstance(logger, WandbLogger):  # the run's figures, beside val_loss's minimum
+                logger.experiment.summary.update(
+                    {k: v for k, v in summary.items() if isinstance(v, int | float)}
+                )
 
 
 class TrainingThroughput(ThroughputMonitor):

@@ -171,6 +171,11 @@ class PrintRunsAtMultirunEnd(Callback):
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
         console().print(runs_table(group_seeds(find_runs(sweep_dir)), title=str(sweep_dir)))
+        wandb_dir = sweep_dir / "wandb"
+        if wandb_dir.is_dir():
+            print(f"wandb, the whole sweep: wandb leet {wandb_dir}")
+            if any(wandb_dir.glob("offline-run-*")):
+                print(f"wandb, upload it: wandb sync {wandb_dir}/offline-run-*")
 
 
 def by_val_loss(groups: list[list[dict[str, Any]]]) -> list[list[dict[str, Any]]]:

@@ -6,14 +6,18 @@ command-line overrides), checkpoints/, csv/metrics.csv, wandb/ and summary.json.
 the run was started with, and appends to its records.
 """
 
+import contextlib
 import csv
 import logging
+import os
 import time
 import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import psutil
+from hydra.experimental.callback import Callback
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 if TYPE_CHECKING:  # gptlab.compare reads run directories without importing Lightning
@@ -183,3 +187,32 @@ def study_seed(seed: int, storage: str | None, study_name: str) -> int:
 
 
 OmegaConf.register_new_resolver("gptlab.study_seed", study_seed)
+
+
+def sweep_dir_of(config: DictConfig) -> Path | None:
+    """The sweep the job of this config belongs to: its own, or for a resumed run of a sweep,
+    the one whose folder holds its run directory (and Hydra's multirun.yaml, or an Optuna study's
+    optimization_results.yaml once it has ended)."""
+    if config.hydra.mode == RunMode.MULTIRUN:
+        return Path(config.hydra.sweep.dir)
+    parent = Path(config.hydra.runtime.output_dir).parent
+    records = ("multirun.yaml", "optimization_results.yaml")
+    return parent if any((parent / name).is_file() for name in records) else None
+
+
+class LinkWandbRunsIntoSweep(Callback):
+    """Hydra callback: when a job of a sweep ends (or a run of one resumes and ends), its wandb
+    run folders are linked into the sweep's own wandb/ folder, so that `wandb leet SWEEP/wandb`
+    shows the whole sweep and `wandb sync SWEEP/wandb/offline-run-*` uploads it; each run
+    directory keeps its own."""
+
+    def on_job_end(self, config: DictConfig, job_return: Any, **kwargs: Any) -> None:
+        run_dir = Path(config.hydra.runtime.output_dir)
+        sweep_dir = sweep_dir_of(config)
+        if sweep_dir is None:
+            return
+        for run in sorted((run_dir / "wandb").glob("*run-*")):
+            link = sweep_dir / "wandb" / run.name
+            link.parent.mkdir(exist_ok=True)
+            with contextlib.suppress(FileExistsError):  # linked already, by this job's other ranks
+                link.symlink_to(os.path.relpath(run, link.parent), target_is_directory=True)

@@ -213,6 +213,10 @@ def build(cfg: DictConfig) -> tuple[L.LightningDataModule, GPTLitModule, L.Train
         if logger_cfg._target_.endswith("WandbLogger"):
             resume_id = resumed.get("wandb_run_id") if continuing else None
             logger = hydra.utils.instantiate(logger_cfg, **wandb_arguments(logger_cfg, resume_id))
+            if rank_zero_only.rank == 0:
+                # the runs table and parallel coordinates compare runs by their best val_loss
+                for metric in ("val_loss", "val_bpc", "val_perplexity"):
+                    logger.experiment.define_metric(metric, step_metric="trainer/global_step", summary="min")
         else:
             logger = hydra.utils.instantiate(logger_cfg)
         if continuing and isinstance(logger, CSVLogger) and rank_zero_only.rank == 0:
@@ -237,14 +241,19 @@ def build_error(err: Exception) -> str:
     return " ".join(str(err).split())
 
 
+# the exit status of a run stopped by SIGTERM, as of a process killed by it
+STOPPED_BY_SIGNAL = 128 + signal.SIGTERM
+
+
 def finish_wandb(trainer: L.Trainer, preempted: bool = False) -> None:
     """Ends the wandb run: else the next run in this process (a sweep's next job) logs into it.
-    A preempted one is marked so: it continues when the run resumes."""
+    A preempted one is marked so, and ends with the process's exit status: it continues when
+    the run resumes."""
     for logger in trainer.loggers:
         if isinstance(logger, WandbLogger):
             if preempted:
                 logger.experiment.mark_preempting()
-            logger.experiment.finish()
+            logger.experiment.finish(exit_code=STOPPED_BY_SIGNAL if preempted else None)
 
 
 def stopped_by_signal(trainer: L.Trainer, requeued: bool) -> None:
@@ -259,7 +268,7 @@ def stopped_by_signal(trainer: L.Trainer, requeued: bool) -> None:
         )
         last = run_dir / "checkpoints" / "last.ckpt"
         print(f"stopped by a signal at step {trainer.global_step}, saved in {last}: {how}", file=sys.stderr)
-    sys.exit(128 + signal.SIGTERM)
+    sys.exit(STOPPED_BY_SIGNAL)
 
 
 def record_failure(message: str) -> float:

@@ -24,6 +24,7 @@ from tests.conftest import (
     train,
     train_command,
 )
+from tests.test_wandb import wandb_summary
 
 CPU_RANK = [*TINY, "logger=csv", "trainer.accelerator=cpu", f"data.path={SHAKESPEARE}"]
 
@@ -131,11 +132,11 @@ PREEMPTED = [
 
 
 def stopped_after_first_checkpoint(
-    run_dir: Path, signum: signal.Signals, env: dict[str, str] | None = None
+    run_dir: Path, signum: signal.Signals, *overrides: str, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess:
     """Starts a run, sends it signum once it has written last.ckpt at step 200, waits for it."""
     process = subprocess.Popen(
-        train_command(run_dir, *PREEMPTED),
+        train_command(run_dir, *PREEMPTED, *overrides),
         cwd=REPO_ROOT,
         env=offline_env() | (env or {}),
         stdout=subprocess.PIPE,
@@ -191,16 +192,23 @@ def test_a_preempted_run_saves_the_step_it_reached_and_resumes_to_the_same_val_l
         "SCONTROL_CALLS": str(calls),
     }
     run = tmp_path / "requeued"
-    result = stopped_after_first_checkpoint(run, signal.SIGUSR1, env=job)
+    with_wandb = "logger=wandb"  # as well as the CSV log
+    result = stopped_after_first_checkpoint(run, signal.SIGUSR1, with_wandb, env=job)
     assert result.returncode == 143, result.stderr[-3000:]
     assert 200 <= stopped_step(result) < 400
     assert "the SLURM job is requeued and resumes by itself" in result.stderr
     assert calls.read_text().split() == ["requeue", "777"]
     # SLURM starts the job again with the same command line, now as a restart
-    requeued = train(run, *PREEMPTED, env=job | {"SLURM_RESTART_COUNT": "1"})
+    requeued = train(run, *PREEMPTED, with_wandb, env=job | {"SLURM_RESTART_COUNT": "1"})
     assert requeued.returncode == 0, requeued.stderr
     assert read_summary(run)["final_val_loss"] == pytest.approx(expected, abs=1e-4)
     assert [int(r["step"]) + 1 for r in validation_rows(run)] == [200, 400]  # each validation once
+    # one wandb run, continued (offline: a folder for each process), its first part marked preempted
+    parts = sorted((run / "wandb").glob("offline-run-*"))
+    recorded = [wandb_summary(part) for part in parts]
+    assert len(parts) == 2 and len({r["run_id"] for r in recorded}) == 1
+    assert [r["exit_code"] for r in recorded] == [143, 0]
+    assert recorded[0]["state"] != "finished" and recorded[1]["state"] == "finished"
 
 
 def validation_rows(run_dir: Path) -> list[dict[str, str]]:

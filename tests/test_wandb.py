@@ -1,39 +1,39 @@
-"""wandb, offline: what a sweep's runs record, read back from their .wandb files."""
+"""wandb, offline: what a sweep's runs record, read back with wandb's own reader (`wandb leet
+inspect`), and the sweep's wandb/ folder that `wandb leet` shows whole."""
 
 import json
-import struct
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
-from wandb.proto import wandb_internal_pb2
 
-from tests.conftest import TINY, sweep
+from tests.conftest import TINY, read_summary, sweep
+
+WANDB = Path(sys.executable).with_name("wandb")
 
 
-def wandb_records(path: Path) -> list[wandb_internal_pb2.Record]:
-    """The records of a .wandb file: a ':W&B' header, then LevelDB log blocks of 32 KiB whose
-    chunks (full, or first/middle/last) reassemble into protobuf records."""
-    data, block, pos = path.read_bytes(), 32768, 7
-    assert data[:4] == b":W&B"
-    records, pending = [], b""
-    while pos + 7 <= len(data):
-        left = block - pos % block
-        _, length, kind = struct.unpack("<IHB", data[pos : pos + 7]) if left >= 7 else (0, 0, 0)
-        if left < 7 or (kind == 0 and length == 0):  # block trailer or padding
-            pos += left
-            continue
-        pending += data[pos + 7 : pos + 7 + length]
-        pos += 7 + length
-        if kind in (1, 4):  # full, or last chunk
-            record = wandb_internal_pb2.Record()
-            record.ParseFromString(pending)
-            records.append(record)
-            pending = b""
-    return records
+def leet_inspect(path: Path, *options: str) -> str:
+    inspected = subprocess.run(
+        [WANDB, "leet", "inspect", *options, str(path)], capture_output=True, text=True
+    )
+    assert inspected.returncode == 0, inspected.stderr
+    return inspected.stdout
+
+
+def wandb_summary(path: Path) -> dict:
+    """The run's state, config, name, tags and summary: `wandb leet inspect --summary --json`."""
+    return json.loads(leet_inspect(path, "--summary", "--json"))
+
+
+def wandb_records(path: Path, kind: str) -> list[dict]:
+    """The records of one type in the run's .wandb log: `wandb leet inspect --json`."""
+    records = [json.loads(line) for line in leet_inspect(path, "--json").splitlines()]
+    return [r[kind] for r in records if r["type"] == kind]
 
 
 @pytest.mark.slow
-def test_sweep_runs_share_a_group_are_named_by_their_overrides_and_finish(
+def test_sweep_runs_share_a_group_compare_best_values_and_the_sweep_folder_shows_them_all(
     tmp_path: Path, shakespeare: Path
 ) -> None:
     sweep_dir = tmp_path / "sweep"
@@ -42,29 +42,33 @@ def test_sweep_runs_share_a_group_are_named_by_their_overrides_and_finish(
 
     run_ids = set()
     for job, n_head in (("0", 2), ("1", 4)):
-        (wandb_file,) = (sweep_dir / job / "wandb").glob("offline-run-*/run-*.wandb")
-        records = wandb_records(wandb_file)
-        run = next(r.run for r in records if r.WhichOneof("record_type") == "run")
+        recorded = wandb_summary(sweep_dir / job / "wandb")
         overrides = [f"model.n_head={n_head}", *TINY[2:], f"data.path={shakespeare}"]
-        assert run.run_group == str(sweep_dir)
-        assert run.display_name == " ".join(overrides)
-        assert list(run.tags) == [o[:64] for o in overrides]
-        run_ids.add(run.run_id)
-        config = {
-            item.key or "/".join(item.nested_key): json.loads(item.value_json)
-            for r in records
-            if r.WhichOneof("record_type") == "config"
-            for item in r.config.update
-        }
-        assert config["model"]["n_head"] == n_head  # the resolved run config
-        assert config["run_dir"] == str(sweep_dir / job)
+        assert recorded["state"] == "finished"
+        assert recorded["name"] == " ".join(overrides)
+        assert recorded["tags"] == [o[:64] for o in overrides]
+        assert recorded["config"]["model"]["n_head"] == n_head  # the resolved run config
+        assert recorded["config"]["run_dir"] == str(sweep_dir / job)
+        (run,) = wandb_records(sweep_dir / job / "wandb", "run")
+        assert run["run_group"] == str(sweep_dir)
+        run_ids.add(recorded["run_id"])
 
-        # this run's own metrics only: two validations (steps 15 and 30), then its exit record
-        history = [
-            {item.key or "/".join(item.nested_key): json.loads(item.value_json) for item in r.history.item}
-            for r in records
-            if r.WhichOneof("record_type") == "history"
-        ]
+        # the dashboard compares best values: val_loss's summary is its minimum, beside the
+        # run's own figures
+        summary = read_summary(sweep_dir / job)
+        assert recorded["summary"]["val_loss"] == {"min": pytest.approx(summary["best_val_loss"])}
+        for figure in ("best_val_loss", "params", "tokens_per_second", "steps"):
+            assert recorded["summary"][figure] == pytest.approx(summary[figure])
+
+        # this run's own metrics only: two validations (steps 15 and 30)
+        history = [h["item"] for h in wandb_records(sweep_dir / job / "wandb", "history")]
         assert [h["trainer/global_step"] for h in history if "val_loss" in h] == [14, 29]
-        assert any(r.WhichOneof("record_type") == "exit" for r in records)
     assert len(run_ids) == 2
+
+    # one wandb/ folder for the whole sweep, linking every job's run, each still in its own
+    linked = list((sweep_dir / "wandb").iterdir())
+    runs = [next((sweep_dir / job / "wandb").glob("offline-run-*")) for job in ("0", "1")]
+    assert sorted(p.resolve() for p in linked) == sorted(p.resolve() for p in runs)
+    assert {wandb_summary(p)["run_id"] for p in linked} == run_ids
+    assert f"wandb leet {sweep_dir}/wandb" in proc.stdout
+    assert f"wandb sync {sweep_dir}/wandb/offline-run-*" in proc.stdout
