@@ -45,10 +45,9 @@ class ValidateFinalStep(L.Callback):
 
 
 class LastCheckpoint(ModelCheckpoint):
-    """last.ckpt, written every every_n_train_steps steps, when training ends and when a signal
-    stops it (SIGTERM, or a requeue signal: see RequeueWhenPreempted), always after the
-    validation of its step when that step has one: a run resumed from it has that validation in
-    its records, and Lightning does not run it again."""
+    """last.ckpt, written every every_n_train_steps steps, when training ends and when it is
+    stopped (see StopWhenPreempted), always after the validation of its step when that step has one: a
+    run resumed from it has that validation in its records, and Lightning does not run it again."""
 
     def __init__(self, dirpath: str, every_n_train_steps: int | None = None):
         if every_n_train_steps is not None and (not is_count(every_n_train_steps) or every_n_train_steps < 1):
@@ -85,44 +84,73 @@ class LastCheckpoint(ModelCheckpoint):
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.write_last(trainer)
 
-    def on_exception(
-        self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
-    ) -> None:
-        # on SIGTERM Lightning's loops stop between two steps (all ranks at the same one): the
-        # step reached is whole, and saved
-        if isinstance(exception, SIGTERMException):
-            self.write_last(trainer)
 
+class StopWhenPreempted(L.Callback):
+    """SIGTERM (what SLURM and Kubernetes send before they kill a job) and, in a SLURM job, the
+    signal SLURM sends ahead of preemption or the time limit (its --signal: SIGUSR1 for
+    Lightning's SLURMEnvironment, SIGUSR2 for submitit) stop training at the end of the step, on
+    every rank at the same step, whichever rank got the signal: last.ckpt is written there (after
+    the step's validation, if it has one) and Lightning's SIGTERMException ends fit, with no
+    summary.json: the run is not finished. A SLURM job is requeued, and resumes from last.ckpt
+    by itself (gptlab.cluster.restarted).
 
-class RequeueWhenPreempted(L.Callback):
-    """In a SLURM job, the signal SLURM sends ahead of preemption or the time limit (the job's
-    --signal: SIGUSR1 for Lightning's SLURMEnvironment, SIGUSR2 for submitit) stops training the
-    way SIGTERM does, at the end of the step, with last.ckpt written there; then rank 0 requeues
-    the job, which resumes from last.ckpt by itself (gptlab.cluster.restarted). This takes the
-    place of Lightning's own requeue handler, which saves an hpc_ckpt in the middle of a step."""
-
-    signals = (signal.SIGUSR1, signal.SIGUSR2)
+    This takes the place of Lightning's handlers: its SIGTERM one broadcasts from inside the
+    handler, which can hang a DDP run, and its requeue one saves an hpc checkpoint in the middle
+    of a step, where gptlab does not look."""
 
     def __init__(self) -> None:
-        self.requeue = False  # a requeue signal came
+        self.signal: str | None = None  # the name of the signal that came, if one did
+        self.stopped = False
         self.requeued = False
 
+    @staticmethod
+    def signals() -> list[signal.Signals]:
+        return [signal.SIGTERM] + ([signal.SIGUSR1, signal.SIGUSR2] if SLURMEnvironment.detect() else [])
+
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        # after Lightning's handlers are set (it puts its own back when fit ends)
-        if SLURMEnvironment.detect():
-            for signum in self.signals:
-                signal.signal(signum, self.stop_to_requeue)
+        # after Lightning has set its handlers; it puts back the ones before it when fit ends
+        for signum in self.signals():
+            signal.signal(signum, self.remember)
 
-    def stop_to_requeue(self, signum: int, frame: Any) -> None:
-        log.info("%s: stopping at the end of this step, to be requeued", signal.Signals(signum).name)
-        self.requeue = True
-        os.kill(os.getpid(), signal.SIGTERM)  # Lightning's own stop, between two steps
+    def remember(self, signum: int, frame: Any) -> None:
+        self.signal = signal.Signals(signum).name
+        log.info("%s: training stops at the end of this step, saved", self.signal)
 
-    def on_exception(
-        self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
+    def forward_to_spawned_ranks(self, trainer: L.Trainer) -> dict[int, Any]:
+        """In the process that spawned the ranks (DDP inside a sweep), which does not train
+        itself: a signal is passed on to them, and once they have saved and stopped, fit ends
+        here too. Returns the handlers it replaced."""
+
+        def forward(signum: int, frame: Any) -> None:
+            self.remember(signum, frame)
+            trainer.strategy.launcher.kill(signum)
+            for process in trainer.strategy.launcher.procs:
+                process.join()
+            self.stopped = True
+            raise SIGTERMException
+
+        return {signum: signal.signal(signum, forward) for signum in self.signals()}
+
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        if not (self.requeue and isinstance(exception, SIGTERMException) and trainer.is_global_zero):
+        if trainer.fit_loop._should_accumulate():
+            return  # between the micro-batches of one step
+        signalled = self.signal is not None
+        if trainer.world_size > 1:  # any rank's signal stops all of them, at this same step
+            signalled = trainer.strategy.reduce_boolean_decision(signalled, all=False)
+        # a step with a validation is saved after it, the next step's end stops: a resumed run
+        # takes the validation of a checkpoint's step as done
+        if not signalled or validates_after_this_batch(trainer):
             return
+        last = next(c for c in trainer.checkpoint_callbacks if isinstance(c, LastCheckpoint))
+        last.write_last(trainer)
+        if self.signal in ("SIGUSR1", "SIGUSR2") and trainer.is_global_zero:
+            self.requeue()
+        self.stopped = True
+        raise SIGTERMException  # Lightning's own way out of fit, all ranks at once
+
+    def requeue(self) -> None:
         job_id = os.environ["SLURM_JOB_ID"]
         if "SLURM_ARRAY_JOB_ID" in os.environ:  # a job of an array (submitit submits sweeps as one)
             job_id = f"{os.environ['SLURM_ARRAY_JOB_ID']}_{os.environ['SLURM_ARRAY_TASK_ID']}"
@@ -191,8 +219,10 @@ class RunSummary(L.Callback):
         self.tokens += batch[0].numel() * trainer.world_size
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if not trainer.is_global_zero:
-            return
+        if not trainer.is_global_zero or any(
+            isinstance(c, StopWhenPreempted) and c.stopped for c in trainer.callbacks
+        ):
+            return  # a preempted run is not finished
         train_seconds = self.state_dict()["train_seconds"]
         checkpoint = trainer.checkpoint_callback
         best = checkpoint.best_model_score if checkpoint is not None else None

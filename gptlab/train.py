@@ -32,7 +32,7 @@ from gptlab import cluster, launcher, runs
 from gptlab.callbacks import (
     KeepRecordsWithCheckpoints,
     LeaveProcessGroupTogether,
-    RequeueWhenPreempted,
+    StopWhenPreempted,
     TextSamples,
     ValidateFinalStep,
 )
@@ -203,7 +203,7 @@ def build(cfg: DictConfig) -> tuple[L.LightningDataModule, GPTLitModule, L.Train
                 raise ValueError(f"callbacks.text_samples.prompt: {err}") from None
     # not options: every run ends validated, its checkpoints carry its records, and a preempted
     # run saves where it stopped
-    callbacks += [ValidateFinalStep(), KeepRecordsWithCheckpoints(), RequeueWhenPreempted()]
+    callbacks += [ValidateFinalStep(), KeepRecordsWithCheckpoints(), StopWhenPreempted()]
     arguments = trainer_arguments(cfg)
     if arguments.get("strategy") == "ddp_spawn":
         callbacks.append(LeaveProcessGroupTogether())
@@ -256,18 +256,20 @@ def finish_wandb(trainer: L.Trainer, preempted: bool = False) -> None:
             logger.experiment.finish(exit_code=STOPPED_BY_SIGNAL if preempted else None)
 
 
-def stopped_by_signal(trainer: L.Trainer, requeued: bool) -> None:
+def stopped_by_signal(trainer: L.Trainer, requeued: bool, spawned: bool) -> None:
     """A run stopped by SIGTERM (or a requeue signal) exits as a killed process does (143), with
-    one line saying how it goes on: it is not finished, whatever Lightning's exit status says."""
+    one line saying how it goes on: it is not finished, whatever Lightning's exit status says.
+    (A process that spawned the ranks does not know the step they reached.)"""
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     if trainer.is_global_zero:
+        where = "" if spawned else f" at step {trainer.global_step}"
         how = (
             "the SLURM job is requeued and resumes by itself"
             if requeued
             else f"resume with `python -m gptlab.train ckpt_path={run_dir}`"
         )
         last = run_dir / "checkpoints" / "last.ckpt"
-        print(f"stopped by a signal at step {trainer.global_step}, saved in {last}: {how}", file=sys.stderr)
+        print(f"stopped by a signal{where}, saved in {last}: {how}", file=sys.stderr)
     sys.exit(STOPPED_BY_SIGNAL)
 
 
@@ -294,21 +296,24 @@ def train(cfg: DictConfig) -> float:
     if rank_zero_only.rank == 0:
         runs.record_resume(Path(HydraConfig.get().runtime.output_dir))
 
-    preempted = False
+    stop = next(c for c in trainer.callbacks if isinstance(c, StopWhenPreempted))
+    spawned = trainer_arguments(cfg).get("strategy") == "ddp_spawn"
+    replaced = stop.forward_to_spawned_ranks(trainer) if spawned else {}
     try:
         trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from)
-    except SIGTERMException:
-        preempted = True
+    except SIGTERMException:  # StopWhenPreempted's, or Lightning's own before training started
+        stop.stopped = True
     except Exception as err:
         if not in_sweep:
             raise
         log.exception("training crashed")  # the traceback goes to this job's log
         return record_failure(f"{type(err).__name__}: {err}")
     finally:
-        finish_wandb(trainer, preempted)
-    if preempted:
-        requeue = next(c for c in trainer.callbacks if isinstance(c, RequeueWhenPreempted))
-        stopped_by_signal(trainer, requeued=requeue.requeued)
+        for signum, handler in replaced.items():
+            signal.signal(signum, handler)
+        finish_wandb(trainer, preempted=stop.stopped)
+    if stop.stopped:
+        stopped_by_signal(trainer, requeued=stop.requeued, spawned=spawned)
 
     checkpoint = trainer.checkpoint_callback
     best = checkpoint.best_model_score if checkpoint is not None else None
