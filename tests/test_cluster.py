@@ -134,9 +134,16 @@ PREEMPTED = [
 def stopped_after_first_checkpoint(
     run_dir: Path, signum: signal.Signals, *overrides: str, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess:
-    """Starts a run, sends it signum once it has written last.ckpt at step 200, waits for it."""
+    """Runs `python -m gptlab.train`, sends it signum once it has written last.ckpt at step 200."""
+    return stopped_once_saved(train_command(run_dir, *PREEMPTED, *overrides), run_dir, signum, env)
+
+
+def stopped_once_saved(
+    command: list[str], run_dir: Path, signum: signal.Signals, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
+    """Starts command, sends its process signum once run_dir has a last.ckpt, waits for it."""
     process = subprocess.Popen(
-        train_command(run_dir, *PREEMPTED, *overrides),
+        command,
         cwd=REPO_ROOT,
         env=offline_env() | (env or {}),
         stdout=subprocess.PIPE,
@@ -148,7 +155,7 @@ def stopped_after_first_checkpoint(
         assert time.monotonic() < deadline, "no last.ckpt in 120 s"
         time.sleep(0.05)
     process.send_signal(signum)
-    stdout, stderr = process.communicate(timeout=120)
+    stdout, stderr = process.communicate(timeout=120)  # Lightning's own SIGTERM handling hangs DDP here
     return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
 
 
@@ -214,3 +221,25 @@ def test_a_preempted_run_saves_the_step_it_reached_and_resumes_to_the_same_val_l
 def validation_rows(run_dir: Path) -> list[dict[str, str]]:
     with open(run_dir / "csv" / "metrics.csv", newline="") as f:
         return [row for row in csv.DictReader(f) if row.get("val_loss")]
+
+
+@pytest.mark.slow
+def test_sigterm_to_the_first_process_of_ddp_stops_every_rank_at_one_step_saved(
+    tmp_path: Path, shakespeare: Path
+) -> None:
+    ddp = ["trainer.devices=2", "trainer.accelerator=cpu", "trainer.max_steps=3000"]
+    # a run: Lightning started rank 1 by running the command again; only rank 0 gets the signal
+    run = tmp_path / "run"
+    result = stopped_after_first_checkpoint(run, signal.SIGTERM, *ddp)
+    assert result.returncode == 143, result.stderr[-3000:]
+    assert load_checkpoint(run / "checkpoints" / "last.ckpt")["global_step"] == stopped_step(result) > 200
+
+    # DDP inside a sweep: the job's process spawned both ranks, and passes the signal on
+    sweep_dir = tmp_path / "sweep"
+    command = train_command(sweep_dir, *PREEMPTED, *ddp, "seed=1,2")
+    command[3:4] = ["-m", f"hydra.sweep.dir={sweep_dir}"]
+    result = stopped_once_saved(command, sweep_dir / "0", signal.SIGTERM)
+    assert result.returncode == 143, result.stderr[-3000:]
+    assert f"saved in {sweep_dir / '0' / 'checkpoints' / 'last.ckpt'}" in result.stderr.splitlines()[-1]
+    assert load_checkpoint(sweep_dir / "0" / "checkpoints" / "last.ckpt")["global_step"] > 200
+    assert not (sweep_dir / "1").exists()  # the sweep stopped with its job
