@@ -21,6 +21,7 @@ def test_the_wheel_runs_from_any_folder_with_its_own_configs(tmp_path: Path) -> 
     (wheel,) = wheels.glob("gptlab-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     assert {"gptlab/conf/config.yaml", "gptlab/conf/model/gpt.yaml", "gptlab/conf/eval.yaml"} <= set(names)
+    assert "hydra_plugins/gptlab/__init__.py" in names  # the parallel launcher, where Hydra looks
 
     # installed on its own (its dependencies are this environment's), away from the repository
     site = tmp_path / "site"
@@ -48,6 +49,20 @@ def test_the_wheel_runs_from_any_folder_with_its_own_configs(tmp_path: Path) -> 
         )
         assert proc.returncode == 0, proc.stderr
         assert "n_head: 6" in proc.stdout and "max_steps: 2000" in proc.stdout
+    # Hydra's own plugin scan finds the parallel launcher in the installed wheel
+    launchers = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "from hydra.core.plugins import Plugins; from hydra.plugins.launcher import Launcher; "
+            "print(*(f'{c.__module__}.{c.__name__}' for c in Plugins.instance().discover(Launcher)))",
+        ],
+        cwd=elsewhere,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert "hydra_plugins.gptlab.ParallelLauncher" in launchers.stdout.split(), launchers.stderr
     for script in ("gptlab-sample", "gptlab-eval", "gptlab-compare", "gptlab-convert", "gptlab-bench"):
         assert (site / "bin" / script).exists()
     assert list(elsewhere.iterdir()) == []  # --cfg job makes no run directory
