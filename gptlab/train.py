@@ -296,25 +296,43 @@ def train(cfg: DictConfig) -> float:
     if rank_zero_only.rank == 0:
         runs.record_resume(Path(HydraConfig.get().runtime.output_dir))
 
-    stop = next(c for c in trainer.callbacks if isinstance(c, StopWhenPreempted))
     spawned = trainer_arguments(cfg).get("strategy") == "ddp_spawn"
-    replaced = stop.forward_to_spawned_ranks(trainer) if spawned else {}
     try:
-        trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from)
-    except SIGTERMException:  # StopWhenPreempted's, or Lightning's own before training started
-        stop.stopped = True
+        stop = fit(trainer, module, datamodule, resume_from, spawned)
     except Exception as err:
         if not in_sweep:
             raise
         log.exception("training crashed")  # the traceback goes to this job's log
         return record_failure(f"{type(err).__name__}: {err}")
+    if stop.stopped:
+        stopped_by_signal(trainer, requeued=stop.requeued, spawned=spawned)
+    return best_val_loss(trainer)
+
+
+def fit(
+    trainer: L.Trainer,
+    module: GPTLitModule,
+    datamodule: L.LightningDataModule,
+    resume_from: Path | None,
+    spawned: bool,
+) -> StopWhenPreempted:
+    """trainer.fit, which a signal may stop (see StopWhenPreempted, which says whether it did);
+    the wandb run is finished either way."""
+    stop = next(c for c in trainer.callbacks if isinstance(c, StopWhenPreempted))
+    replaced = stop.forward_to_spawned_ranks(trainer) if spawned else {}
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from)
+    except SIGTERMException:  # StopWhenPreempted's, or Lightning's own before training started
+        stop.stopped = True
     finally:
         for signum, handler in replaced.items():
             signal.signal(signum, handler)
         finish_wandb(trainer, preempted=stop.stopped)
-    if stop.stopped:
-        stopped_by_signal(trainer, requeued=stop.requeued, spawned=spawned)
+    return stop
 
+
+def best_val_loss(trainer: L.Trainer) -> float:
+    """What the run returns to Hydra's sweepers, and says in its last line."""
     checkpoint = trainer.checkpoint_callback
     best = checkpoint.best_model_score if checkpoint is not None else None
     if best is None and checkpoint is not None and checkpoint.best_model_path:
