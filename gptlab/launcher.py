@@ -30,6 +30,12 @@ log = logging.getLogger(__name__)
 POLL_SECONDS = 0.5
 
 
+def setting_error(message: str) -> SystemExit:
+    """A bad launcher setting ends the sweep before any job starts, in one line (exit status 1),
+    as the train entry point's own errors do."""
+    return SystemExit(f"error: {message}")
+
+
 @dataclass
 class Job:
     num: int
@@ -45,14 +51,14 @@ class DevicePoolLauncher(LocalLauncher):
     def device_pool(self) -> list[int]:
         if self.devices is not None:
             if not self.devices or not all(isinstance(d, int) and d >= 0 for d in self.devices):
-                raise ValueError(
+                raise setting_error(
                     f"hydra.launcher.devices={self.devices} is not allowed: give device numbers, e.g. [0,1]"
                 )
             return self.devices
         import torch
 
         if torch.cuda.device_count() == 0:
-            raise ValueError(
+            raise setting_error(
                 "hydra.launcher.devices=null takes every visible GPU, and there is none here: give the "
                 "slots to share, e.g. hydra.launcher.devices=[0,1]"
             )
@@ -65,7 +71,7 @@ class DevicePoolLauncher(LocalLauncher):
         if devices == "auto":
             return 1
         if isinstance(devices, bool) or not isinstance(devices, int) or devices < 1:
-            raise ValueError(
+            raise setting_error(
                 f"trainer.devices={devices} is not allowed with hydra/launcher=parallel: give a number of "
                 "devices (the launcher picks which), or auto for one"
             )
@@ -81,7 +87,7 @@ class DevicePoolLauncher(LocalLauncher):
             for i, overrides in enumerate(job_overrides)
         ]
         if too_big := [job for job in jobs if job.devices_needed > len(pool)]:
-            raise ValueError(
+            raise setting_error(
                 f"trainer.devices={too_big[0].devices_needed} (job #{too_big[0].num}) is more than the "
                 f"{len(pool)} devices of hydra.launcher.devices={pool}"
             )

@@ -15,6 +15,8 @@ WITH_SAMPLES = [o for o in TINY if not o.startswith("callbacks.text_samples")]
 
 # (entry point, arguments, what the error line must say); {placeholders} are files made below
 CASES = [
+    ("train", ["-m", "hydra.sweep.dir={sweep}", "hydra/launcher=parallel"], "hydra.launcher.devices=null takes every visible GPU, and there is none here: give the slots to share, e.g. hydra.launcher.devices=[0,1]"),
+    ("train", ["-m", "hydra.sweep.dir={sweep}", "hydra/launcher=parallel", "hydra.launcher.devices=[0,1]", "trainer.devices=1,3"], "trainer.devices=3 (job #1) is more than the 2 devices of hydra.launcher.devices=[0, 1]"),
     ("train", ["model.dropout=abc"], "model.dropout='abc' is not allowed: use a number with 0 <= dropout < 1"),
     ("train", ["model.n_head=5"], "model.n_embd=32 is not divisible by model.n_head=5: with n_embd=32 use n_head in [1, 2, 4, 8"),
     ("train", ["model.n_layer=0"], "model.n_layer=0 is not allowed: use a positive integer"),
@@ -85,6 +87,7 @@ def files(tmp_path_factory, shakespeare) -> dict[str, str]:
         "missing": str(folder / "missing.ckpt"),
         "ckpt": str(run / "checkpoints" / "last.ckpt"),
         "shakespeare": str(SHAKESPEARE),
+        "sweep": str(folder / "sweep"),
     }
 
 
@@ -96,7 +99,9 @@ def command(entry: str, arguments: list[str], run_dir: Path) -> list[str]:
         arguments = common + arguments
     elif entry == "bench":
         arguments = [f"hydra.run.dir={run_dir}", *arguments]
-    return [sys.executable, "-m", "gptlab." + entry.split("+")[0], *arguments]
+    flags = [a for a in arguments if a == "-m"]  # before the overrides, for Hydra's argument parser
+    arguments = [a for a in arguments if a != "-m"]
+    return [sys.executable, "-m", "gptlab." + entry.split("+")[0], *flags, *arguments]
 
 
 @pytest.fixture(scope="module")
