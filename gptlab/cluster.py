@@ -1,8 +1,8 @@
 """What a cluster launcher says about this process: whether it is one rank of a job whose ranks
 the launcher started (SLURM tasks, torchrun workers, LSF, MPI: the Lightning cluster environments
-that detect themselves), whether
-the job was restarted (a SLURM requeue, a torchrun restart), and the one start time all ranks of
-a job agree on, so that they agree on one run directory (`${gptlab.now:...}` in conf/hydra/).
+that detect themselves), whether the job was restarted (a SLURM requeue, a torchrun restart), and
+the one start time all ranks of a job agree on, so that they agree on one run directory
+(`${gptlab.now:...}` in conf/hydra/default.yaml).
 """
 
 import os
@@ -88,7 +88,8 @@ def agreed_start_time() -> str:
 def agree_on_start_time() -> None:
     """Called by the entry point before Hydra names the run directory: every process started from
     here (a sweep's jobs, SLURM jobs submitted from here, requeued ones) inherits the time."""
-    os.environ.setdefault(START_TIME_VARIABLE, agreed_start_time())
+    if START_TIME_VARIABLE not in os.environ:
+        os.environ[START_TIME_VARIABLE] = agreed_start_time()
 
 
 def now(pattern: str) -> str:

@@ -6,7 +6,8 @@ as soon as a finished one frees enough devices.
 Built on hydra-submitit-launcher's local launcher: submitit's LocalExecutor starts each job in a
 fresh Python process with CUDA_VISIBLE_DEVICES set to the GPUs it is given (`visible_gpus`), so
 CUDA never starts with another job's devices, and it keeps each job's output under
-.submitit/ in the sweep directory. What this adds is only the device pool: which job starts
+.submitit/ in the sweep directory. (hydra-joblib-launcher's workers are reused from job to job,
+so a worker keeps the GPUs its CUDA started with.) What this adds is only the device pool: which job starts
 when, on which devices, with a distinct MASTER_PORT for each job's own DDP and (unless
 OMP_NUM_THREADS is set) each device's process its share of the CPU cores.
 """
