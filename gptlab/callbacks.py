@@ -219,10 +219,8 @@ class RunSummary(L.Callback):
         self.tokens += batch[0].numel() * trainer.world_size
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if not trainer.is_global_zero or any(
-            isinstance(c, StopWhenPreempted) and c.stopped for c in trainer.callbacks
-        ):
-            return  # a preempted run is not finished
+        if not trainer.is_global_zero:
+            return
         train_seconds = self.state_dict()["train_seconds"]
         checkpoint = trainer.checkpoint_callback
         best = checkpoint.best_model_score if checkpoint is not None else None
