@@ -75,12 +75,17 @@ def group_seeds(runs: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
     return list(groups.values())
 
 
-def best_val_losses(group: list[dict[str, Any]]) -> list[float]:
-    return [run["summary"]["best_val_loss"] for run in group if run["summary"]["best_val_loss"] is not None]
+def described(group: list[dict[str, Any]]) -> tuple[str, ...] | list[str]:
+    """A row's overrides: a group's apart from seed, a single run's all of them."""
+    return settings(group[0]) if len(group) > 1 else group[0]["overrides"]
 
 
-def mean_and_std(values: list[float]) -> tuple[float | None, float | None]:
-    """The mean, and the sample standard deviation (None for fewer than two values)."""
+def best_val_loss(group: list[dict[str, Any]]) -> tuple[float | None, float | None]:
+    """The mean of a group's best val_loss, and its sample standard deviation (None for fewer
+    than two seeds); (None, None) for a failed or unfinished run, or one never validated."""
+    if not finished(group[0]):
+        return None, None
+    values = [run["summary"]["best_val_loss"] for run in group if run["summary"]["best_val_loss"] is not None]
     if not values:
         return None, None
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else None
@@ -118,8 +123,7 @@ def runs_table(groups: list[list[dict[str, Any]]], title: str) -> Table:
         first = group[0]
         summary, reference = first["summary"], first["reference_val_loss"]
         name = " ".join(run["dir"].name for run in group)
-        described = settings(first) if len(group) > 1 else first["overrides"]
-        overrides = " ".join(o for o in described if o not in shared)
+        overrides = " ".join(o for o in described(group) if o not in shared)
         if not finished(first):
             status = "no summary" if summary is None else "failed"
             row = [name, overrides, status] + [""] * (len(table.columns) - 3)
@@ -127,7 +131,7 @@ def runs_table(groups: list[list[dict[str, Any]]], title: str) -> Table:
                 row[-1] = summary["error"]
             table.add_row(*row)
             continue
-        mean, std = mean_and_std(best_val_losses(group))
+        mean, std = best_val_loss(group)
         bpc = group_mean(group, "best_val_bpc")  # none in summaries from before bits per character
         row = [
             name,
@@ -182,7 +186,7 @@ def by_val_loss(groups: list[list[dict[str, Any]]]) -> list[list[dict[str, Any]]
     """Groups with finished runs, best (mean) val_loss first, then the failed and unfinished."""
 
     def key(group: list[dict[str, Any]]) -> float:
-        mean, _ = mean_and_std(best_val_losses(group)) if finished(group[0]) else (None, None)
+        mean, _ = best_val_loss(group)
         return math.inf if mean is None else mean
 
     return sorted(groups, key=key)
@@ -208,7 +212,7 @@ def records(groups: list[list[dict[str, Any]]], seeds: bool) -> list[dict[str, A
         first = group[0]
         row: dict[str, Any] = {
             "run_dir": " ".join(str(run["dir"]) for run in group),
-            "overrides": " ".join(settings(first) if len(group) > 1 else first["overrides"]),
+            "overrides": " ".join(described(group)),
             "reference_val_loss": first["reference_val_loss"],
         }
         if not finished(first):
@@ -216,7 +220,7 @@ def records(groups: list[list[dict[str, Any]]], seeds: bool) -> list[dict[str, A
         else:
             row |= {field: group_mean(group, field) for field in SUMMARY_FIELDS}
         if seeds:
-            mean, std = mean_and_std(best_val_losses(group)) if finished(first) else (None, None)
+            mean, std = best_val_loss(group)
             row |= {"n_seeds": len(group), "best_val_loss_mean": mean, "best_val_loss_std": std}
         row["error"] = (first["summary"] or {"error": "no summary.json"}).get("error")
         rows.append(row)
@@ -240,15 +244,14 @@ def plot(groups: list[list[dict[str, Any]]], path: Path) -> None:
 
     runs = [run for group in groups for run in group]
     shared = shared_overrides(runs)
-    done = [group for group in groups if finished(group[0]) and best_val_losses(group)]
+    done = [group for group in groups if best_val_loss(group)[0] is not None]
     fig, (curves, sizes) = plt.subplots(1, 2, figsize=(13, 5))
     for group in done:
-        described = settings(group[0]) if len(group) > 1 else group[0]["overrides"]
-        label = " ".join(o for o in described if o not in shared) or group[0]["dir"].name
+        label = " ".join(o for o in described(group) if o not in shared) or group[0]["dir"].name
         for run in group:
             seed = [o for o in run["overrides"] if override_key(o) == "seed"] if len(group) > 1 else []
             curves.plot(*val_loss_curve(run["dir"]), marker=".", label=" ".join([label, *seed]))
-        mean, std = mean_and_std(best_val_losses(group))
+        mean, std = best_val_loss(group)
         params = group[0]["summary"]["params"]
         # error bars: one standard deviation over the seeds
         sizes.errorbar(params, mean, yerr=std or 0, fmt="o", capsize=4)
