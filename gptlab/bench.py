@@ -36,7 +36,7 @@ from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 from rich.table import Table
 
-from gptlab.data import CharDataModule, RandomWindows
+from gptlab.data import RandomWindows, TextDataModule
 from gptlab.model import GPTConfig, LanguageModel, create_model, is_count
 from gptlab.module import GPTLitModule, OptimConfig, adamw
 from gptlab.train import BUILD_ERRORS, build, build_error, finish_wandb, model_settings
@@ -130,7 +130,7 @@ def bare_loop(cfg: DictConfig, model: LanguageModel, optim: OptimConfig, windows
     )
 
 
-def training_windows(datamodule: CharDataModule) -> RandomWindows:
+def training_windows(datamodule: TextDataModule) -> RandomWindows:
     """The batches rank 0 of a run trains on, from its first step."""
     return RandomWindows(
         datamodule.train_data,
@@ -148,7 +148,7 @@ class AlternateWithBareLoop(L.Callback):
     iterations of Lightning's loop (fetching the batch, every hook, logging, the progress
     bar), measured from one step's start to the start of the step after the round."""
 
-    def __init__(self, cfg: DictConfig, datamodule: CharDataModule):
+    def __init__(self, cfg: DictConfig, datamodule: TextDataModule):
         self.cfg = cfg
         self.datamodule = datamodule
         self.warmup = cfg.bench.warmup_steps
@@ -245,7 +245,7 @@ def bench_bare(cfg: DictConfig) -> dict[str, Any]:
     """The bare loop alone: step time, and the memory that training adds to the process
     (parameters, gradients, AdamW's state, activations)."""
     device = bench_device(cfg)
-    datamodule: CharDataModule = hydra.utils.instantiate(cfg.data)
+    datamodule: TextDataModule = hydra.utils.instantiate(cfg.data)
     datamodule.prepare_data()
     datamodule.setup("fit")
     config = GPTConfig(**model_settings(cfg), vocab_size=datamodule.tokenizer.vocab_size)

@@ -17,8 +17,8 @@ from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from gptlab import runs
-from gptlab.data import CharTokenizer
 from gptlab.model import is_count, is_number
+from gptlab.tokenizer import tokenizer_from_dict
 
 log = logging.getLogger(__name__)
 
@@ -311,7 +311,7 @@ class TextSamples(L.Callback):
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking or not trainer.is_global_zero:
             return
-        tokenizer = CharTokenizer.from_dict(pl_module.hparams.tokenizer)
+        tokenizer = tokenizer_from_dict(pl_module.hparams.tokenizer)
         idx = torch.tensor([tokenizer.encode(self.prompt)], device=pl_module.device)
         was_training = pl_module.training
         pl_module.eval()

@@ -1,7 +1,7 @@
 """Checkpoints people can trust: found from a run directory, loaded as plain data only.
 
 A gptlab checkpoint is a Lightning checkpoint whose `hyper_parameters` hold the model config
-(`model`), the optimizer settings (`optim`) and the vocabulary (`tokenizer`), and whose
+(`model`), the optimizer settings (`optim`) and the tokenizer (`tokenizer`, with its type), and whose
 `state_dict` holds the weights under `model.`. Everything in it is plain data, so it loads with
 torch.load(weights_only=True), which refuses any other pickled object instead of running it.
 """
@@ -16,8 +16,8 @@ from typing import Any
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from gptlab.data import CharTokenizer
 from gptlab.model import GPTConfig, LanguageModel, create_model
+from gptlab.tokenizer import CharTokenizer, Tokenizer, tokenizer_from_dict
 
 
 def find_checkpoint(path: str | Path) -> Path:
@@ -73,7 +73,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         os.replace(partial, path)
 
 
-def model_from_checkpoint(checkpoint: dict[str, Any]) -> tuple[LanguageModel, CharTokenizer]:
+def model_from_checkpoint(checkpoint: dict[str, Any]) -> tuple[LanguageModel, Tokenizer]:
     """Rebuilds the model and its tokenizer from a checkpoint alone."""
     hparams = checkpoint["hyper_parameters"]
     model = create_model(GPTConfig(**hparams["model"]))
@@ -81,10 +81,10 @@ def model_from_checkpoint(checkpoint: dict[str, Any]) -> tuple[LanguageModel, Ch
         k.removeprefix("model."): v for k, v in checkpoint["state_dict"].items() if k.startswith("model.")
     }
     model.load_state_dict(weights)
-    return model, CharTokenizer.from_dict(hparams["tokenizer"])
+    return model, tokenizer_from_dict(hparams["tokenizer"])
 
 
-def gptlab_checkpoint(model: LanguageModel, tokenizer: CharTokenizer, global_step: int = 0) -> dict[str, Any]:
+def gptlab_checkpoint(model: LanguageModel, tokenizer: Tokenizer, global_step: int = 0) -> dict[str, Any]:
     """The smallest checkpoint gptlab reads (gptlab.sample, init_from): weights, model config and
     vocabulary, all plain data."""
     return {
@@ -142,8 +142,13 @@ def from_nanogpt(ckpt_path: str | Path, meta_path: str | Path) -> dict[str, Any]
 
 
 def to_nanogpt(checkpoint: dict[str, Any], dataset: str) -> tuple[dict[str, Any], dict[str, Any]]:
-    """nanoGPT's (ckpt.pt, meta.pkl) contents for a gptlab checkpoint of a standard GPT."""
+    """nanoGPT's (ckpt.pt, meta.pkl) contents for a gptlab checkpoint of a standard GPT on characters."""
     model, tokenizer = model_from_checkpoint(checkpoint)
+    if not isinstance(tokenizer, CharTokenizer):
+        raise ValueError(
+            f"this checkpoint's tokenizer is {tokenizer.to_dict()['type']}: nanoGPT's meta.pkl holds a "
+            "character vocabulary, so only char checkpoints convert (data/tokenizer=char)"
+        )
     config = model.config
     if differs := {k: getattr(config, k) for k, v in NANOGPT_GPT.items() if getattr(config, k) != v}:
         raise ValueError(f"nanoGPT's model has {NANOGPT_GPT}: this checkpoint's differs in {differs}")

@@ -1,67 +1,36 @@
-"""Characters in, (x, y) batches out: the tokenizer and the Lightning data module.
+"""A prepared corpus in, (x, y) batches out: the Lightning data module.
 
-Training batches are random windows of the training split, drawn afresh for every step
-from a generator seeded by (seed, rank, step): each DDP rank sees different text, a run is
-reproducible, and a resumed run draws exactly the batches it would have drawn. Validation
-scores one fixed span of the validation split, every token of it once, so val_loss is
-comparable across runs whatever their batch size, block size or number of ranks.
+The corpus (gptlab/corpus.py) is prepared once and memory-mapped; the tokenizer
+(gptlab/tokenizer.py) comes with it. Training batches are random windows of the training
+split, drawn afresh for every step from a generator seeded by (seed, rank, step): each DDP
+rank sees different text, a run is reproducible, and a resumed run draws exactly the batches
+it would have drawn. Validation scores one fixed span of the validation split, every token of
+it once, so val_loss is comparable across runs whatever their batch size, block size or number
+of ranks; bits per character make it comparable across tokenizers too.
 """
 
 import hashlib
 import logging
 import math
 import os
+import sys
+import urllib.parse
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import lightning as L
+import numpy as np
 import torch
+from lightning.pytorch.utilities import rank_zero_only
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from gptlab.corpus import Corpus, PreparedCorpus
 from gptlab.model import is_count
+from gptlab.tokenizer import Tokenizer, check_tokenizer_settings
 
 log = logging.getLogger(__name__)
-
-
-class CharTokenizer:
-    """One token per character; the vocabulary is the sorted set of characters of a text."""
-
-    def __init__(self, chars: str):
-        self.chars = chars
-        self.stoi = {ch: i for i, ch in enumerate(chars)}
-
-    @classmethod
-    def from_text(cls, text: str) -> "CharTokenizer":
-        return cls("".join(sorted(set(text))))
-
-    @property
-    def vocab_size(self) -> int:
-        return len(self.chars)
-
-    def unknown_chars(self, text: str) -> list[str]:
-        return sorted(set(text) - self.stoi.keys())
-
-    def encode(self, text: str) -> list[int]:
-        if unknown := self.unknown_chars(text):
-            raise ValueError(f"text has {describe_unknown(unknown)}")
-        return [self.stoi[ch] for ch in text]
-
-    def decode(self, ids: list[int]) -> str:
-        return "".join(self.chars[i] for i in ids)
-
-    def to_dict(self) -> dict[str, str]:
-        return {"chars": self.chars}
-
-    @classmethod
-    def from_dict(cls, state: dict[str, str]) -> "CharTokenizer":
-        return cls(state["chars"])
-
-
-def describe_unknown(unknown: list[str]) -> str:
-    shown = ", ".join(repr(ch) for ch in unknown[:20])
-    more = f" and {len(unknown) - 20} more" if len(unknown) > 20 else ""
-    plural = "s" if len(unknown) > 1 else ""
-    return f"{len(unknown)} character{plural} not in the vocabulary: {shown}{more}"
 
 
 def validation_windows(n_targets: int, block_size: int) -> list[tuple[int, int]]:
@@ -71,52 +40,35 @@ def validation_windows(n_targets: int, block_size: int) -> list[tuple[int, int]]
     return [(start, min(block_size, n_targets - start)) for start in range(0, n_targets, block_size)]
 
 
-class Batches:
-    """Batches made in advance, as one loader (Lightning would read a list as several loaders)."""
+class ValidationBatches:
+    """This rank's share of the windows that score every target of span (tokens 1..) once:
+    windows rank, rank + world_size, ... (no window twice, none padded), batch_size to a
+    batch; the short last window of the span, if any, is a batch of its own. Batches are
+    gathered from the span (a memory map) as they are iterated, not held in memory."""
 
-    def __init__(self, batches: list[tuple[torch.Tensor, torch.Tensor]]):
-        self.batches = batches
+    def __init__(
+        self, span: np.ndarray, block_size: int, batch_size: int, rank: int = 0, world_size: int = 1
+    ):
+        self.span = span
+        windows = validation_windows(len(span) - 1, block_size)[rank::world_size]
+        self.batches: list[tuple[int, np.ndarray]] = []  # (window length, window starts)
+        for length in sorted({n for _, n in windows}, reverse=True):
+            starts = np.array([s for s, n in windows if n == length])
+            self.batches += [(length, starts[i : i + batch_size]) for i in range(0, len(starts), batch_size)]
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        return iter(self.batches)
+        for length, starts in self.batches:
+            tokens = torch.from_numpy(self.span[starts[:, None] + np.arange(length + 1)].astype(np.int64))
+            yield tokens[:, :-1], tokens[:, 1:]
 
     def __len__(self) -> int:
         return len(self.batches)
-
-
-def validation_batches(
-    span: torch.Tensor, block_size: int, batch_size: int, rank: int = 0, world_size: int = 1
-) -> Batches:
-    """This rank's share of the windows that score every target of span (tokens 1..) once:
-    windows rank, rank + world_size, ... (no window twice, none padded), batch_size to a
-    batch; the short last window of the span, if any, is a batch of its own."""
-    windows = validation_windows(len(span) - 1, block_size)[rank::world_size]
-    batches = []
-    for length in sorted({n for _, n in windows}, reverse=True):
-        starts = torch.tensor([s for s, n in windows if n == length])
-        for chunk in starts.split(batch_size):
-            tokens = span[chunk[:, None] + torch.arange(length + 1)].long()
-            batches.append((tokens[:, :-1], tokens[:, 1:]))
-    return Batches(batches)
 
 
 def step_seed(seed: int, rank: int, step: int) -> int:
     """One seed for each (seed, rank, step). hash() of a tuple of ints is the same in every
     process (no PYTHONHASHSEED salt), so the draws are reproducible across runs and resumes."""
     return hash((seed, rank, step)) % 2**63
-
-
-def read_text(path: Path) -> str:
-    """The file's text; one line naming the file and the byte offset if it is not UTF-8."""
-    try:
-        return path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as err:
-        raise ValueError(
-            f"data file {path} is not UTF-8 text: byte {err.object[err.start]:#04x} at offset {err.start} "
-            "cannot be decoded; point data.path at a UTF-8 text file"
-        ) from None
-    except IsADirectoryError:
-        raise ValueError(f"data.path={path} is a directory: point it at a text file") from None
 
 
 def windows_in_batch(batch: tuple[torch.Tensor, torch.Tensor]) -> int:
@@ -129,10 +81,11 @@ def tokens_in_batch(batch: tuple[torch.Tensor, torch.Tensor]) -> int:
 
 class RandomWindows:
     """An endless stream of training batches: batch_size random windows of block_size + 1
-    characters, x the first block_size, y the same shifted by one (the lecture's get_batch)."""
+    tokens, x the first block_size, y the same shifted by one (the lecture's get_batch),
+    gathered from the token array (a memory map: only these windows are read)."""
 
     def __init__(
-        self, data: torch.Tensor, block_size: int, batch_size: int, seed: int, rank: int, start_step: int
+        self, data: np.ndarray, block_size: int, batch_size: int, seed: int, rank: int, start_step: int
     ):
         self.data = data
         self.block_size = block_size
@@ -140,12 +93,13 @@ class RandomWindows:
         self.seed = seed
         self.rank = rank
         self.start_step = start_step
-        self.offsets = torch.arange(block_size + 1)
+        self.offsets = np.arange(block_size + 1)
 
     def batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
         generator = torch.Generator().manual_seed(step_seed(self.seed, self.rank, step))
         starts = torch.randint(len(self.data) - self.block_size, (self.batch_size,), generator=generator)
-        windows = self.data[starts[:, None] + self.offsets].long()  # (B, block_size + 1), one gather
+        windows = self.data[starts.numpy()[:, None] + self.offsets]  # (B, block_size + 1), one gather
+        windows = torch.from_numpy(windows.astype(np.int64))
         return windows[:, :-1], windows[:, 1:]
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -155,15 +109,28 @@ class RandomWindows:
             step += 1
 
 
-class CharDataModule(L.LightningDataModule):
-    """The text file, split into training (the first train_fraction) and validation (the
-    rest); validation scores the first val_tokens tokens of its split (all of it if null)."""
+def plain(value: Any) -> Any:
+    """Config values as plain data: the data module's settings go into checkpoints, which hold
+    nothing else (see gptlab/checkpoint.py)."""
+    return OmegaConf.to_container(value) if isinstance(value, DictConfig | ListConfig) else value
+
+
+class TextDataModule(L.LightningDataModule):
+    """A text corpus (a file, the files of a directory matching glob, or a list of files)
+    prepared with a tokenizer (data.tokenizer: char, or bpe with a vocab_size), split into
+    training (the first train_fraction) and validation (the rest); validation scores the first
+    val_tokens tokens of its split (all of it if null). Setting `tokenizer` before preparing
+    encodes the corpus with it instead (fine-tuning keeps the checkpoint's)."""
 
     def __init__(
         self,
-        path: str,
+        path: str | Sequence[str],
         block_size: int,
         batch_size: int,
+        tokenizer: dict[str, Any] | None = None,
+        glob: str = "*.txt",
+        separator: str = "\n",
+        cache_dir: str | None = None,
         url: str | None = None,
         sha256: str | None = None,
         train_fraction: float = 0.9,
@@ -184,9 +151,19 @@ class CharDataModule(L.LightningDataModule):
             raise ValueError(f"data.train_fraction={train_fraction!r} is not allowed: use a number in (0, 1)")
         if not is_count(seed):
             raise ValueError(f"seed={seed!r} is not allowed: use an integer")
-        # saved in checkpoints (datamodule_hyper_parameters): a resumed run checks it gets the same data
-        self.save_hyperparameters(ignore=["url", "sha256"])
-        self.path = Path(path)
+        for name, value in (("glob", glob), ("separator", separator)):
+            if not isinstance(value, str):
+                raise ValueError(f"data.{name}={value!r} is not allowed: use a string")
+        path, tokenizer = plain(path), plain(tokenizer) or {"type": "char"}
+        check_tokenizer_settings(tokenizer)
+        # saved in checkpoints (datamodule_hyper_parameters): a resumed run checks it gets the same
+        # data, and gptlab.eval scores the run's own validation set. Not where the cache is.
+        self.save_hyperparameters(ignore=["url", "sha256", "cache_dir"])
+        self.path = path
+        self.tokenizer_settings = tokenizer
+        self.glob = glob
+        self.separator = separator
+        self.cache_dir = cache_dir
         self.url = url
         self.sha256 = sha256
         self.block_size = block_size
@@ -194,59 +171,64 @@ class CharDataModule(L.LightningDataModule):
         self.train_fraction = train_fraction
         self.val_tokens = val_tokens
         self.seed = seed
-        self.tokenizer: CharTokenizer | None = None
+        self.tokenizer: Tokenizer | None = None
+        self.corpus: PreparedCorpus | None = None
+        self.progress = sys.stderr.isatty()
+
+    def __getstate__(self) -> dict[str, Any]:
+        # spawned DDP ranks map the prepared corpus themselves (setup) rather than get a copy of it
+        state = self.__dict__.copy()
+        for name in ("corpus", "train_data", "val_span"):
+            state.pop(name, None)
+        return state | {"corpus": None}
 
     def prepare_data(self) -> None:
-        """Download the text file if it is not there yet. The entry point calls this before the
-        Trainer starts any DDP process; any process that still finds the file missing downloads
-        it too, and the atomic rename below keeps concurrent downloads safe."""
-        if self.path.exists():
-            return
-        if not self.url:
-            raise FileNotFoundError(
-                f"data file {self.path} not found: put a text file there or set data.path"
-            )
-        log.info("downloading %s to %s", self.url, self.path)
-        try:
-            with urllib.request.urlopen(self.url, timeout=30) as response:
-                content = response.read()
-        except (OSError, ValueError) as err:
-            raise FileNotFoundError(
-                f"data file {self.path} not found and downloading {self.url} failed ({err}): "
-                f"put the file at {self.path} or set data.path"
-            ) from None
-        if self.sha256 and hashlib.sha256(content).hexdigest() != self.sha256:
-            raise ValueError(f"downloaded {self.url} does not match data.sha256={self.sha256}")
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        partial = self.path.with_name(f"{self.path.name}.{os.getpid()}.part")
-        partial.write_bytes(content)
-        partial.replace(self.path)  # atomic: a reader never sees half a file
+        """Download the text file if it is missing and data.url is that file (by name: a mistyped
+        path to your own text is an error, not a copy of Tiny Shakespeare), then prepare the
+        corpus (or find it prepared). The entry point calls this before the Trainer starts any
+        DDP process; processes started by a cluster launcher all call it, and the first
+        prepares while the others wait (see gptlab/corpus.py)."""
+        if self.corpus is not None:
+            return  # the entry point has prepared it before the Trainer calls this
+        if (
+            isinstance(self.path, str)
+            and not Path(self.path).exists()
+            and self.url
+            and Path(self.path).name == Path(urllib.parse.urlparse(self.url).path).name
+        ):
+            download(self.url, Path(self.path), self.sha256)
+        corpus = Corpus(self.path, self.glob, self.separator, self.train_fraction, self.cache_dir)
+        self.corpus = corpus.prepared(self.tokenizer_settings, self.tokenizer, self.progress)
+        self.tokenizer = self.corpus.tokenizer
 
     def setup(self, stage: str | None = None) -> None:
-        """Reads and encodes the text. The vocabulary is the text's own characters, unless a
-        tokenizer was set before (fine-tuning keeps the checkpoint's vocabulary)."""
+        """Maps the prepared corpus (preparing it first if needed) and checks both splits."""
         if hasattr(self, "train_data"):
-            return  # the entry point has already set the data up before the Trainer calls this
-        text = read_text(self.path)
-        if not text:
-            raise ValueError(f"data file {self.path} is empty: point data.path at a text file with content")
-        self.tokenizer = self.tokenizer or CharTokenizer.from_text(text)
-        if unknown := self.tokenizer.unknown_chars(text):
-            raise ValueError(f"data file {self.path} has {describe_unknown(unknown)}")
-        dtype = torch.uint8 if self.tokenizer.vocab_size <= 256 else torch.int32
-        data = torch.tensor(self.tokenizer.encode(text), dtype=dtype)
-        n_train = int(self.train_fraction * len(data))
-        self.train_data, val_data = data[:n_train], data[n_train:]
-        for split, part in (("training", self.train_data), ("validation", val_data)):
+            return  # the entry point has set the data up before the Trainer calls this
+        self.prepare_data()
+        train_data, val_data = self.corpus.train, self.corpus.val
+        for split, part in (("training", train_data), ("validation", val_data)):
             if len(part) <= self.block_size:
                 raise ValueError(
                     f"model.block_size={self.block_size} is too long for the {split} split of "
-                    f"{self.path} ({len(part)} characters): use block_size < {len(part)} or more text"
+                    f"{self.path} ({len(part)} tokens): use block_size < {len(part)} or more text"
                 )
         n_targets = len(val_data) - 1 if self.val_tokens is None else min(self.val_tokens, len(val_data) - 1)
+        self.train_data = train_data
         self.val_span = val_data[: n_targets + 1]
-        # bits per character need characters: one a token here, more with other tokenizers
-        self.val_characters = len(self.tokenizer.decode(self.val_span[1:].tolist()))
+        log.info(
+            "rank %d: %s tokens (%s) memory-mapped from %s",
+            rank_zero_only.rank,
+            f"{len(self.corpus.tokens):,}",
+            "prepared by this process" if self.corpus.prepared_now else "prepared before",
+            self.corpus.directory / "tokens.bin",
+        )
+        # bits per character need the characters the targets (tokens 1..) stand for
+        if n_targets == len(val_data) - 1:
+            first = len(self.tokenizer.decode([int(val_data[0])]))
+            self.val_characters = self.corpus.manifest["characters"]["val"] - first
+        else:
+            self.val_characters = len(self.tokenizer.decode(self.val_span[1:].tolist()))
 
     @property
     def val_bits_per_nat(self) -> float:
@@ -267,12 +249,12 @@ class CharDataModule(L.LightningDataModule):
             rank,
             step,
         )
-        # Lightning takes any iterable of batches. These are made whole in memory (about 15 us):
-        # a DataLoader around them would only add its own per-batch cost, and worker processes
-        # more (pickling each batch back)
+        # Lightning takes any iterable of batches. These are made whole in memory (a gather from
+        # the map): a DataLoader around them would only add its own per-batch cost, and worker
+        # processes more (pickling each batch back)
         return windows
 
-    def val_dataloader(self) -> Batches:
+    def val_dataloader(self) -> ValidationBatches:
         rank, world_size = 0, 1
         if self.trainer is not None:
             rank, world_size = self.trainer.global_rank, self.trainer.world_size
@@ -284,4 +266,24 @@ class CharDataModule(L.LightningDataModule):
             )
         # not a DataLoader: Lightning would shard one with a DistributedSampler, which pads the
         # last ranks with repeated windows
-        return validation_batches(self.val_span, self.block_size, self.batch_size, rank, world_size)
+        return ValidationBatches(self.val_span, self.block_size, self.batch_size, rank, world_size)
+
+
+def download(url: str, path: Path, sha256: str | None) -> None:
+    """The file at url, saved at path. Any process that finds the file missing downloads it;
+    the atomic rename keeps concurrent downloads safe."""
+    log.info("downloading %s to %s", url, path)
+    try:
+        with urllib.request.urlopen(url, timeout=30) as response:
+            content = response.read()
+    except (OSError, ValueError) as err:
+        raise FileNotFoundError(
+            f"data file {path} not found and downloading {url} failed ({err}): "
+            f"put the file at {path} or set data.path"
+        ) from None
+    if sha256 and hashlib.sha256(content).hexdigest() != sha256:
+        raise ValueError(f"downloaded {url} does not match data.sha256={sha256}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f"{path.name}.{os.getpid()}.part")
+    partial.write_bytes(content)
+    partial.replace(path)  # atomic: a reader never sees half a file

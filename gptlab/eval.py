@@ -1,8 +1,9 @@
 """Score a checkpoint: `python -m gptlab.eval ckpt_path=<file or run dir> [data.path=...]`.
 
-By default on the validation set its run was scored on (the same span of the same text, every
-token once: val_loss here is the run's own), or on every token of another text file. Prints
-val_loss, perplexity and bits per character, and writes them as JSON with out_file=.
+By default on the validation set its run was scored on (the same span of the same corpus, every
+token once: val_loss here is the run's own), or on every token of other text (a file or a
+directory). Prints val_loss, perplexity and bits per character (comparable across tokenizers),
+and writes them as JSON with out_file=.
 """
 
 import json
@@ -13,26 +14,23 @@ from pathlib import Path
 from typing import Any
 
 import hydra
+import numpy as np
 import torch
 from omegaconf import DictConfig
 
 from gptlab.checkpoint import find_checkpoint, load_checkpoint, model_from_checkpoint
-from gptlab.data import (
-    Batches,
-    CharDataModule,
-    CharTokenizer,
-    describe_unknown,
-    read_text,
-    validation_batches,
-)
+from gptlab.corpus import read_pieces, source_files
+from gptlab.data import TextDataModule, ValidationBatches
 from gptlab.model import LanguageModel, is_count
 from gptlab.sample import pick_device
+from gptlab.tokenizer import Tokenizer, UnknownCharacters
 
 
 def scoring_span(
-    cfg: DictConfig, checkpoint: dict[str, Any], tokenizer: CharTokenizer
-) -> tuple[torch.Tensor, str]:
-    """The tokens to score (each but the first is predicted once) and what they are."""
+    cfg: DictConfig, checkpoint: dict[str, Any], tokenizer: Tokenizer
+) -> tuple[np.ndarray, int, str]:
+    """The tokens to score (each but the first is predicted once), the characters those
+    targets stand for, and what they are."""
     if cfg.data.path is None:
         data = checkpoint.get("datamodule_hyper_parameters")
         if not data:
@@ -40,28 +38,33 @@ def scoring_span(
                 "this checkpoint does not record the data it was trained on (written by an older gptlab): "
                 "give data.path=<text file>"
             )
-        if not Path(data["path"]).is_file():
+        paths = [data["path"]] if isinstance(data["path"], str) else data["path"]
+        if missing := [p for p in paths if not Path(p).exists()]:
             raise FileNotFoundError(
-                f"the checkpoint's data file {data['path']} is not there (a relative path is relative to "
+                f"the checkpoint's data {missing[0]} is not there (a relative path is relative to "
                 "where the run was started): run from there, or give data.path=<text file>"
             )
-        datamodule = CharDataModule(**data)
-        datamodule.tokenizer = tokenizer
+        datamodule = TextDataModule(**data)
+        datamodule.tokenizer = tokenizer  # the corpus as this model reads it
         datamodule.setup("validate")
-        return datamodule.val_span, f"the validation set of {datamodule.path}"
+        return datamodule.val_span, datamodule.val_characters, f"the validation set of {datamodule.path}"
     path = Path(cfg.data.path)
     if not path.exists():
-        raise FileNotFoundError(f"data.path={path} not found: give a text file")
-    text = read_text(path)
-    if unknown := tokenizer.unknown_chars(text):
-        raise ValueError(f"data file {path} has {describe_unknown(unknown)}")
-    if len(text) < 2:
-        raise ValueError(f"data file {path} has {len(text)} characters: scoring needs at least 2")
-    return torch.tensor(tokenizer.encode(text)), f"all of {path}"
+        raise FileNotFoundError(f"data.path={path} not found: give a text file or a directory")
+    ids = []
+    for file, piece, _ in read_pieces(source_files(path, cfg.data.glob), separator="\n", train_bytes=0):
+        try:
+            ids.append(tokenizer.encode_bytes(piece))
+        except UnknownCharacters as err:
+            raise UnknownCharacters(err.unknown, where=f"data file {file}") from None
+    span = np.concatenate(ids)
+    if len(span) < 2:
+        raise ValueError(f"data {path} has {len(span)} tokens: scoring needs at least 2")
+    return span, len(tokenizer.decode(span[1:].tolist())), f"all of {path}"
 
 
 @torch.inference_mode()
-def total_nats(model: LanguageModel, batches: Batches, device: torch.device) -> float:
+def total_nats(model: LanguageModel, batches: ValidationBatches, device: torch.device) -> float:
     """The summed cross-entropy (in nats) of every target in the batches."""
     total = 0.0
     for x, y in batches:
@@ -79,7 +82,7 @@ def main(cfg: DictConfig) -> None:
         path = find_checkpoint(cfg.ckpt_path)
         checkpoint = load_checkpoint(path)
         model, tokenizer = model_from_checkpoint(checkpoint)
-        span, described = scoring_span(cfg, checkpoint, tokenizer)
+        span, characters, described = scoring_span(cfg, checkpoint, tokenizer)
         out_file = Path(cfg.out_file) if cfg.out_file else None
         if out_file is not None and out_file.is_dir():
             raise ValueError(f"out_file={out_file} is a directory: give a file name, e.g. eval.json")
@@ -89,9 +92,8 @@ def main(cfg: DictConfig) -> None:
         sys.exit("error: " + " ".join(str(err).split()))
 
     model.to(device).eval()
-    batches = validation_batches(span, model.config.block_size, cfg.batch_size)
+    batches = ValidationBatches(span, model.config.block_size, cfg.batch_size)
     nats, tokens = total_nats(model, batches, device), len(span) - 1
-    characters = len(tokenizer.decode(span[1:].tolist()))
     result = {
         "val_loss": nats / tokens,
         "perplexity": math.exp(nats / tokens),

@@ -82,7 +82,7 @@ class GPTLitModule(L.LightningModule):
         self,
         model: dict[str, Any],
         optim: dict[str, Any],
-        tokenizer: dict[str, str],
+        tokenizer: dict[str, Any],
         seed: int = 0,
         compile: bool = False,
     ):

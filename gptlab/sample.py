@@ -1,6 +1,6 @@
 """Generate text from a checkpoint: `python -m gptlab.sample ckpt_path=<file or run dir>`.
 
-Needs the checkpoint alone: model config and vocabulary travel inside it. Text streams to
+Needs the checkpoint alone: model config and tokenizer travel inside it. Text streams to
 stdout as it is sampled.
 """
 
@@ -63,8 +63,9 @@ def main(cfg: DictConfig) -> None:
                 write("\n---------------\n", out_file)
             write(cfg.prompt, out_file)
             idx = torch.tensor([prompt], dtype=torch.long, device=device)
+            decode = tokenizer.stream()  # a character of several byte tokens comes out whole
             for token in model.stream(idx, cfg.max_new_tokens, cfg.temperature, cfg.top_k, cfg.use_cache):
-                write(tokenizer.decode(token[0].tolist()), out_file)
+                write(decode(int(token[0, 0])), out_file)
         write("\n", out_file)
     finally:
         if out_file:

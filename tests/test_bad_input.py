@@ -36,7 +36,13 @@ CASES = [
     ("train", ["data.val_tokens=-5"], "data.val_tokens=-5 is not allowed"),
     ("train", ["data.path={binary}"], "data file {binary} is not UTF-8 text: byte 0xae at offset 4"),
     ("train", ["data.path={empty}"], "data file {empty} is empty"),
-    ("train", ["data.path={folder}"], "data.path={folder} is a directory"),
+    ("train", ["data.path={folder}"], "data.path={folder} is a directory with no file matching data.glob='*.txt'"),
+    ("train", ["data.tokenizer.type=word"], "data.tokenizer.type='word' is not allowed: use one of ['char', 'bpe']"),
+    ("train", ["data/tokenizer=bpe", "data.tokenizer.vocab_size=256"], "data.tokenizer.vocab_size=256 is not allowed: a byte-level BPE has the 256 bytes and at least one merge"),
+    ("train", ["data/tokenizer=bpe", "data.tokenizer.vocab_size=50000", "data.path={small}"], "data.tokenizer.vocab_size=50000 is larger than the text allows: BPE learns"),
+    ("train", ["data.cache_dir={blocked}/cache"], "data.cache_dir={blocked}/cache cannot be written"),
+    ("prepare", ["data.path={empty}"], "data file {empty} is empty"),
+    ("prepare", ["data.path={small}", "model.block_size=5000"], "model.block_size=5000 is too long for the training split of {small} (2700 tokens)"),
     ("train", ["trainer.max_steps=0"], "trainer.max_steps=0 is not allowed: use a positive number of steps"),
     ("train", ["trainer.val_check_interval=0.5"], "trainer.val_check_interval=0.5 is not allowed"),
     ("train", ["trainer.accelerator=cuda"], "trainer: `CUDAAccelerator` can not run on your system"),
@@ -77,12 +83,16 @@ def files(tmp_path_factory, shakespeare) -> dict[str, str]:
     folder = tmp_path_factory.mktemp("bad")
     (folder / "binary.dat").write_bytes(b"text\xae\x00\x01")
     (folder / "empty.txt").write_text("")
+    (folder / "small.txt").write_text(shakespeare.read_text()[:3000])
+    (folder / "blocked").write_text("a file, where a folder would be")
     run = folder / "trained"
     result = train(run, *TINY, "trainer.max_steps=15", "logger=none")
     assert result.returncode == 0, result.stderr
     return {
         "binary": str(folder / "binary.dat"),
         "empty": str(folder / "empty.txt"),
+        "small": str(folder / "small.txt"),
+        "blocked": str(folder / "blocked"),
         "folder": str(folder / "empty-folder"),
         "missing": str(folder / "missing.ckpt"),
         "ckpt": str(run / "checkpoints" / "last.ckpt"),
@@ -148,6 +158,7 @@ def test_the_table_covers_every_entry_point() -> None:
         "compare",
         "convert",
         "bench",
+        "prepare",
     }
 
 

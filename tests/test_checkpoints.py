@@ -201,3 +201,64 @@ def test_a_run_directory_names_its_best_checkpoint(tmp_path: Path) -> None:
     (tmp_path / "summary.json").write_text(json.dumps({"best_ckpt": str(tmp_path / "elsewhere.ckpt")}))
     assert find_checkpoint(tmp_path) == tmp_path / "elsewhere.ckpt"  # summary.json says which
     assert find_checkpoint(checkpoints / "last.ckpt") == checkpoints / "last.ckpt"
+
+
+@pytest.mark.slow
+def test_a_bpe_run_samples_evaluates_and_fine_tunes_from_its_checkpoint_alone(
+    tmp_path: Path, shakespeare: Path
+) -> None:
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    (corpus / "a.txt").write_text(shakespeare.read_text()[:150_000])
+    (corpus / "b.txt").write_text(shakespeare.read_text()[150_000:200_000])
+    run = tmp_path / "run"
+    bpe = ["data/tokenizer=bpe", "data.tokenizer.vocab_size=384", "logger=csv"]
+    result = train(run, *TINY, *bpe, f"data.path={corpus}")
+    assert result.returncode == 0, result.stderr
+    summary = read_summary(run)
+    hparams = load_checkpoint(summary["best_ckpt"])["hyper_parameters"]
+    assert hparams["tokenizer"]["type"] == "bpe" and hparams["model"]["vocab_size"] == 384
+    assert 0 < summary["best_val_bpc"] < summary["best_val_loss"]  # bits per character, not per token
+    (corpus / "a.txt").rename(tmp_path / "away.txt")  # the training text is gone
+
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    proc = sample(f"ckpt_path={run}", "prompt='Größe 🎭'", "max_new_tokens=40", cwd=elsewhere)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("Größe 🎭") and len(proc.stdout) > len("Größe 🎭") + 10
+
+    text = elsewhere / "other.txt"
+    text.write_text(shakespeare.read_text()[-3000:] + "\nGrüße aus Köln! 東京")  # unseen characters encode
+    proc = subprocess.run(
+        [sys.executable, "-m", "gptlab.eval", f"ckpt_path={run}", f"data.path={text}"],
+        cwd=elsewhere,
+        env=offline_env() | {"PYTHONPATH": str(REPO_ROOT)},
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 0, proc.stderr
+    figures = dict(line.split() for line in proc.stdout.splitlines()[1:])
+    assert float(figures["val_loss"]) > float(figures["bits_per_char"]) > 0
+
+    tuned = train(
+        tmp_path / "tuned",
+        "experiment=finetune",
+        f"init_from={run}",
+        f"data.path={text}",
+        *TINY[4:],
+        "logger=csv",
+    )
+    assert tuned.returncode == 0, tuned.stderr
+    tuned_hparams = load_checkpoint(read_summary(tmp_path / "tuned")["last_ckpt"])["hyper_parameters"]
+    assert tuned_hparams["tokenizer"] == hparams["tokenizer"]  # the checkpoint's BPE, not a new one
+
+
+@pytest.mark.slow
+def test_checkpoints_from_before_tokenizer_types_still_sample(trained_run: Path, tmp_path: Path) -> None:
+    checkpoint = load_checkpoint(find_checkpoint(trained_run))
+    checkpoint["hyper_parameters"]["tokenizer"].pop("type")  # as gptlab wrote them: {"chars": ...}
+    old = tmp_path / "old.ckpt"
+    torch.save(checkpoint, old)
+    proc = sample(f"ckpt_path={old}", "prompt=ROMEO:", "max_new_tokens=20", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("ROMEO:") and len(proc.stdout.rstrip("\n")) == len("ROMEO:") + 20

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from gptlab.checkpoint import gptlab_checkpoint, load_checkpoint, model_from_checkpoint
-from gptlab.data import CharTokenizer
 from gptlab.model import GPT, GPTConfig
+from gptlab.tokenizer import BPETokenizer, CharTokenizer
 from tests.conftest import REPO_ROOT
 
 CHARS = "".join(sorted(set("\n !$&',-.3:;?ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")))
@@ -85,6 +85,18 @@ def test_only_nanogpts_model_converts_to_it(tmp_path: Path) -> None:
     assert proc.returncode == 1
     assert proc.stderr.startswith("error: nanoGPT's model has") and "'activation': 'relu'" in proc.stderr
     assert "'tie_weights': False" in proc.stderr
+
+
+def test_a_bpe_checkpoint_does_not_convert_to_nanogpt(tmp_path: Path) -> None:
+    ours = tmp_path / "ours.ckpt"
+    tokenizer = BPETokenizer.train(["To be, or not to be: that is the question. " * 50], vocab_size=270)
+    torch.save(gptlab_checkpoint(GPT(GPTConfig(vocab_size=270, n_layer=1, n_embd=32)), tokenizer), ours)
+    proc = convert("to_nanogpt", str(ours), str(tmp_path / "ckpt.pt"), str(tmp_path / "meta.pkl"))
+    assert proc.returncode == 1 and not (tmp_path / "ckpt.pt").exists()
+    assert proc.stderr.strip() == (
+        "error: this checkpoint's tokenizer is bpe: nanoGPT's meta.pkl holds a character vocabulary, "
+        "so only char checkpoints convert (data/tokenizer=char)"
+    )
 
 
 def test_meta_with_code_in_it_is_refused(tmp_path: Path) -> None:

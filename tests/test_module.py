@@ -8,7 +8,7 @@ import lightning as L
 import pytest
 import torch
 
-from gptlab.data import CharDataModule
+from gptlab.data import TextDataModule
 from gptlab.model import GPT, GPTConfig
 from gptlab.module import GPTLitModule, OptimConfig, adamw, warmup_cosine
 
@@ -53,7 +53,7 @@ def test_validation_figures_are_token_weighted_and_consistent(tmp_path: Path, sh
     text = tmp_path / "text.txt"
     text.write_text(shakespeare.read_text()[:5000])
     # 499 validation targets: 31 windows of 16 and a short one of 3, so batches differ in size
-    dm = CharDataModule(path=str(text), block_size=16, batch_size=4)
+    dm = TextDataModule(path=str(text), block_size=16, batch_size=4)
     torch.manual_seed(0)
     dm.setup("fit")
     config = GPTConfig(n_layer=1, n_head=2, n_embd=16, block_size=16, vocab_size=dm.tokenizer.vocab_size)
@@ -95,7 +95,7 @@ class RecordGradNorm(L.Callback):
 def test_gradients_are_clipped_with_bf16_and_fused_adamw(
     tmp_path: Path, shakespeare: Path, fused: bool
 ) -> None:
-    dm = CharDataModule(path=str(shakespeare), block_size=16, batch_size=4, val_tokens=64)
+    dm = TextDataModule(path=str(shakespeare), block_size=16, batch_size=4, val_tokens=64)
     dm.setup("fit")
     config = GPTConfig(n_layer=1, n_head=2, n_embd=16, block_size=16, vocab_size=dm.tokenizer.vocab_size)
     module = GPTLitModule(

@@ -10,8 +10,8 @@ import sys
 import pytest
 import torch
 
-from gptlab.data import CharTokenizer
 from gptlab.model import GPTConfig, create_model
+from gptlab.tokenizer import tokenizer_from_dict
 from tests.conftest import REPO_ROOT, TINY, read_summary, sweep
 
 
@@ -67,7 +67,7 @@ def test_training_run_learns_and_writes_a_complete_run_directory(run_train) -> N
     # the checkpoint alone rebuilds model and tokenizer, loaded as plain data
     checkpoint = torch.load(summary["best_ckpt"], weights_only=True)
     hparams = checkpoint["hyper_parameters"]
-    tokenizer = CharTokenizer.from_dict(hparams["tokenizer"])
+    tokenizer = tokenizer_from_dict(hparams["tokenizer"])
     assert tokenizer.vocab_size == hparams["model"]["vocab_size"] == 65
     model = create_model(GPTConfig(**hparams["model"]))
     weights = {k.removeprefix("model."): v for k, v in checkpoint["state_dict"].items()}
@@ -99,9 +99,13 @@ def test_fast_experiment_switches_work_on_cpu(run_train) -> None:
 
 
 @pytest.mark.slow
-def test_ddp_on_two_cpu_processes(run_train) -> None:
-    # the README's headline example, shortened
+def test_ddp_on_two_cpu_processes(run_train, tmp_path, shakespeare) -> None:
+    # the README's headline example, shortened, on a copy of the text no process has prepared yet
+    text = tmp_path / "data" / "input.txt"
+    text.parent.mkdir()
+    text.write_text(shakespeare.read_text())
     result = run_train(
+        f"data.path={text}",
         "model.n_head=6",
         "trainer.devices=2",
         "trainer.accelerator=cpu",
@@ -113,6 +117,13 @@ def test_ddp_on_two_cpu_processes(run_train) -> None:
     assert result.returncode == 0, result.stderr
     summary = read_summary(result.run_dir)
     assert summary["world_size"] == 2 and summary["steps"] == 20
+    # the corpus was prepared once, and both ranks memory-mapped that one token file
+    token_file = next((tmp_path / "data" / "gptlab-prepared").glob("input-char-*")) / "tokens.bin"
+    mapped = [line.split("] - ")[-1] for line in result.stdout.splitlines() if "memory-mapped from" in line]
+    assert sorted(mapped) == [
+        f"rank 0: 1,115,394 tokens (prepared by this process) memory-mapped from {token_file}",
+        f"rank 1: 1,115,394 tokens (prepared before) memory-mapped from {token_file}",
+    ]
     assert len(val_losses(result.run_dir)) == 2
     # the two ranks scored the validation set between them, each token once: one process
     # scoring the final checkpoint alone gets the same val_loss

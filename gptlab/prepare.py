@@ -1,0 +1,42 @@
+"""Prepare a corpus ahead of training: `python -m gptlab.prepare data.path=... [data/tokenizer=bpe]`.
+
+Takes the training command's data settings, so `python -m gptlab.train` with the same ones finds
+the corpus prepared (see gptlab/corpus.py): trains the tokenizer, encodes the text into the
+token file with a progress bar, and reports what is where. Run it again after the text changes.
+"""
+
+import os
+import sys
+
+import hydra
+from omegaconf import DictConfig
+
+from gptlab.data import TextDataModule
+from gptlab.train import BUILD_ERRORS, build_error
+
+
+@hydra.main(version_base="1.3", config_path="pkg://gptlab.conf", config_name="prepare")
+def main(cfg: DictConfig) -> None:
+    try:
+        datamodule: TextDataModule = hydra.utils.instantiate(cfg.data)
+        datamodule.progress = True
+        datamodule.setup("fit")  # prepares, and checks both splits are long enough for block_size
+    except BUILD_ERRORS as err:
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        sys.exit("error: " + build_error(err))
+    corpus = datamodule.corpus
+    manifest = corpus.manifest
+    how = f"prepared in {manifest['seconds']:.1f} s" if corpus.prepared_now else "already prepared, current"
+    size = sum(s["size"] for s in manifest["sources"])
+    print(f"{corpus.directory}: {how}")
+    print(f"  text      {len(manifest['sources'])} file(s), {size / 1e6:,.1f} MB")
+    print(f"  tokenizer {manifest['tokenizer']['type']}, vocab_size {datamodule.tokenizer.vocab_size:,}")
+    print(
+        f"  tokens    {manifest['tokens']:,} ({manifest['dtype']}): {manifest['train_tokens']:,} training, "
+        f"{manifest['tokens'] - manifest['train_tokens']:,} validation"
+    )
+
+
+if __name__ == "__main__":
+    main()
