@@ -14,14 +14,20 @@ that the machine's noise falls on both; the median round is reported.
 - bare: the bare loop alone (what `grow` runs).
 - grow: the bare step's time and memory for each value of bench.grow, each in a fresh process
   (so that one size's memory does not hide in the next one's).
+- corpus: data.path repeated into corpora of bench.corpus.sizes_mb, each prepared by
+  `python -m gptlab.prepare` in a fresh process with each tokenizer (seconds, MB/s, peak
+  memory); then start-up to the first step and peak memory of `python -m gptlab.train` on
+  the largest corpus against data.path itself, runs alternating.
 """
 
 import json
 import os
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -36,12 +42,13 @@ from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 from rich.table import Table
 
+from gptlab.corpus import character_start
 from gptlab.data import RandomWindows, TextDataModule
 from gptlab.model import GPTConfig, LanguageModel, create_model, is_count
 from gptlab.module import GPTLitModule, OptimConfig, adamw
 from gptlab.train import BUILD_ERRORS, build, build_error, finish_wandb, model_settings
 
-PARTS = ("train", "startup", "generate", "bare", "grow")
+PARTS = ("train", "startup", "generate", "bare", "grow", "corpus")
 CLEAR_REFS = Path("/proc/self/clear_refs")
 
 
@@ -354,6 +361,94 @@ def bench_grow(cfg: DictConfig, out_dir: Path) -> list[dict[str, Any]]:
     return rows
 
 
+def run_measured(command: list[str]) -> tuple[float, float]:
+    """Runs command; its wall-clock seconds and its own peak resident memory in MB (Linux)."""
+    with tempfile.TemporaryFile() as stderr:
+        start = time.perf_counter()
+        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=stderr)
+        _, status, usage = os.wait4(process.pid, 0)
+        seconds = time.perf_counter() - start
+        if os.waitstatus_to_exitcode(status):
+            stderr.seek(0)
+            raise RuntimeError(
+                f"{' '.join(command)} failed:\n{stderr.read()[-3000:].decode(errors='replace')}"
+            )
+    return seconds, usage.ru_maxrss / 2**10
+
+
+def repeated_text(source: Path, target: Path, size_bytes: int) -> None:
+    """target: source's text again and again, size_bytes long (cut at a character's start)."""
+    text = source.read_bytes()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with open(target, "wb") as f:
+        for _ in range(size_bytes // len(text)):
+            f.write(text)
+        f.write(text[: character_start(text, size_bytes % len(text))])
+
+
+def bench_corpus(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
+    """Preparing corpora of growing size, then starting to train on the largest."""
+    source = Path(cfg.data.path)
+    if not source.is_file():
+        raise ValueError(f"data.path={source} is not a file: bench.parts=[corpus] repeats one text file")
+    settings = cfg.bench.corpus
+    overrides = task_overrides(leave_out=("bench.", "data.path", "data/tokenizer", "data.tokenizer"))
+    corpora = out_dir / "corpus"
+    rows, largest = [], source
+    try:
+        for size_mb in settings.sizes_mb:
+            largest = corpora / f"{size_mb}MB.txt"
+            repeated_text(source, largest, int(size_mb * 1e6))
+            for tokenizer in settings.tokenizers:
+                tokenizer_overrides = [f"data/tokenizer={tokenizer}"]
+                if tokenizer == "bpe":
+                    tokenizer_overrides.append(f"data.tokenizer.vocab_size={settings.bpe_vocab_size}")
+                command = [sys.executable, "-m", "gptlab.prepare", *overrides, *tokenizer_overrides]
+                seconds, peak_mb = run_measured([*command, f"data.path={largest}"])
+                (manifest_file,) = (corpora / "gptlab-prepared").glob(
+                    f"{largest.stem}-{tokenizer}*/manifest.json"
+                )
+                manifest = json.loads(manifest_file.read_text())
+                rows.append(
+                    {
+                        "size_mb": size_mb,
+                        "tokenizer": tokenizer,
+                        "tokens": manifest["tokens"],
+                        "tokenizer_seconds": manifest["seconds"]["tokenizer"],
+                        "encoding_seconds": manifest["seconds"]["encoding"],
+                        "mb_per_second": size_mb / sum(manifest["seconds"].values()),
+                        "process_seconds": seconds,
+                        "peak_memory_mb": peak_mb,
+                    }
+                )
+        startup = startup_on(cfg, overrides, {"data.path": source, "largest": largest}, out_dir)
+    finally:
+        if not settings.keep:
+            shutil.rmtree(corpora, ignore_errors=True)
+    return {"prepare": rows, "startup": startup, "largest_mb": settings.sizes_mb[-1]}
+
+
+def startup_on(
+    cfg: DictConfig, overrides: list[str], texts: dict[str, Path], out_dir: Path
+) -> dict[str, Any]:
+    """Start-up to the first step (summary.json's startup_seconds) and peak memory of a one-step
+    `python -m gptlab.train` on each (already prepared) text, runs alternating; medians."""
+    figures: dict[str, dict[str, list[float]]] = {name: {"seconds": [], "peak_mb": []} for name in texts}
+    for run in range(cfg.bench.startup_runs + 1):  # the first round prepares what is not yet prepared
+        for name, text in texts.items():
+            run_dir = out_dir / "corpus_startup" / f"{name}_{run}"
+            command = [sys.executable, "-m", "gptlab.train", *overrides, f"data.path={text}"]
+            _, peak_mb = run_measured(
+                [*command, "trainer.max_steps=1", "logger=none", f"hydra.run.dir={run_dir}"]
+            )
+            if run:
+                figures[name]["seconds"].append(
+                    json.loads((run_dir / "summary.json").read_text())["startup_seconds"]
+                )
+                figures[name]["peak_mb"].append(peak_mb)
+    return {name: {k: statistics.median(v) for k, v in f.items()} for name, f in figures.items()}
+
+
 def print_tables(results: dict[str, Any], console: Console) -> None:
     if train := results.get("train"):
         table = Table(title=f"training step: {train['params']:,} parameters on {train['device']}")
@@ -407,6 +502,37 @@ def print_tables(results: dict[str, Any], console: Console) -> None:
             )
         console.print(table)
 
+    if corpus := results.get("corpus"):
+        table = Table(title="preparing a corpus (data.path repeated), each in a fresh process")
+        for column in (
+            "size MB",
+            "tokenizer",
+            "tokens",
+            "tokenizer s",
+            "encoding s",
+            "MB/s",
+            "peak memory MB",
+        ):
+            table.add_column(column, justify="right")
+        for r in corpus["prepare"]:
+            table.add_row(
+                f"{r['size_mb']:,}",
+                r["tokenizer"],
+                f"{r['tokens']:,}",
+                f"{r['tokenizer_seconds']:.1f}",
+                f"{r['encoding_seconds']:.1f}",
+                f"{r['mb_per_second']:.1f}",
+                f"{r['peak_memory_mb']:,.0f}",
+            )
+        console.print(table)
+        small, large = corpus["startup"]["data.path"], corpus["startup"]["largest"]
+        extra_mb = large["peak_mb"] - small["peak_mb"]
+        console.print(
+            f"start-up to the first step: {small['seconds']:.2f} s on data.path, {large['seconds']:.2f} s on "
+            f"{corpus['largest_mb']:,} MB ({large['seconds'] / small['seconds']:.2f}x); peak memory "
+            f"{small['peak_mb']:,.0f} MB and {large['peak_mb']:,.0f} MB ({extra_mb:+,.0f} MB)"
+        )
+
 
 @hydra.main(version_base="1.3", config_path="pkg://gptlab.conf", config_name="bench")
 def main(cfg: DictConfig) -> None:
@@ -423,6 +549,7 @@ def main(cfg: DictConfig) -> None:
         "startup": lambda cfg: bench_startup(cfg, out_dir),
         "generate": bench_generate,
         "grow": lambda cfg: bench_grow(cfg, out_dir),
+        "corpus": lambda cfg: bench_corpus(cfg, out_dir),
     }
     results: dict[str, Any] = {"overrides": list(HydraConfig.get().overrides.task)}
     try:

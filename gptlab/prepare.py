@@ -27,7 +27,13 @@ def main(cfg: DictConfig) -> None:
         sys.exit("error: " + build_error(err))
     corpus = datamodule.corpus
     manifest = corpus.manifest
-    how = f"prepared in {manifest['seconds']:.1f} s" if corpus.prepared_now else "already prepared, current"
+    tokenizer_s, encoding_s = manifest["seconds"]["tokenizer"], manifest["seconds"]["encoding"]
+    how = (
+        f"prepared in {tokenizer_s + encoding_s:.1f} s "
+        f"(tokenizer {tokenizer_s:.1f} s, encoding {encoding_s:.1f} s)"
+        if corpus.prepared_now
+        else "already prepared, current"
+    )
     size = sum(s["size"] for s in manifest["sources"])
     print(f"{corpus.directory}: {how}")
     print(f"  text      {len(manifest['sources'])} file(s), {size / 1e6:,.1f} MB")
