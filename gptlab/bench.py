@@ -146,6 +146,7 @@ def training_windows(datamodule: TextDataModule) -> RandomWindows:
         datamodule.seed,
         rank=0,
         start_step=0,
+        release=datamodule.corpus.release,
     )
 
 

@@ -17,6 +17,7 @@ import hashlib
 import itertools
 import json
 import logging
+import mmap
 import os
 import sys
 import time
@@ -166,14 +167,25 @@ class PreparedCorpus:
     directory: Path
     manifest: dict[str, Any]
     tokenizer: Tokenizer
-    tokens: np.ndarray
+    mapped: mmap.mmap  # the token file, read-only
+    tokens: np.ndarray  # an array over mapped, not a copy
     prepared_now: bool  # by this process, rather than found in the cache
 
     @classmethod
     def open(cls, directory: Path, prepared_now: bool = False) -> "PreparedCorpus":
         manifest = json.loads((directory / "manifest.json").read_text())
-        tokens = np.memmap(directory / "tokens.bin", dtype=manifest["dtype"], mode="r")
-        return cls(directory, manifest, tokenizer_from_dict(manifest["tokenizer"]), tokens, prepared_now)
+        with open(directory / "tokens.bin", "rb") as f:
+            mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        mapped.madvise(mmap.MADV_RANDOM)  # windows are read here and there: no read-ahead
+        tokens = np.frombuffer(mapped, dtype=manifest["dtype"])
+        tokenizer = tokenizer_from_dict(manifest["tokenizer"])
+        return cls(directory, manifest, tokenizer, mapped, tokens, prepared_now)
+
+    def release(self) -> None:
+        """Hands the pages read so far back to the OS (they stay in its page cache, shared by
+        every process reading the file). Without this, a process's resident memory grows
+        towards the size of the corpus as training reads windows all over it."""
+        self.mapped.madvise(mmap.MADV_DONTNEED)
 
     @property
     def train(self) -> np.ndarray:
@@ -262,10 +274,7 @@ class Corpus:
             if old["mtime_ns"] == source.mtime_ns and old["size"] == source.size:
                 continue
             if old["size"] != source.size or file_sha256(source.path) != old["sha256"]:
-                print(
-                    f"data: {source.path} changed since it was prepared: preparing {entry} again",
-                    file=sys.stderr,
-                )
+                log.warning("data: %s changed since it was prepared: preparing %s again", source.path, entry)
                 return False
             old["mtime_ns"], touched = source.mtime_ns, True
         expected = manifest["tokens"] * np.dtype(manifest["dtype"]).itemsize

@@ -16,7 +16,7 @@ import os
 import sys
 import urllib.parse
 import urllib.request
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -47,9 +47,16 @@ class ValidationBatches:
     gathered from the span (a memory map) as they are iterated, not held in memory."""
 
     def __init__(
-        self, span: np.ndarray, block_size: int, batch_size: int, rank: int = 0, world_size: int = 1
+        self,
+        span: np.ndarray,
+        block_size: int,
+        batch_size: int,
+        rank: int = 0,
+        world_size: int = 1,
+        release: Callable[[], None] | None = None,
     ):
         self.span = span
+        self.release = release  # called after the last batch: see PreparedCorpus.release
         windows = validation_windows(len(span) - 1, block_size)[rank::world_size]
         self.batches: list[tuple[int, np.ndarray]] = []  # (window length, window starts)
         for length in sorted({n for _, n in windows}, reverse=True):
@@ -60,6 +67,8 @@ class ValidationBatches:
         for length, starts in self.batches:
             tokens = torch.from_numpy(self.span[starts[:, None] + np.arange(length + 1)].astype(np.int64))
             yield tokens[:, :-1], tokens[:, 1:]
+        if self.release is not None:
+            self.release()
 
     def __len__(self) -> int:
         return len(self.batches)
@@ -79,15 +88,26 @@ def tokens_in_batch(batch: tuple[torch.Tensor, torch.Tensor]) -> int:
     return batch[0].numel()
 
 
+RELEASE_EVERY = 100  # training batches between two releases of the pages read
+
+
 class RandomWindows:
     """An endless stream of training batches: batch_size random windows of block_size + 1
     tokens, x the first block_size, y the same shifted by one (the lecture's get_batch),
     gathered from the token array (a memory map: only these windows are read)."""
 
     def __init__(
-        self, data: np.ndarray, block_size: int, batch_size: int, seed: int, rank: int, start_step: int
+        self,
+        data: np.ndarray,
+        block_size: int,
+        batch_size: int,
+        seed: int,
+        rank: int,
+        start_step: int,
+        release: Callable[[], None] | None = None,
     ):
         self.data = data
+        self.release = release  # called every RELEASE_EVERY batches: see PreparedCorpus.release
         self.block_size = block_size
         self.batch_size = batch_size
         self.seed = seed
@@ -96,6 +116,8 @@ class RandomWindows:
         self.offsets = np.arange(block_size + 1)
 
     def batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.release is not None and step % RELEASE_EVERY == 0:
+            self.release()
         generator = torch.Generator().manual_seed(step_seed(self.seed, self.rank, step))
         starts = torch.randint(len(self.data) - self.block_size, (self.batch_size,), generator=generator)
         windows = self.data[starts.numpy()[:, None] + self.offsets]  # (B, block_size + 1), one gather
@@ -241,7 +263,9 @@ class TextDataModule(L.LightningDataModule):
         if self.trainer is not None:
             rank = self.trainer.global_rank
             step = self.trainer.global_step * self.trainer.accumulate_grad_batches
-        windows = RandomWindows(self.train_data, self.block_size, self.batch_size, self.seed, rank, step)
+        windows = RandomWindows(
+            self.train_data, self.block_size, self.batch_size, self.seed, rank, step, self.corpus.release
+        )
         log.info(
             "rank %d: training windows drawn by (seed=%d, rank=%d, step) from step %d",
             rank,
@@ -266,7 +290,9 @@ class TextDataModule(L.LightningDataModule):
             )
         # not a DataLoader: Lightning would shard one with a DistributedSampler, which pads the
         # last ranks with repeated windows
-        return ValidationBatches(self.val_span, self.block_size, self.batch_size, rank, world_size)
+        return ValidationBatches(
+            self.val_span, self.block_size, self.batch_size, rank, world_size, self.corpus.release
+        )
 
 
 def download(url: str, path: Path, sha256: str | None) -> None:

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from gptlab.checkpoint import find_checkpoint, load_checkpoint
-from tests.conftest import REPO_ROOT, TINY, offline_env, read_summary, train, train_command
+from tests.conftest import REPO_ROOT, TINY, offline_env, read_summary, run_entry, train, train_command
 
 
 @pytest.fixture(scope="module")
@@ -219,6 +219,12 @@ def test_a_bpe_run_samples_evaluates_and_fine_tunes_from_its_checkpoint_alone(
     hparams = load_checkpoint(summary["best_ckpt"])["hyper_parameters"]
     assert hparams["tokenizer"]["type"] == "bpe" and hparams["model"]["vocab_size"] == 384
     assert 0 < summary["best_val_bpc"] < summary["best_val_loss"]  # bits per character, not per token
+    # scored again on its own validation set (the prepared corpus, found by the checkpoint's tokenizer)
+    proc = run_entry("eval", f"ckpt_path={summary['last_ckpt']}")
+    assert proc.returncode == 0, proc.stderr
+    figures = dict(line.split() for line in proc.stdout.splitlines()[1:])
+    assert float(figures["val_loss"]) == pytest.approx(summary["final_val_loss"], abs=1e-4)
+    assert float(figures["bits_per_char"]) == pytest.approx(summary["final_val_bpc"], abs=1e-4)
     (corpus / "a.txt").rename(tmp_path / "away.txt")  # the training text is gone
 
     elsewhere = tmp_path / "elsewhere"

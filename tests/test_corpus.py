@@ -2,6 +2,7 @@
 
 import fcntl
 import json
+import mmap
 import os
 import subprocess
 import sys
@@ -31,7 +32,8 @@ def test_prepared_once_then_memory_mapped_from_the_cache(tmp_path: Path) -> None
     text = write(tmp_path / "data" / "text.txt", TEXT)
     first = Corpus(str(text)).prepared(CHAR)
     assert first.prepared_now and first.directory.parent == tmp_path / "data" / "gptlab-prepared"
-    assert isinstance(first.tokens, np.memmap) and decoded(first) == TEXT
+    assert isinstance(first.mapped, mmap.mmap) and first.tokens.nbytes == len(first.mapped)  # not a copy
+    assert decoded(first) == TEXT
     manifest = json.loads((first.directory / "manifest.json").read_text())
     assert manifest["sources"][0]["sha256"] and manifest["tokenizer"] == first.tokenizer.to_dict()
     token_file = (first.directory / "tokens.bin").stat()
@@ -42,7 +44,7 @@ def test_prepared_once_then_memory_mapped_from_the_cache(tmp_path: Path) -> None
     assert np.array_equal(again.tokens, first.tokens)
 
 
-def test_a_touched_file_is_not_encoded_again_and_a_changed_one_is(tmp_path: Path, capfd) -> None:
+def test_a_touched_file_is_not_encoded_again_and_a_changed_one_is(tmp_path: Path, caplog) -> None:
     text = write(tmp_path / "text.txt", TEXT)
     first = Corpus(str(text)).prepared(CHAR)
     os.utime(text, ns=(text.stat().st_atime_ns, text.stat().st_mtime_ns + 10**9))  # same content
@@ -54,10 +56,7 @@ def test_a_touched_file_is_not_encoded_again_and_a_changed_one_is(tmp_path: Path
     changed = Corpus(str(text)).prepared(CHAR)
     assert changed.prepared_now and changed.directory == first.directory
     assert decoded(changed) == TEXT.replace("café", "cafe")
-    assert (
-        f"data: {text} changed since it was prepared: preparing {first.directory} again"
-        in capfd.readouterr().err
-    )
+    assert f"data: {text} changed since it was prepared: preparing {first.directory} again" in caplog.messages
 
 
 def test_a_directory_is_its_matching_files_sorted_and_joined(tmp_path: Path) -> None:
