@@ -118,7 +118,7 @@ def test_ddp_on_two_cpu_processes(run_train, tmp_path, shakespeare) -> None:
     summary = read_summary(result.run_dir)
     assert summary["world_size"] == 2 and summary["steps"] == 20
     # the corpus was prepared once, and both ranks memory-mapped that one token file
-    token_file = next((tmp_path / "data" / "gptlab-prepared").glob("input-char-*")) / "tokens.bin"
+    (token_file,) = (tmp_path / "data" / "gptlab-prepared").glob("input-char-*/tokens.bin")
     mapped = [line.split("] - ")[-1] for line in result.stdout.splitlines() if "memory-mapped from" in line]
     assert sorted(mapped) == [
         f"rank 0: 1,115,394 tokens (prepared by this process) memory-mapped from {token_file}",
