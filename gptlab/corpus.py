@@ -264,8 +264,9 @@ class Corpus:
             return False
         recorded = {Path(s["path"]): s for s in manifest["sources"]}
         if list(recorded) != [s.path.resolve() for s in self.sources]:
-            log.warning(
-                "data: the files of data.path changed since %s was prepared: preparing it again", entry
+            print(
+                f"data: the files of data.path changed since {entry} was prepared: preparing it again",
+                file=sys.stderr,
             )
             return False
         touched = False
@@ -274,7 +275,10 @@ class Corpus:
             if old["mtime_ns"] == source.mtime_ns and old["size"] == source.size:
                 continue
             if old["size"] != source.size or file_sha256(source.path) != old["sha256"]:
-                log.warning("data: %s changed since it was prepared: preparing %s again", source.path, entry)
+                print(
+                    f"data: {source.path} changed since it was prepared: preparing {entry} again",
+                    file=sys.stderr,
+                )
                 return False
             old["mtime_ns"], touched = source.mtime_ns, True
         expected = manifest["tokens"] * np.dtype(manifest["dtype"]).itemsize

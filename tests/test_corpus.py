@@ -44,7 +44,7 @@ def test_prepared_once_then_memory_mapped_from_the_cache(tmp_path: Path) -> None
     assert np.array_equal(again.tokens, first.tokens)
 
 
-def test_a_touched_file_is_not_encoded_again_and_a_changed_one_is(tmp_path: Path, caplog) -> None:
+def test_a_touched_file_is_not_encoded_again_and_a_changed_one_is(tmp_path: Path, capfd) -> None:
     text = write(tmp_path / "text.txt", TEXT)
     first = Corpus(str(text)).prepared(CHAR)
     os.utime(text, ns=(text.stat().st_atime_ns, text.stat().st_mtime_ns + 10**9))  # same content
@@ -56,7 +56,10 @@ def test_a_touched_file_is_not_encoded_again_and_a_changed_one_is(tmp_path: Path
     changed = Corpus(str(text)).prepared(CHAR)
     assert changed.prepared_now and changed.directory == first.directory
     assert decoded(changed) == TEXT.replace("café", "cafe")
-    assert f"data: {text} changed since it was prepared: preparing {first.directory} again" in caplog.messages
+    assert (
+        f"data: {text} changed since it was prepared: preparing {first.directory} again"
+        in capfd.readouterr().err
+    )
 
 
 def test_a_directory_is_its_matching_files_sorted_and_joined(tmp_path: Path) -> None:
