@@ -1,5 +1,5 @@
 """Compare runs: `python -m gptlab.compare outputs/multirun/DATE/TIME` prints a table of the
-run directories below a folder, best val_loss first, read from their files alone (summary.json,
+run directories below a folder, best first, read from their files alone (summary.json,
 .hydra/, csv/metrics.csv); wandb is never needed. Runs that differ only in `seed` make one row:
 the mean and standard deviation of their best val_loss, and how many seeds.
 
@@ -182,12 +182,16 @@ class PrintRunsAtMultirunEnd(Callback):
                 print(f"wandb, upload it: wandb sync {wandb_dir}/offline-run-*")
 
 
-def by_val_loss(groups: list[list[dict[str, Any]]]) -> list[list[dict[str, Any]]]:
-    """Groups with finished runs, best (mean) val_loss first, then the failed and unfinished."""
+def best_first(groups: list[list[dict[str, Any]]]) -> list[list[dict[str, Any]]]:
+    """Groups with finished runs, best first, then the failed and unfinished. Best is the lowest
+    (mean) best_val_bpc, which compares runs whatever their tokenizer (val_loss is per token);
+    best_val_loss if a run's summary has no bpc (written before gptlab logged it)."""
+    finished = [g for g in groups if best_val_loss(g)[0] is not None]
+    by_bpc = all(group_mean(g, "best_val_bpc") is not None for g in finished)
 
     def key(group: list[dict[str, Any]]) -> float:
-        mean, _ = best_val_loss(group)
-        return math.inf if mean is None else mean
+        best = group_mean(group, "best_val_bpc") if by_bpc else best_val_loss(group)[0]
+        return math.inf if best is None else best
 
     return sorted(groups, key=key)
 
@@ -284,7 +288,7 @@ def main(argv: list[str] | None = None) -> None:
     runs = find_runs(args.folder)
     if not runs:
         parser.exit(1, f"error: no run directories (with a .hydra/ folder) under {args.folder}\n")
-    groups = by_val_loss([[run] for run in runs] if args.runs else group_seeds(runs))
+    groups = best_first([[run] for run in runs] if args.runs else group_seeds(runs))
     if args.json:
         print(json.dumps(records(groups, seeds=not args.runs), indent=2))
     elif args.csv:
