@@ -4,7 +4,6 @@ from pathlib import Path
 
 import pytest
 
-from gptlab.compare import best_first
 from gptlab.tokenizer import (
     BPETokenizer,
     CharTokenizer,
@@ -87,12 +86,3 @@ def test_bpe_vocab_larger_than_the_text_allows() -> None:
         ValueError, match=r"vocab_size=5000 is larger than the text allows: BPE learns \d+ tokens"
     ):
         train_tokenizer({"type": "bpe", "vocab_size": 5000}, pieces_of("abab abba baab " * 20))
-
-
-def test_compare_puts_the_best_bits_per_character_first_whatever_the_tokenizer() -> None:
-    char = {"summary": {"best_val_loss": 2.45, "best_val_bpc": 3.53}}
-    bpe = {"summary": {"best_val_loss": 5.26, "best_val_bpc": 2.83}}  # worse per token, better per character
-    failed = {"summary": {"error": "diverged"}}
-    assert best_first([[char], [failed], [bpe]]) == [[bpe], [char], [failed]]
-    older = {"summary": {"best_val_loss": 2.0, "best_val_bpc": None}}  # from before bpc: by val_loss
-    assert best_first([[char], [older]]) == [[older], [char]]
