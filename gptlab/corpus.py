@@ -315,26 +315,12 @@ class Corpus:
             dtype = token_dtype(tokenizer.vocab_size)
             entry.mkdir(parents=True, exist_ok=True)
             partial = entry / f"tokens.bin.{os.getpid()}.partial"
-            hashes: dict[Path, str] = {}
-            counts = {"tokens": 0, "train_tokens": 0, "train_characters": 0, "val_characters": 0}
             task = bar.add_task("encoding", total=total)
-            unknown: dict[Path, set[str]] = {}  # a given char tokenizer's missing characters, by file
+            hashes: dict[Path, str] = {}  # filled as each file is read
             try:
                 with open(partial, "wb") as out:
-                    for path, piece, in_train in self.advanced(bar, task, self.pieces(hashes=hashes)):
-                        try:
-                            ids = tokenizer.encode_bytes(piece)
-                        except UnknownCharacters as err:
-                            unknown.setdefault(path, set()).update(err.unknown)
-                            continue
-                        ids.astype(dtype).tofile(out)
-                        counts["tokens"] += len(ids)
-                        if in_train:
-                            counts["train_tokens"] += len(ids)
-                        counts["train_characters" if in_train else "val_characters"] += characters(piece)
-                if unknown:
-                    where = "data file" + ("s " if len(unknown) > 1 else " ") + ", ".join(map(str, unknown))
-                    raise UnknownCharacters(set().union(*unknown.values()), where=where)
+                    pieces = self.advanced(bar, task, self.pieces(hashes=hashes))
+                    counts = encode(tokenizer, dtype, pieces, out)
                 os.replace(partial, entry / "tokens.bin")
             finally:
                 partial.unlink(missing_ok=True)
@@ -368,6 +354,30 @@ class Corpus:
         for item in pieces:
             yield item
             bar.advance(task, len(item[1]))
+
+
+def encode(
+    tokenizer: Tokenizer, dtype: np.dtype, pieces: Iterator[tuple[Path, bytes, bool]], out: IO[bytes]
+) -> dict[str, int]:
+    """Writes the pieces' tokens to out; returns the counts of tokens and characters. Characters
+    a given char tokenizer lacks are named at the end, all of them, by file."""
+    counts = {"tokens": 0, "train_tokens": 0, "train_characters": 0, "val_characters": 0}
+    unknown: dict[Path, set[str]] = {}
+    for path, piece, in_train in pieces:
+        try:
+            ids = tokenizer.encode_bytes(piece)
+        except UnknownCharacters as err:
+            unknown.setdefault(path, set()).update(err.unknown)
+            continue
+        ids.astype(dtype).tofile(out)
+        counts["tokens"] += len(ids)
+        if in_train:
+            counts["train_tokens"] += len(ids)
+        counts["train_characters" if in_train else "val_characters"] += characters(piece)
+    if unknown:
+        where = "data file" + ("s " if len(unknown) > 1 else " ") + ", ".join(map(str, unknown))
+        raise UnknownCharacters(set().union(*unknown.values()), where=where)
+    return counts
 
 
 def read_manifest(entry: Path) -> dict[str, Any] | None:
