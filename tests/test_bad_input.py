@@ -37,6 +37,7 @@ CASES = [
     ("train", ["data.path={binary}"], "data file {binary} is not UTF-8 text: byte 0xae at offset 4"),
     ("train", ["data.path={empty}"], "data file {empty} is empty"),
     ("train", ["data.path={folder}"], "data.path={folder} is a directory with no file matching data.glob='*.txt'"),
+    ("train", ["data.path={missing}"], "data file {missing} not found: put a text file there or set data.path"),  # not Tiny Shakespeare's name: no download
     ("train", ["data.tokenizer.type=word"], "data.tokenizer.type='word' is not allowed: use one of ['char', 'bpe']"),
     ("train", ["data/tokenizer=bpe", "data.tokenizer.vocab_size=256"], "data.tokenizer.vocab_size=256 is not allowed: a byte-level BPE has the 256 bytes and at least one merge"),
     ("train", ["data/tokenizer=bpe", "data.tokenizer.vocab_size=50000", "data.path={small}"], "data.tokenizer.vocab_size=50000 is larger than the text allows: BPE learns"),
