@@ -68,10 +68,6 @@ class CharTokenizer:
         self.lookup[[ord(ch) for ch in chars]] = np.arange(len(chars), dtype=np.int32)
 
     @classmethod
-    def from_text(cls, text: str) -> "CharTokenizer":
-        return cls("".join(sorted(set(text))))
-
-    @classmethod
     def train(cls, pieces: Iterable[bytes]) -> "CharTokenizer":
         """The vocabulary of a corpus given as UTF-8 pieces, without holding it in memory."""
         seen = np.zeros(UNICODE_SIZE, dtype=bool)
