@@ -8,6 +8,7 @@ its type. A tokenizer is trained on text (`train_tokenizer`) or comes from a che
 """
 
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from functools import cached_property
 from typing import Any, Protocol
 
 import numpy as np
@@ -63,9 +64,14 @@ class CharTokenizer:
     def __init__(self, chars: str):
         self.chars = chars
         self.stoi = {ch: i for i, ch in enumerate(chars)}
-        # code point -> id for whole corpus pieces at once
-        self.lookup = np.full(UNICODE_SIZE, UNKNOWN, dtype=np.int32)
-        self.lookup[[ord(ch) for ch in chars]] = np.arange(len(chars), dtype=np.int32)
+
+    @cached_property
+    def lookup(self) -> np.ndarray:
+        """Code point -> id (UNKNOWN if not in the vocabulary), to encode corpus pieces at once.
+        Made when first needed: sampling and text samples never need it."""
+        lookup = np.full(UNICODE_SIZE, UNKNOWN, dtype=np.int32)
+        lookup[[ord(ch) for ch in self.chars]] = np.arange(len(self.chars), dtype=np.int32)
+        return lookup
 
     @classmethod
     def train(cls, pieces: Iterable[bytes]) -> "CharTokenizer":
