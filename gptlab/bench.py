@@ -46,7 +46,14 @@ from gptlab.corpus import character_start
 from gptlab.data import RandomWindows, TextDataModule
 from gptlab.model import GPTConfig, LanguageModel, create_model, is_count
 from gptlab.module import GPTLitModule, OptimConfig, adamw
-from gptlab.train import BUILD_ERRORS, build, build_error, finish_wandb, model_settings
+from gptlab.train import (
+    BUILD_ERRORS,
+    build,
+    build_error,
+    finish_wandb,
+    fit_precision_to_device,
+    model_settings,
+)
 
 PARTS = ("train", "startup", "generate", "bare", "grow", "corpus")
 CLEAR_REFS = Path("/proc/self/clear_refs")
@@ -211,6 +218,7 @@ def bench_train(cfg: DictConfig) -> dict[str, Any]:
             f"trainer.devices={cfg.trainer.devices} is not benchmarked: the bench measures one device "
             "(trainer.devices=1, trainer.num_nodes=1)"
         )
+    fit_precision_to_device(cfg)
     precision_dtype(cfg.trainer.precision)  # fails before the run starts
     cfg.trainer.max_steps = cfg.bench.warmup_steps + cfg.bench.rounds * cfg.bench.steps_per_round + 1
     datamodule, module, trainer, _ = build(cfg)

@@ -18,6 +18,7 @@ from typing import Any
 
 import hydra
 import lightning as L
+import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
 from hydra.types import RunMode
@@ -39,6 +40,7 @@ from gptlab.callbacks import (
 from gptlab.checkpoint import find_checkpoint, load_checkpoint, model_from_checkpoint
 from gptlab.model import GPTConfig, is_count
 from gptlab.module import GPTLitModule, OptimConfig
+from gptlab.precision import resolve_float32_matmul, resolve_precision
 
 log = logging.getLogger(__name__)
 
@@ -113,12 +115,25 @@ def check_settings(cfg: DictConfig) -> GPTConfig:
             "training stream is endless: there are no epochs to take a fraction of), or null to validate "
             "only when training ends"
         )
+    resolve_float32_matmul(cfg.float32_matmul_precision, trainer.accelerator)  # a bad value fails here
     if cfg.ckpt_path and cfg.init_from:
         raise ValueError(
             "ckpt_path and init_from are both set: ckpt_path resumes a run, init_from starts a new one "
             "from a checkpoint's weights; give one"
         )
     return model_config
+
+
+def fit_precision_to_device(cfg: DictConfig) -> None:
+    """trainer.precision=auto becomes what the device computes fastest, said in the log and
+    recorded in the run's config; float32 matmuls get the precision float32_matmul_precision says."""
+    if cfg.trainer.precision == "auto":
+        precision, reason = resolve_precision("auto", cfg.trainer.accelerator)
+        log.info("trainer.precision=auto: %s, as %s", precision, reason)
+        cfg.trainer.precision = precision
+    matmul = resolve_float32_matmul(cfg.float32_matmul_precision, cfg.trainer.accelerator)
+    cfg.float32_matmul_precision = matmul
+    torch.set_float32_matmul_precision(matmul)
 
 
 def trainer_arguments(cfg: DictConfig) -> dict[str, Any]:
@@ -145,6 +160,7 @@ def build(cfg: DictConfig) -> tuple[L.LightningDataModule, GPTLitModule, L.Train
     """Everything before the first step; bad config or data raise here, not mid-run. Returns
     the checkpoint to resume from, if any."""
     model_config = check_settings(cfg)
+    fit_precision_to_device(cfg)
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     if not cfg.ckpt_path and cluster.restarted():
         # a requeued SLURM job (or restarted torchrun) is back in its run directory: it goes on

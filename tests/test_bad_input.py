@@ -48,6 +48,7 @@ CASES = [
     ("train", ["trainer.val_check_interval=0.5"], "trainer.val_check_interval=0.5 is not allowed"),
     ("train", ["trainer.accelerator=cuda"], "trainer: `CUDAAccelerator` can not run on your system"),
     ("train", ["trainer.precision=99"], "trainer: Precision 99 is invalid. Allowed precision values:"),
+    ("train", ["float32_matmul_precision=low"], "float32_matmul_precision='low' is not allowed: use auto or one of ['highest', 'high', 'medium']"),
     ("train", ["checkpoint.every_n_steps=0"], "checkpoint.every_n_steps=0 is not allowed: use a positive integer"),
     ("train", ["callbacks.rich_progress_bar.refresh_rate=0"], "callbacks.rich_progress_bar.refresh_rate=0 is not allowed: use a positive integer"),
     ("train+samples", ["callbacks.text_samples.prompt=''"], "callbacks.text_samples.prompt='' is not allowed: give at least one character"),

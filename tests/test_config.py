@@ -1,3 +1,4 @@
+import re
 from itertools import pairwise
 from pathlib import Path
 
@@ -91,11 +92,19 @@ def test_slurm_launcher_config(compose) -> None:
 
 def test_optuna_search_space(compose) -> None:
     cfg = compose("hparams_search=optuna", return_hydra_config=True)
-    assert cfg.hydra.sweeper.direction == "minimize"
-    assert set(cfg.hydra.sweeper.params) == {
-        "model.n_head",
+    sweeper = cfg.hydra.sweeper
+    assert sweeper.direction == "minimize"
+    assert set(sweeper.params) == {
+        "optim.lr",
+        "optim.warmup_steps",
+        "trainer.max_steps",
+        "trainer.val_check_interval",
+        "data.batch_size",
+        "model.block_size",
         "model.n_layer",
         "model.n_embd",
-        "model.dropout",
-        "optim.lr",
     }
+    assert cfg.trainer.max_time == {"seconds": 100}  # each trial's budget
+    # every width works with the README's model.n_head=6 example, and with 2, 3 and 4 heads
+    widths = [int(w) for w in re.findall(r"\d+", sweeper.params["model.n_embd"])]
+    assert widths and all(w % heads == 0 for w in widths for heads in (2, 3, 4, 6))
