@@ -46,6 +46,7 @@ from gptlab.corpus import character_start
 from gptlab.data import RandomWindows, TextDataModule
 from gptlab.model import GPTConfig, LanguageModel, create_model, is_count
 from gptlab.module import GPTLitModule, OptimConfig, adamw
+from gptlab.precision import inference_dtype
 from gptlab.train import (
     BUILD_ERRORS,
     build,
@@ -326,8 +327,9 @@ def bench_startup(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
 def bench_generate(cfg: DictConfig) -> list[dict[str, Any]]:
     """Tokens/s from a 1-token prompt, with and without the KV cache, runs alternating."""
     device = bench_device(cfg)
+    dtype = inference_dtype(cfg.bench.generate_dtype)
     torch.manual_seed(cfg.seed)
-    model = create_model(GPTConfig(**model_settings(cfg))).to(device).eval()
+    model = create_model(GPTConfig(**model_settings(cfg))).to(device, dtype).eval()
     results = []
     for tokens in cfg.bench.generate_tokens:
         tokens = tokens or model.config.block_size - 1
@@ -342,7 +344,12 @@ def bench_generate(cfg: DictConfig) -> list[dict[str, Any]]:
                 seconds[use_cache].append(time.perf_counter() - start)
         cached, uncached = (tokens / statistics.median(seconds[c]) for c in (True, False))
         results.append(
-            {"new_tokens": tokens, "cached_tokens_per_s": cached, "uncached_tokens_per_s": uncached}
+            {
+                "new_tokens": tokens,
+                "dtype": str(dtype).removeprefix("torch."),
+                "cached_tokens_per_s": cached,
+                "uncached_tokens_per_s": uncached,
+            }
         )
     return results
 
@@ -481,7 +488,7 @@ def print_tables(results: dict[str, Any], console: Console) -> None:
             f"(of which `import gptlab.train`: {startup['import_seconds']:.2f} s)"
         )
     if generation := results.get("generate"):
-        table = Table(title="generation")
+        table = Table(title=f"generation, weights in {generation[0]['dtype']}")
         for column in ("new tokens", "KV cache tok/s", "no cache tok/s", "speed-up"):
             table.add_column(column, justify="right")
         for r in generation:

@@ -165,7 +165,8 @@ class StopWhenPreempted(L.Callback):
 class KeepRecordsWithCheckpoints(L.Callback):
     """Each checkpoint carries what a resumed run needs to continue the run's records: the
     loggers are flushed first (so metrics.csv on disk has every row up to it) and the wandb
-    run id goes in, for the resumed run to continue the same wandb run."""
+    run id goes in, for the resumed run to continue the same wandb run; and the precision the
+    run computed in, for gptlab.eval to score as the run's validation did."""
 
     def on_save_checkpoint(
         self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]
@@ -174,6 +175,7 @@ class KeepRecordsWithCheckpoints(L.Callback):
             logger.save()
             if isinstance(logger, WandbLogger) and trainer.is_global_zero:
                 checkpoint["wandb_run_id"] = logger.experiment.id
+        checkpoint["precision"] = trainer.precision
 
 
 class RunSummary(L.Callback):

@@ -3,7 +3,8 @@
 By default on the validation set its run was scored on (the same span of the same corpus, every
 token once: val_loss here is the run's own), or on every token of other text (a file or a
 directory). Prints val_loss, perplexity and bits per character (comparable across tokenizers),
-and writes them as JSON with out_file=.
+and writes them as JSON with out_file=. Scores in the precision its run validated in (bf16
+autocast for a bf16-mixed run), so that the figures are the run's own.
 """
 
 import json
@@ -63,12 +64,19 @@ def scoring_span(
     return span, len(tokenizer.decode(span[1:].tolist())), f"all of {path}"
 
 
+PRECISIONS = ("32-true", "bf16-mixed")
+
+
 @torch.inference_mode()
-def total_nats(model: LanguageModel, batches: ValidationBatches, device: torch.device) -> float:
+def total_nats(
+    model: LanguageModel, batches: ValidationBatches, device: torch.device, precision: str
+) -> float:
     """The summed cross-entropy (in nats) of every target in the batches."""
     total = 0.0
     for x, y in batches:
-        _, loss = model(x.to(device), y.to(device))
+        # as Lightning's bf16-mixed runs the validation step
+        with torch.autocast(device.type, torch.bfloat16, enabled=precision == "bf16-mixed"):
+            _, loss = model(x.to(device), y.to(device))
         total += loss.item() * y.numel()
     return total
 
@@ -82,6 +90,12 @@ def main(cfg: DictConfig) -> None:
         path = find_checkpoint(cfg.ckpt_path)
         checkpoint = load_checkpoint(path)
         model, tokenizer = model_from_checkpoint(checkpoint)
+        precision = cfg.precision or checkpoint.get("precision", "32-true")  # 32-true before it was kept
+        if precision not in PRECISIONS:
+            raise ValueError(
+                f"precision={precision!r} is not allowed: "
+                f"use null (the run's own) or one of {list(PRECISIONS)}"
+            )
         span, characters, described = scoring_span(cfg, checkpoint, tokenizer)
         out_file = Path(cfg.out_file) if cfg.out_file else None
         if out_file is not None and out_file.is_dir():
@@ -93,7 +107,7 @@ def main(cfg: DictConfig) -> None:
 
     model.to(device).eval()
     batches = ValidationBatches(span, model.config.block_size, cfg.batch_size)
-    nats, tokens = total_nats(model, batches, device), len(span) - 1
+    nats, tokens = total_nats(model, batches, device, precision), len(span) - 1
     result = {
         "val_loss": nats / tokens,
         "perplexity": math.exp(nats / tokens),
@@ -102,9 +116,13 @@ def main(cfg: DictConfig) -> None:
         "characters": characters,
         "checkpoint": str(path),
         "step": checkpoint.get("global_step"),
+        "precision": precision,
         "scored": described,
     }
-    print(f"{path} (step {result['step']}) on {described}: {tokens:,} tokens, {characters:,} characters")
+    print(
+        f"{path} (step {result['step']}) on {described}: "
+        f"{tokens:,} tokens, {characters:,} characters, in {precision}"
+    )
     for key in ("val_loss", "perplexity", "bits_per_char"):
         print(f"{key} {result[key]:.4f}")
     if out_file is not None:

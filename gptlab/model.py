@@ -249,7 +249,7 @@ class LanguageModel(nn.Module):
         """Extend idx (B, T) by max_new_tokens sampled tokens, feeding each one back in."""
         return torch.cat([idx, *self.stream(idx, max_new_tokens, temperature, top_k, use_cache)], dim=1)
 
-    @torch.no_grad()
+    @torch.inference_mode()  # no autograd bookkeeping at all (no_grad still tracks versions)
     def stream(
         self,
         idx: torch.Tensor,
@@ -270,10 +270,10 @@ class LanguageModel(nn.Module):
 
 def sample_next(logits: torch.Tensor, temperature: float, top_k: int | None) -> torch.Tensor:
     """One token per row from the last position's logits (B, vocab_size)."""
-    logits = logits / temperature
-    if top_k is not None:
-        kth_largest = torch.topk(logits, min(top_k, logits.size(-1))).values[:, [-1]]
-        logits[logits < kth_largest] = -float("inf")
+    logits = logits.float() / temperature  # probabilities in float32, whatever the weights are in
+    if top_k is not None and top_k < logits.size(-1):  # else every token stays a candidate
+        kth_largest = torch.topk(logits, top_k).values[:, [-1]]
+        logits = logits.masked_fill(logits < kth_largest, -float("inf"))
     return torch.multinomial(F.softmax(logits, dim=-1), num_samples=1)  # (B, 1)
 
 
@@ -327,7 +327,7 @@ class GPT(LanguageModel):
         logits = self.lm_head(self.transformer.ln_f(x))  # (B, T, vocab_size)
         return logits, None if targets is None else self.loss(logits, targets)
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def stream(
         self,
         idx: torch.Tensor,
@@ -344,7 +344,12 @@ class GPT(LanguageModel):
             yield from super().stream(idx, max_new_tokens, temperature, top_k)
             return
         block_size = self.config.block_size
-        cache_shape = (idx.size(0), self.config.n_head, block_size, self.config.n_embd // self.config.n_head)
+        B, T = idx.shape
+        # the context and every token sampled, written in place: no copy of a growing context per token
+        tokens = idx.new_empty((B, T + max_new_tokens))
+        tokens[:, :T] = idx
+        end = T  # tokens[:, :end] are known
+        cache_shape = (B, self.config.n_head, block_size, self.config.n_embd // self.config.n_head)
         dtype = self.transformer.wte.weight.dtype
         for block in self.transformer.h:
             block.attn.kv_cache = (
@@ -355,14 +360,15 @@ class GPT(LanguageModel):
             cached = 0  # positions whose keys and values are in the cache
             for _ in range(max_new_tokens):
                 if cached in (0, block_size):  # fill the cache from the (cropped) context
-                    window = idx[:, -block_size:]
+                    window = tokens[:, max(0, end - block_size) : end]
                     logits, _ = self(window, cache_pos=0)
                     cached = window.size(1)
                 else:
-                    logits, _ = self(idx[:, -1:], cache_pos=cached)
+                    logits, _ = self(tokens[:, end - 1 : end], cache_pos=cached)
                     cached += 1
                 idx_next = sample_next(logits[:, -1, :], temperature, top_k)
-                idx = torch.cat((idx, idx_next), dim=1)
+                tokens[:, end : end + 1] = idx_next
+                end += 1
                 yield idx_next
         finally:
             for block in self.transformer.h:

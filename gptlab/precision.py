@@ -1,5 +1,5 @@
 """Number formats that fit the hardware: what `trainer.precision=auto` and `float32_matmul_precision=auto`
-become on the device a run uses.
+become on the device a run uses; and the weights' dtype for generating.
 
 bf16 autocast pays where the device computes bf16 natively: CUDA GPUs that support it
 (Ampere and later), and CPUs with AVX512-BF16 or AMX instructions. Elsewhere bf16 is emulated
@@ -9,6 +9,7 @@ and slower than float32, so auto stays with 32-true there.
 import torch
 
 MATMUL_PRECISIONS = ("highest", "high", "medium")
+INFERENCE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
 def device_type(accelerator: str) -> str:
@@ -22,11 +23,11 @@ def device_type(accelerator: str) -> str:
     return "cpu" if accelerator in ("auto", "cpu") else f"{accelerator} (not available)"
 
 
-def native_bf16(device_type: str) -> str | None:
-    """Why this device computes bf16 natively, or None when it does not."""
-    if device_type == "cuda" and torch.cuda.is_bf16_supported(including_emulation=False):
+def native_bf16(kind: str) -> str | None:
+    """Why a device of this type computes bf16 natively, or None when it does not."""
+    if kind == "cuda" and torch.cuda.is_bf16_supported(including_emulation=False):
         return f"{torch.cuda.get_device_name()} computes bf16 natively"
-    if device_type == "cpu":
+    if kind == "cpu":
         features = [
             name
             for name, supported in (
@@ -63,3 +64,10 @@ def resolve_float32_matmul(setting: str, accelerator: str) -> str:
         return setting
     on_tf32_gpu = device_type(accelerator) == "cuda" and torch.cuda.get_device_capability() >= (8, 0)
     return "high" if on_tf32_gpu else "highest"
+
+
+def inference_dtype(setting: str) -> torch.dtype:
+    """The weights' dtype for generating, by name."""
+    if setting not in INFERENCE_DTYPES:
+        raise ValueError(f"dtype={setting!r} is not allowed: use one of {list(INFERENCE_DTYPES)}")
+    return INFERENCE_DTYPES[setting]

@@ -1,11 +1,14 @@
 """Generate text from a checkpoint: `python -m gptlab.sample ckpt_path=<file or run dir>`.
 
-Needs the checkpoint alone: model config and tokenizer travel inside it. Text streams to
-stdout as it is sampled.
+Needs the checkpoint alone: model config and tokenizer travel inside it. num_samples samples
+are drawn as one batch; one sample streams to stdout as it is sampled. The speed goes to
+stderr at the end.
 """
 
 import os
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import hydra
@@ -14,7 +17,9 @@ from omegaconf import DictConfig
 
 from gptlab.callbacks import check_sampling
 from gptlab.checkpoint import find_checkpoint, load_checkpoint, model_from_checkpoint
-from gptlab.model import is_count
+from gptlab.model import LanguageModel, is_count
+from gptlab.precision import inference_dtype
+from gptlab.tokenizer import Tokenizer
 
 
 def pick_device(name: str) -> torch.device:
@@ -46,31 +51,77 @@ def main(cfg: DictConfig) -> None:
         if not isinstance(cfg.use_cache, bool):
             raise ValueError(f"use_cache={cfg.use_cache!r} is not allowed: use true or false")
         device = pick_device(cfg.device)
+        dtype = inference_dtype(cfg.dtype)
         path = find_checkpoint(cfg.ckpt_path)
         model, tokenizer = model_from_checkpoint(load_checkpoint(path))
-        prompt = tokenizer.encode(cfg.prompt)
+        tokenizer.encode(cfg.prompt)  # a prompt outside a char model's vocabulary fails here
         out_file = open(cfg.out_file, "w") if cfg.out_file else None  # noqa: SIM115 (written while streaming)
     except (ValueError, OSError) as err:
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
         sys.exit("error: " + " ".join(str(err).split()))
 
-    model.to(device).eval()
+    model.to(device, dtype).eval()
     torch.manual_seed(cfg.seed)
     try:
-        for i in range(cfg.num_samples):
-            if i:
-                write("\n---------------\n", out_file)
-            write(cfg.prompt, out_file)
-            idx = torch.tensor([prompt], dtype=torch.long, device=device)
-            decode = tokenizer.stream()  # a character of several byte tokens comes out whole
-            for token in model.stream(idx, cfg.max_new_tokens, cfg.temperature, cfg.top_k, cfg.use_cache):
-                write(decode(int(token[0, 0])), out_file)
-        write("\n", out_file)
+        seconds = generate_samples(
+            model,
+            tokenizer,
+            cfg.prompt,
+            cfg.num_samples,
+            cfg.max_new_tokens,
+            cfg.temperature,
+            cfg.top_k,
+            cfg.use_cache,
+            lambda text: write(text, out_file),
+        )
     finally:
         if out_file:
             out_file.close()
             print(f"samples written to {Path(cfg.out_file).resolve()}", file=sys.stderr)
+    tokens = cfg.num_samples * cfg.max_new_tokens
+    samples = f"{cfg.num_samples} samples as one batch" if cfg.num_samples > 1 else "1 sample"
+    how = f"on {device} in {str(dtype).removeprefix('torch.')}, KV cache {'on' if cfg.use_cache else 'off'}"
+    print(
+        f"{tokens:,} tokens in {seconds:.2f} s: {tokens / seconds:,.0f} tokens/s ({samples} {how})",
+        file=sys.stderr,
+    )
+
+
+def generate_samples(
+    model: LanguageModel,
+    tokenizer: Tokenizer,
+    prompt: str,
+    num_samples: int,
+    max_new_tokens: int,
+    temperature: float,
+    top_k: int | None,
+    use_cache: bool,
+    write: Callable[[str], None],
+) -> float:
+    """Samples num_samples continuations of prompt as one batch, and writes them: one sample
+    streams as it is sampled; several are written when done, one after the other. Returns the
+    seconds the sampling took."""
+    device = next(model.parameters()).device
+    idx = torch.tensor([tokenizer.encode(prompt)] * num_samples, dtype=torch.long, device=device)
+    # one decoder a row: a character of several byte tokens comes out whole
+    decoders = [tokenizer.stream() for _ in range(num_samples)]
+    texts: list[list[str]] = [[prompt] for _ in range(num_samples)]
+    if num_samples == 1:
+        write(prompt)
+    start = time.perf_counter()
+    for tokens in model.stream(idx, max_new_tokens, temperature, top_k, use_cache):
+        for row, token in enumerate(tokens[:, 0].tolist()):
+            piece = decoders[row](token)
+            if num_samples == 1:
+                write(piece)
+            else:
+                texts[row].append(piece)
+    seconds = time.perf_counter() - start
+    if num_samples > 1:
+        write("\n---------------\n".join("".join(text) for text in texts))
+    write("\n")
+    return seconds
 
 
 def write(text: str, out_file) -> None:

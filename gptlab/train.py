@@ -240,7 +240,10 @@ def build(cfg: DictConfig) -> tuple[L.LightningDataModule, GPTLitModule, L.Train
         loggers.append(logger)
     if not loggers:  # logger=none: the lr has nowhere to go (Lightning refuses to start)
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
-    trainer = hydra.utils.instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks, **arguments)
+    # _convert_: plain dicts and lists, as Lightning expects (trainer.max_time={minutes: 90})
+    trainer = hydra.utils.instantiate(
+        cfg.trainer, _convert_="partial", logger=loggers or False, callbacks=callbacks, **arguments
+    )
     run_config = OmegaConf.to_container(cfg, resolve=True) | {"run_dir": str(run_dir)}
     for logger in trainer.loggers:
         logger.log_hyperparams(run_config)
@@ -256,6 +259,11 @@ def build_error(err: Exception) -> str:
         return message if key is None or key.group(1) in message else f"{key.group(1)}: {message}"
     return " ".join(str(err).split())
 
+
+# what a job without a val_loss (failed, or never validated) returns to the sweeper: the worst
+# score, so an Optuna search ranks it last and goes on (hydra-optuna-sweeper stops the whole
+# study at a nan)
+NO_SCORE = float("inf")
 
 # the exit status of a run stopped by SIGTERM, as of a process killed by it
 STOPPED_BY_SIGNAL = 128 + signal.SIGTERM
@@ -294,7 +302,7 @@ def record_failure(message: str) -> float:
     log.error("this job failed: %s", message)
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     (run_dir / "summary.json").write_text(json.dumps({"error": message}, indent=2) + "\n")
-    return float("nan")
+    return NO_SCORE
 
 
 @hydra.main(version_base="1.3", config_path="pkg://gptlab.conf", config_name="config")
@@ -357,7 +365,7 @@ def best_val_loss(trainer: L.Trainer) -> float:
         best = next(s["best_model_score"] for s in states if s.get("best_model_score") is not None)
     if trainer.is_global_zero and best is not None:
         print(f"best val_loss {best:.4f}, checkpoint {checkpoint.best_model_path}")
-    return float(best) if best is not None else float("nan")
+    return float(best) if best is not None else NO_SCORE
 
 
 def main() -> None:

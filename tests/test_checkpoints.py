@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -44,6 +45,13 @@ def test_sample_from_a_run_directory_without_the_data(trained_run: Path, tmp_pat
     assert len(samples) == 3
     assert all(s.startswith("ROMEO:") and len(s) == len("ROMEO:") + 50 for s in samples)
     assert out.read_text() == proc.stdout
+    assert len(set(samples)) == 3
+    speed = proc.stderr.strip().splitlines()[-1]
+    assert re.fullmatch(
+        r"150 tokens in [\d.]+ s: [\d,]+ tokens/s \(3 samples as one batch on cpu in float32, "
+        r"KV cache on\)",
+        speed,
+    ), speed
     assert sorted(p.name for p in tmp_path.iterdir()) == ["samples.txt"]  # no logs or run dirs
     # the same seed gives the same text, with the KV cache or without
     again = sample(

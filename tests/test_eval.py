@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from gptlab.checkpoint import load_checkpoint
 from tests.conftest import TINY, read_summary, run_entry, train
 
 
@@ -27,6 +28,8 @@ def test_eval_reproduces_the_runs_val_loss_at_any_batch_size(tmp_path: Path, sha
     small, large = figures
     assert small["val_loss"] == pytest.approx(large["val_loss"], abs=1e-6)
     assert small["val_loss"] == pytest.approx(summary["final_val_loss"], abs=1e-5)  # the run's own figure
+    # scored in the precision the run validated in (on this machine's CPU, bf16-mixed when native)
+    assert small["precision"] == load_checkpoint(run / "checkpoints" / "last.ckpt")["precision"]
     assert small["tokens"] == small["characters"] == 1000
     assert small["perplexity"] == pytest.approx(math.exp(small["val_loss"]))
     assert small["bits_per_char"] == pytest.approx(small["val_loss"] / math.log(2))

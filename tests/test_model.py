@@ -1,9 +1,12 @@
 import math
+import string
 
 import pytest
 import torch
 
 from gptlab.model import GPT, BigramLanguageModel, GPTConfig, create_model
+from gptlab.sample import generate_samples
+from gptlab.tokenizer import CharTokenizer
 from gptlab.train import model_settings
 
 SMALL = GPTConfig(block_size=16, vocab_size=65, n_layer=2, n_head=4, n_embd=32)
@@ -124,6 +127,30 @@ def test_cached_logits_match_a_full_forward() -> None:
     step_logits = [model(idx[:, :4], cache_pos=0)[0][:, -1]]
     step_logits += [model(idx[:, t : t + 1], cache_pos=t)[0][:, -1] for t in range(4, 16)]
     torch.testing.assert_close(torch.stack(step_logits, dim=1), full[:, 3:], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("use_cache", [True, False])
+def test_samples_are_drawn_as_one_batch_and_a_seed_repeats_them(use_cache: bool) -> None:
+    torch.manual_seed(0)
+    model = GPT(SMALL).eval()
+    tokenizer = CharTokenizer(string.ascii_letters + string.digits + " .,:;!?\n")  # 65 characters
+    forward_passes = []
+    model.register_forward_pre_hook(lambda module, args: forward_passes.append(args[0].shape))
+
+    def samples(seed: int) -> str:
+        torch.manual_seed(seed)
+        written: list[str] = []
+        generate_samples(model, tokenizer, "To be", 3, 20, 0.8, 10, use_cache, written.append)
+        return "".join(written)
+
+    text = samples(seed=1)
+    assert len(forward_passes) == 20  # one forward pass a token, for the three samples at once
+    assert all(shape[0] == 3 for shape in forward_passes)
+    drawn = text.rstrip("\n").split("\n---------------\n")
+    assert len(drawn) == 3 and all(s.startswith("To be") and len(s) == len("To be") + 20 for s in drawn)
+    assert len(set(drawn)) == 3  # each row its own sample
+    assert samples(seed=1) == text
+    assert samples(seed=2) != text
 
 
 def test_training_flops_count_like_nanogpt() -> None:

@@ -9,6 +9,7 @@ import sys
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 
 from gptlab.model import GPTConfig, create_model
 from gptlab.tokenizer import tokenizer_from_dict
@@ -266,6 +267,26 @@ def test_a_job_crashing_mid_training_does_not_end_the_sweep(tmp_path, shakespear
         "Traceback" in (tmp_path / "sweep" / "0" / "train.log").read_text()
     )  # the details, in the job's log
     assert read_summary(tmp_path / "sweep" / "1")["steps"] == 30
+
+
+@pytest.mark.slow
+def test_an_optuna_search_goes_on_past_a_trial_that_fails(tmp_path, shakespeare) -> None:
+    tiny = [o for o in TINY if not o.startswith("model.n_head=")]  # n_embd 32: 3 heads cannot split it
+    proc = sweep(
+        tmp_path / "search",
+        "hparams_search=optuna",
+        "hydra.sweeper.n_trials=4",
+        *tiny,
+        "model.n_head=choice(2, 3)",
+        "logger=csv",
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summaries = [read_summary(tmp_path / "search" / str(job)) for job in range(4)]
+    failed = [s for s in summaries if "error" in s]
+    assert failed and all("not divisible by model.n_head=3" in s["error"] for s in failed)
+    results = OmegaConf.load(tmp_path / "search" / "optimization_results.yaml")
+    assert results.best_params["model.n_head"] == 2
+    assert results.best_value == pytest.approx(min(s["best_val_loss"] for s in summaries if "error" not in s))
 
 
 @pytest.mark.slow
