@@ -44,7 +44,7 @@ from rich.table import Table
 
 from gptlab.corpus import character_start
 from gptlab.data import RandomWindows, TextDataModule
-from gptlab.model import GPTConfig, LanguageModel, create_model, is_count
+from gptlab.model import GPTConfig, LanguageModel, create_model, is_count, use_decoding_layout
 from gptlab.module import GPTLitModule, OptimConfig, adamw
 from gptlab.precision import inference_dtype
 from gptlab.train import (
@@ -219,7 +219,6 @@ def bench_train(cfg: DictConfig) -> dict[str, Any]:
             f"trainer.devices={cfg.trainer.devices} is not benchmarked: the bench measures one device "
             "(trainer.devices=1, trainer.num_nodes=1)"
         )
-    fit_precision_to_device(cfg)
     precision_dtype(cfg.trainer.precision)  # fails before the run starts
     cfg.trainer.max_steps = cfg.bench.warmup_steps + cfg.bench.rounds * cfg.bench.steps_per_round + 1
     datamodule, module, trainer, _ = build(cfg)
@@ -329,7 +328,7 @@ def bench_generate(cfg: DictConfig) -> list[dict[str, Any]]:
     device = bench_device(cfg)
     dtype = inference_dtype(cfg.bench.generate_dtype)
     torch.manual_seed(cfg.seed)
-    model = create_model(GPTConfig(**model_settings(cfg))).to(device, dtype).eval()
+    model = use_decoding_layout(create_model(GPTConfig(**model_settings(cfg))).to(device, dtype).eval())
     results = []
     for tokens in cfg.bench.generate_tokens:
         tokens = tokens or model.config.block_size - 1
@@ -569,6 +568,7 @@ def main(cfg: DictConfig) -> None:
     }
     results: dict[str, Any] = {"overrides": list(HydraConfig.get().overrides.task)}
     try:
+        fit_precision_to_device(cfg)  # trainer.precision=auto, as gptlab.train decides it
         for part in cfg.bench.parts:
             results[part] = measure[part](cfg)
     except BUILD_ERRORS as err:

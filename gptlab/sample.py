@@ -17,7 +17,7 @@ from omegaconf import DictConfig
 
 from gptlab.callbacks import check_sampling
 from gptlab.checkpoint import find_checkpoint, load_checkpoint, model_from_checkpoint
-from gptlab.model import LanguageModel, is_count
+from gptlab.model import LanguageModel, is_count, use_decoding_layout
 from gptlab.precision import inference_dtype
 from gptlab.tokenizer import Tokenizer
 
@@ -61,7 +61,7 @@ def main(cfg: DictConfig) -> None:
             raise
         sys.exit("error: " + " ".join(str(err).split()))
 
-    model.to(device, dtype).eval()
+    use_decoding_layout(model.to(device, dtype).eval())
     torch.manual_seed(cfg.seed)
     try:
         seconds = generate_samples(

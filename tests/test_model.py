@@ -4,7 +4,7 @@ import string
 import pytest
 import torch
 
-from gptlab.model import GPT, BigramLanguageModel, GPTConfig, create_model
+from gptlab.model import GPT, BigramLanguageModel, GPTConfig, create_model, use_decoding_layout
 from gptlab.sample import generate_samples
 from gptlab.tokenizer import CharTokenizer
 from gptlab.train import model_settings
@@ -113,6 +113,15 @@ def test_kv_cache_generates_the_same_tokens(attention: str, new_tokens: int) -> 
     assert runs[True].shape == (3, 3 + new_tokens)
     assert torch.equal(runs[True], runs[False])
     assert all(block.attn.kv_cache is None for block in model.transformer.h)  # freed afterwards
+
+    # gptlab.sample's layout: the same weights in another memory order, the same tokens
+    weights = {name: p.clone() for name, p in model.named_parameters()}
+    use_decoding_layout(model)
+    assert all(torch.equal(p, weights[name]) for name, p in model.named_parameters())
+    assert not model.lm_head.weight.is_contiguous() and model.lm_head.weight.t().is_contiguous()
+    for use_cache in (True, False):
+        torch.manual_seed(42)
+        assert torch.equal(model.generate(prompt, new_tokens, 0.8, 20, use_cache), runs[True])
 
 
 def test_cached_logits_match_a_full_forward() -> None:
