@@ -41,11 +41,9 @@ def native_bf16(kind: str) -> str | None:
     return None
 
 
-def resolve_precision(precision: object, accelerator: str) -> tuple[str, str]:
-    """trainer.precision as the Trainer gets it, and why: auto is bf16-mixed where the device
-    computes bf16 natively, else 32-true; any other value is the user's choice, kept as it is."""
-    if precision != "auto":
-        return str(precision), "as set"
+def auto_precision(accelerator: str) -> tuple[str, str]:
+    """What trainer.precision=auto is on this accelerator, and why: bf16-mixed where the device
+    computes bf16 natively, else 32-true."""
     device = device_type(accelerator)
     if reason := native_bf16(device):
         return "bf16-mixed", reason

@@ -40,7 +40,7 @@ from gptlab.callbacks import (
 from gptlab.checkpoint import find_checkpoint, load_checkpoint, model_from_checkpoint
 from gptlab.model import GPTConfig, is_count
 from gptlab.module import GPTLitModule, OptimConfig
-from gptlab.precision import resolve_float32_matmul, resolve_precision
+from gptlab.precision import auto_precision, resolve_float32_matmul
 
 log = logging.getLogger(__name__)
 
@@ -128,7 +128,7 @@ def fit_precision_to_device(cfg: DictConfig) -> None:
     """trainer.precision=auto becomes what the device computes fastest, said in the log and
     recorded in the run's config; float32 matmuls get the precision float32_matmul_precision says."""
     if cfg.trainer.precision == "auto":
-        precision, reason = resolve_precision("auto", cfg.trainer.accelerator)
+        precision, reason = auto_precision(cfg.trainer.accelerator)
         log.info("trainer.precision=auto: %s, as %s", precision, reason)
         cfg.trainer.precision = precision
     matmul = resolve_float32_matmul(cfg.float32_matmul_precision, cfg.trainer.accelerator)
