@@ -160,7 +160,6 @@ def build(cfg: DictConfig) -> tuple[L.LightningDataModule, GPTLitModule, L.Train
     """Everything before the first step; bad config or data raise here, not mid-run. Returns
     the checkpoint to resume from, if any."""
     model_config = check_settings(cfg)
-    fit_precision_to_device(cfg)
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     if not cfg.ckpt_path and cluster.restarted():
         # a requeued SLURM job (or restarted torchrun) is back in its run directory: it goes on
@@ -192,6 +191,7 @@ def build(cfg: DictConfig) -> tuple[L.LightningDataModule, GPTLitModule, L.Train
                 "init_from: the model is the checkpoint's, so these settings are its own: %s", overruled
             )
         cfg.model.merge_with(from_checkpoint)
+    fit_precision_to_device(cfg)  # after the checks: a refused resume writes nothing, not even to the log
     L.seed_everything(cfg.seed, workers=True, verbose=False)
 
     datamodule = hydra.utils.instantiate(cfg.data)

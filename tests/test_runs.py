@@ -204,7 +204,7 @@ def test_a_resume_that_contradicts_the_checkpoint_is_refused_and_changes_nothing
     before = files()
     cases = {
         "model.n_layer=2": "model.n_layer=2 contradicts the checkpoint, trained with model.n_layer=1",
-        "optim.lr=0.01": "optim.lr=0.01 contradicts the checkpoint, trained with optim.lr=0.001",
+        "optim.lr=0.01": "optim.lr=0.01 contradicts the checkpoint, trained with optim.lr=0.0059",
         "data.batch_size=4": "data.batch_size=4 contradicts the checkpoint, trained with data.batch_size=8",
         "seed=7": "data.seed=7 contradicts the checkpoint",
         "trainer.max_steps=30": "is at step 30, and trainer.max_steps=30: give a larger trainer.max_steps",
