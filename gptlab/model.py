@@ -394,7 +394,7 @@ class BigramLanguageModel(LanguageModel):
 def use_decoding_layout(model: nn.Module) -> nn.Module:
     """Stores every linear layer's weight input-major, its transpose contiguous: the same values
     and shapes, another memory order. Generating with the KV cache multiplies one vector by each
-    weight matrix a token, and CPUs stream a matrix twice as fast in this order as in nn.Linear's
+    weight matrix a token, and a CPU streams a matrix faster in this order than in nn.Linear's
     own; the products, and so the samples, stay the same. For generating, not training."""
     for module in model.modules():
         if isinstance(module, nn.Linear):
