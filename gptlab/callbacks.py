@@ -91,17 +91,19 @@ class StopWhenPreempted(L.Callback):
     Lightning's SLURMEnvironment, SIGUSR2 for submitit) stop training at the end of the step, on
     every rank at the same step, whichever rank got the signal: last.ckpt is written there (after
     the step's validation, if it has one) and Lightning's SIGTERMException ends fit, with no
-    summary.json: the run is not finished. A SLURM job is requeued, and resumes from last.ckpt
-    by itself (gptlab.cluster.restarted).
+    summary.json: the run is not finished. Once the run's records are closed, a SLURM job stopped
+    by a requeue signal is requeued (see requeue), and resumes from last.ckpt by itself
+    (gptlab.cluster.restarted).
 
     This takes the place of Lightning's handlers: its SIGTERM one broadcasts from inside the
     handler, which can hang a DDP run, and its requeue one saves an hpc checkpoint in the middle
     of a step, where gptlab does not look."""
 
+    STOP_SIGNALS = ("SIGTERM", "SIGUSR1", "SIGUSR2")
+
     def __init__(self) -> None:
         self.signal: str | None = None  # the name of the signal that came, if one did
         self.stopped = False
-        self.requeued = False
 
     @staticmethod
     def signals() -> list[signal.Signals]:
@@ -136,30 +138,69 @@ class StopWhenPreempted(L.Callback):
     ) -> None:
         if trainer.fit_loop._should_accumulate():
             return  # between the micro-batches of one step
-        signalled = self.signal is not None
-        if trainer.world_size > 1:  # any rank's signal stops all of them, at this same step
-            signalled = trainer.strategy.reduce_boolean_decision(signalled, all=False)
+        came = self.signal
+        if trainer.world_size > 1:
+            # any rank's signal stops all of them, at this same step, and all of them know
+            # which signal it was (a requeue signal before SIGTERM, if ranks got different ones)
+            code = torch.tensor(self.STOP_SIGNALS.index(came) if came else -1, device=pl_module.device)
+            agreed = int(trainer.strategy.reduce(code, reduce_op="max"))
+            came = self.STOP_SIGNALS[agreed] if agreed >= 0 else None
         # a step with a validation is saved after it, the next step's end stops: a resumed run
         # takes the validation of a checkpoint's step as done
-        if not signalled or validates_after_this_batch(trainer):
+        if came is None or validates_after_this_batch(trainer):
             return
+        self.signal = came  # (a signal that came during the reduction counts at the next step)
         last = next(c for c in trainer.checkpoint_callbacks if isinstance(c, LastCheckpoint))
         last.write_last(trainer)
-        if self.signal in ("SIGUSR1", "SIGUSR2") and trainer.is_global_zero:
-            self.requeue()
         self.stopped = True
         raise SIGTERMException  # Lightning's own way out of fit, all ranks at once
 
-    def requeue(self) -> None:
-        job_id = os.environ["SLURM_JOB_ID"]
-        if "SLURM_ARRAY_JOB_ID" in os.environ:  # a job of an array (submitit submits sweeps as one)
-            job_id = f"{os.environ['SLURM_ARRAY_JOB_ID']}_{os.environ['SLURM_ARRAY_TASK_ID']}"
+    def requeue_wanted(self) -> bool:
+        """Whether the signal that stopped the run asks for its SLURM job to be requeued: the
+        signals of SLURM's --signal (before a time limit or preemption) do, and so does SIGTERM
+        while the job is still running, which is how SLURM starts a preemption's GraceTime (a
+        job that ends then has ended, failed, unless it requeues itself). SIGTERM does not once
+        the job is cancelled (scancel), past its time limit or being requeued already."""
+        if self.signal is None or not SLURMEnvironment.detect():
+            return False
+        if self.signal in ("SIGUSR1", "SIGUSR2"):
+            return True
+        state = subprocess.run(
+            ["squeue", "--noheader", f"--jobs={slurm_job_id()}", "--format=%T"],
+            capture_output=True,
+            text=True,
+        )
+        return state.stdout.strip() == "RUNNING"
+
+    def requeue(self, global_zero: bool) -> None:
+        """Requeues the SLURM job, once. Where submitit runs the job and watches this signal (its
+        SIGUSR2), submitit's own handler does it, as it would have had gptlab not stopped the
+        run first: it counts the job's time-outs against max_num_timeout, fails the job once they
+        run out, and ends the process; its first task alone requeues. Elsewhere (SIGTERM, an
+        sbatch script, Lightning's SIGUSR1) the first task runs `scontrol requeue`."""
+        from submitit.core.job_environment import SignalHandler
+
+        signum = signal.Signals[self.signal]
+        handler = signal.getsignal(signum)  # Lightning has put back the handlers of before fit
+        if isinstance(getattr(handler, "__self__", None), SignalHandler) and signum == signal.SIGUSR2:
+            handler(signum, None)
+            return
+        if not global_zero:
+            return
+        job_id = slurm_job_id()
         try:
             subprocess.run(["scontrol", "requeue", job_id], check=True)
-            self.requeued = True
             log.info("requeued SLURM job %s: it resumes from last.ckpt when it starts again", job_id)
         except (OSError, subprocess.CalledProcessError) as err:
             log.error("could not requeue SLURM job %s (%s): resume it by hand", job_id, err)
+
+
+def slurm_job_id() -> str:
+    """This SLURM job's id, as scontrol and squeue take it: `123_4` for a task of an array
+    (submitit submits a sweep as one), whose SLURM_JOB_ID may be the whole array's."""
+    if "SLURM_ARRAY_JOB_ID" in os.environ:
+        return f"{os.environ['SLURM_ARRAY_JOB_ID']}_{os.environ['SLURM_ARRAY_TASK_ID']}"
+    return os.environ["SLURM_JOB_ID"]
 
 
 class KeepRecordsWithCheckpoints(L.Callback):

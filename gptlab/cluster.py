@@ -6,6 +6,8 @@ the one start time all ranks of a job agree on, so that they agree on one run di
 """
 
 import os
+import subprocess
+import sys
 import time
 from datetime import datetime, timedelta
 
@@ -30,7 +32,8 @@ def launcher_environment() -> ClusterEnvironment | None:
     job with one task is not one: its process starts the ranks itself (Lightning does the same)."""
     if TorchElasticEnvironment.detect():
         return TorchElasticEnvironment()
-    if SLURMEnvironment.detect() and int(os.environ["SLURM_NTASKS"]) > 1:
+    # (detect() warns on every machine with srun but no SLURM job, a login node say)
+    if int(os.environ.get("SLURM_NTASKS", 1)) > 1 and SLURMEnvironment.detect():
         return SLURMEnvironment()
     for environment in (LSFEnvironment, MPIEnvironment):
         if environment.detect():
@@ -51,6 +54,25 @@ def restarted() -> bool:
         int(os.environ.get("SLURM_RESTART_COUNT", 0)) > 0
         or int(os.environ.get("TORCHELASTIC_RESTART_COUNT", 0)) > 0
     )
+
+
+def shield_wandb_service() -> None:
+    """In a SLURM job, wandb's service process (wandb-core, which collects the run's records)
+    is started detached from this process, where the signals SLURM sends to a job's steps
+    (`--signal`, `scancel --signal`, the SIGTERM of a requeue) do not reach it. Started by wandb
+    itself it would be this process's child, which SLURM signals as well wherever it tracks
+    processes by their parents (proctrack/linuxproc), and wandb-core ends on SIGTERM: the run's
+    records would be lost just when it saves and stops. Processes started here connect to it
+    through WANDB_SERVICE; it ends a minute after the last of them has gone."""
+    if "SLURM_JOB_ID" not in os.environ or "WANDB_SERVICE" in os.environ:
+        return
+    started = subprocess.run(
+        [sys.executable, "-m", "wandb", "beta", "core", "start", "--idle-timeout", "1m"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    os.environ["WANDB_SERVICE"] = started.stdout.strip()
 
 
 def agreed_start_time() -> str:

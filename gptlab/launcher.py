@@ -25,6 +25,9 @@ from hydra.core.singleton import Singleton
 from hydra.core.utils import JobReturn, JobStatus, filter_overrides
 from hydra_plugins.hydra_submitit_launcher.submitit_launcher import LocalLauncher
 from lightning.fabric.plugins.environments.lightning import find_free_network_port
+from omegaconf import open_dict
+
+from gptlab import runs
 
 log = logging.getLogger(__name__)
 
@@ -138,18 +141,33 @@ class DevicePoolLauncher(LocalLauncher):
 
     def job_return(self, submitted: Any, job: Job) -> JobReturn:
         """The job's own JobReturn; for a process that died without one (killed, out of memory), a
-        failed one that names its log."""
+        failed run that names its log."""
         try:
             return submitted.result()
         except Exception as err:  # submitit's UncompletedJobError/FailedJobError
-            log.error(f"#{job.num} died: see {submitted.paths.stdout}")
-            return JobReturn(overrides=job.overrides, status=JobStatus.FAILED, _return_value=err)
+            reason = f"{type(err).__name__} (log: {submitted.paths.stdout})"
+            return failed_job(self, job.num, job.overrides, f"the job's process died: {reason}")
+
+
+def failed_job(launcher: Any, num: int, overrides: list[str], reason: str) -> JobReturn:
+    """What a job that ended without a result of its own returns to the sweeper, as a run that
+    failed does (gptlab.train): the worst score, its reason in its run directory's summary.json
+    (unless the run wrote one), so the end-of-sweep table and gptlab.compare list it as failed."""
+    log.error(f"#{num} failed: {reason}")
+    config = launcher.hydra_context.config_loader.load_sweep_config(launcher.config, overrides)
+    with open_dict(config.hydra.job):
+        config.hydra.job.num = num
+    run_dir = Path(str(config.hydra.sweep.dir)) / str(config.hydra.sweep.subdir)
+    if not (run_dir / "summary.json").exists():
+        runs.record_failure(run_dir, reason)
+    return JobReturn(overrides=overrides, status=JobStatus.COMPLETED, _return_value=runs.NO_SCORE)
 
 
 def register_with_hydra() -> None:
     """Hydra finds launchers by scanning the hydra_plugins package, where the wheel installs
     ours (hydra_plugins.gptlab); an editable install's import hook hides it from that scan."""
     from hydra.core.plugins import Plugins
-    from hydra_plugins.gptlab import ParallelLauncher
+    from hydra_plugins.gptlab import ParallelLauncher, SlurmLauncher
 
     Plugins.instance().register(ParallelLauncher)
+    Plugins.instance().register(SlurmLauncher)

@@ -8,6 +8,7 @@ the run was started with, and appends to its records.
 
 import contextlib
 import csv
+import json
 import logging
 import os
 import time
@@ -169,6 +170,19 @@ def continue_csv_log(logger: "CSVLogger", before_step: int) -> None:
     if rows and not metrics.is_file():
         raise OSError(f"could not rewrite {metrics}; its rows are kept in {aside}")
     aside.unlink(missing_ok=True)
+
+
+# what a job without a val_loss (failed, or never validated) returns to the sweeper: the worst
+# score, so an Optuna search ranks it last and goes on (hydra-optuna-sweeper stops the whole
+# study at a nan)
+NO_SCORE = float("inf")
+
+
+def record_failure(run_dir: Path, message: str) -> float:
+    """A failed job of a sweep leaves its reason in its summary.json, and the sweep goes on."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "summary.json").write_text(json.dumps({"error": message}, indent=2) + "\n")
+    return NO_SCORE
 
 
 def study_seed(seed: int, storage: str | None, study_name: str) -> int:

@@ -6,7 +6,6 @@ val_loss so that Hydra sweepers can minimise it. `ckpt_path=<run dir>` continues
 own directory (see gptlab/runs.py).
 """
 
-import json
 import logging
 import os
 import re
@@ -227,6 +226,8 @@ def build(cfg: DictConfig) -> tuple[L.LightningDataModule, GPTLitModule, L.Train
     loggers = []
     for logger_cfg in (cfg.get("logger") or {}).values():
         if logger_cfg._target_.endswith("WandbLogger"):
+            if rank_zero_only.rank == 0:
+                cluster.shield_wandb_service()
             resume_id = resumed.get("wandb_run_id") if continuing else None
             logger = hydra.utils.instantiate(logger_cfg, **wandb_arguments(logger_cfg, resume_id))
             if rank_zero_only.rank == 0:
@@ -260,11 +261,6 @@ def build_error(err: Exception) -> str:
     return " ".join(str(err).split())
 
 
-# what a job without a val_loss (failed, or never validated) returns to the sweeper: the worst
-# score, so an Optuna search ranks it last and goes on (hydra-optuna-sweeper stops the whole
-# study at a nan)
-NO_SCORE = float("inf")
-
 # the exit status of a run stopped by SIGTERM, as of a process killed by it
 STOPPED_BY_SIGNAL = 128 + signal.SIGTERM
 
@@ -280,29 +276,32 @@ def finish_wandb(trainer: L.Trainer, preempted: bool = False) -> None:
             logger.experiment.finish(exit_code=STOPPED_BY_SIGNAL if preempted else None)
 
 
-def stopped_by_signal(trainer: L.Trainer, requeued: bool, spawned: bool) -> None:
+def stopped_by_signal(trainer: L.Trainer, stop: StopWhenPreempted, spawned: bool) -> None:
     """A run stopped by SIGTERM (or a requeue signal) exits as a killed process does (143), with
-    one line saying how it goes on: it is not finished, whatever Lightning's exit status says.
-    (A process that spawned the ranks does not know the step they reached.)"""
+    one line saying how it goes on: it is not finished, whatever Lightning's exit status says. A
+    SLURM job stopped by its requeue signal is requeued now, its records closed: submitit's
+    requeue ends the process itself. (A process that spawned the ranks does not know the step
+    they reached.)"""
     run_dir = Path(HydraConfig.get().runtime.output_dir)
+    requeue = stop.requeue_wanted()
     if trainer.is_global_zero:
         where = "" if spawned else f" at step {trainer.global_step}"
         how = (
             "the SLURM job is requeued and resumes by itself"
-            if requeued
+            if requeue
             else f"resume with `python -m gptlab.train ckpt_path={run_dir}`"
         )
         last = run_dir / "checkpoints" / "last.ckpt"
-        print(f"stopped by a signal{where}, saved in {last}: {how}", file=sys.stderr)
+        print(f"stopped by a signal{where}, saved in {last}: {how}", file=sys.stderr, flush=True)
+    if requeue:
+        stop.requeue(trainer.is_global_zero)
     sys.exit(STOPPED_BY_SIGNAL)
 
 
 def record_failure(message: str) -> float:
     """In a sweep, a failed job leaves its reason in its summary.json and the sweep goes on."""
     log.error("this job failed: %s", message)
-    run_dir = Path(HydraConfig.get().runtime.output_dir)
-    (run_dir / "summary.json").write_text(json.dumps({"error": message}, indent=2) + "\n")
-    return NO_SCORE
+    return runs.record_failure(Path(HydraConfig.get().runtime.output_dir), message)
 
 
 @hydra.main(version_base="1.3", config_path="pkg://gptlab.conf", config_name="config")
@@ -329,7 +328,7 @@ def train(cfg: DictConfig) -> float:
         log.exception("training crashed")  # the traceback goes to this job's log
         return record_failure(f"{type(err).__name__}: {err}")
     if stop.stopped:
-        stopped_by_signal(trainer, requeued=stop.requeued, spawned=spawned)
+        stopped_by_signal(trainer, stop, spawned=spawned)
     return best_val_loss(trainer)
 
 
@@ -365,7 +364,7 @@ def best_val_loss(trainer: L.Trainer) -> float:
         best = next(s["best_model_score"] for s in states if s.get("best_model_score") is not None)
     if trainer.is_global_zero and best is not None:
         print(f"best val_loss {best:.4f}, checkpoint {checkpoint.best_model_path}")
-    return float(best) if best is not None else NO_SCORE
+    return float(best) if best is not None else runs.NO_SCORE
 
 
 def main() -> None:

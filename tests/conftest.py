@@ -3,10 +3,13 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+from tests.slurm.cluster import SlurmCluster, missing
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHAKESPEARE = REPO_ROOT / "data" / "tinyshakespeare" / "input.txt"
@@ -122,3 +125,29 @@ def compose():
             )
 
     return run
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SlurmCluster]:
+    """A real single-node SLURM cluster (tests/slurm/), started once for the test run. Without
+    the packages or root its tests are skipped, except in CI (CI=true), where .ci/run installs
+    them; a cluster that does not come up fails the run."""
+    if reason := missing():
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"CI needs the SLURM cluster: {reason}")
+        pytest.skip(reason)
+    cluster = SlurmCluster(tmp_path_factory.mktemp("slurm"))
+    try:
+        cluster.start()
+    except RuntimeError as err:
+        cluster.stop()
+        pytest.fail(str(err))
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture
+def slurm(slurm_cluster: SlurmCluster) -> Iterator[SlurmCluster]:
+    """The SLURM cluster, with no job of this test left on it afterwards."""
+    yield slurm_cluster
+    slurm_cluster.cancel_all()

@@ -1,0 +1,322 @@
+"""hydra/launcher=slurm against a real SLURM cluster on this machine (tests/slurm/): sweeps whose
+jobs' srun tasks are the DDP ranks, settings a node cannot give, and jobs signalled, preempted,
+requeued, cancelled and killed the way SLURM does it, each compared with the same job left alone.
+
+The node has 2 CPUs and no GPUs: each job here asks for one CPU a task, so two single-task jobs
+run side by side and a two-task (DDP) job has the node to itself."""
+
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from tests.conftest import REPO_ROOT, SHAKESPEARE, TINY, offline_env, read_summary, train
+from tests.slurm.cluster import SlurmCluster
+from tests.test_cluster import validation_rows
+from tests.test_wandb import wandb_summary
+
+CPU_NODE = [
+    "hydra/launcher=slurm",
+    "hydra.launcher.partition=debug",
+    "hydra.launcher.gpus_per_node=null",
+    "hydra.launcher.cpus_per_task=1",
+    "hydra.launcher.mem_gb=2",
+]
+ONE_TASK = ["hydra.launcher.tasks_per_node=1"]
+TWO_TASKS = ["hydra.launcher.tasks_per_node=2", "trainer.devices=2"]
+CPU_RUN = [*TINY, "trainer.accelerator=cpu", "logger=csv"]
+# a run that validates and saves at step 200 and ends at 400 (dropout: a resume that lost the
+# random state would end elsewhere)
+LONG_RUN = [
+    *CPU_RUN,
+    "trainer.max_steps=400",
+    "trainer.val_check_interval=200",
+    "model.dropout=0.1",
+    "logger=[csv,wandb]",
+]
+
+
+def start_sweep(slurm: SlurmCluster, sweep_dir: Path, *overrides: str) -> subprocess.Popen:
+    """`python -m gptlab.train -m hydra/launcher=slurm ...` on the test cluster, CPU settings."""
+    command = [
+        sys.executable,
+        "-m",
+        "gptlab.train",
+        "-m",
+        f"hydra.sweep.dir={sweep_dir}",
+        *CPU_NODE,
+        *overrides,
+        f"data.path={SHAKESPEARE}",
+    ]
+    return subprocess.Popen(
+        command,
+        cwd=REPO_ROOT,
+        env=offline_env() | slurm.env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def ended(process: subprocess.Popen, timeout: float = 600) -> subprocess.CompletedProcess:
+    stdout, stderr = process.communicate(timeout=timeout)
+    return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
+
+
+def wait_for(path: Path, process: subprocess.Popen, timeout: float = 240) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        if process.poll() is not None:
+            raise AssertionError(
+                f"the sweep ended before {path} was written: {ended(process).stderr[-3000:]}"
+            )
+        assert time.monotonic() < deadline, f"no {path} in {timeout} s"
+        time.sleep(0.2)
+
+
+def job_ids(sweep_dir: Path) -> list[str]:
+    """The SLURM job id of each job of the sweep, in job order (from submitit's folders)."""
+    folders = [p.parent.name for p in (sweep_dir / ".submitit").glob("*/*_submitted.pkl")]
+    return sorted(folders, key=lambda name: int(name.split("_")[-1]) if "_" in name else 0)
+
+
+def restarts(slurm: SlurmCluster, job_id: str) -> int:
+    shown = slurm.run("scontrol", "show", "job", job_id).stdout
+    return int(re.search(r"Restarts=(\d+)", shown).group(1))
+
+
+def task_process(job_id: str, rank: int) -> psutil.Process:
+    """The process of task `rank` of a running SLURM job (submitit's, which runs the job)."""
+    array_job, _, array_task = job_id.partition("_")
+    for process in psutil.process_iter(["cmdline"]):
+        try:
+            env = process.environ()
+        except (psutil.AccessDenied, psutil.NoSuchProcess):
+            continue
+        ids = (env.get("SLURM_ARRAY_JOB_ID"), env.get("SLURM_ARRAY_TASK_ID")) if array_task else None
+        if (
+            "submitit.core._submit" in " ".join(process.info["cmdline"] or [])
+            and (ids == (array_job, array_task) if array_task else env.get("SLURM_JOB_ID") == job_id)
+            and env.get("SLURM_PROCID") == str(rank)
+        ):
+            return process
+    raise AssertionError(f"no task {rank} of SLURM job {job_id} running")
+
+
+def submitit_log(sweep_dir: Path, job_id: str, rank: int = 0) -> str:
+    return (sweep_dir / ".submitit" / job_id / f"{job_id}_{rank}_log.out").read_text()
+
+
+def wandb_parts(run_dir: Path) -> list[dict]:
+    """The offline wandb runs of a run directory (one for each process that logged), in order."""
+    return [wandb_summary(part) for part in sorted((run_dir / "wandb").glob("offline-run-*"))]
+
+
+def assert_ends_as_left_alone(run_dir: Path, left_alone: Path) -> None:
+    resumed, alone = read_summary(run_dir), read_summary(left_alone)
+    assert resumed["steps"] == alone["steps"] == 400
+    assert resumed["best_val_loss"] == pytest.approx(alone["best_val_loss"], abs=1e-4)
+    assert resumed["final_val_loss"] == pytest.approx(alone["final_val_loss"], abs=1e-4)
+    rows = [(int(r["step"]), round(float(r["val_loss"]), 4)) for r in validation_rows(run_dir)]
+    assert rows == [(int(r["step"]), round(float(r["val_loss"]), 4)) for r in validation_rows(left_alone)]
+    assert [step + 1 for step, _ in rows] == [200, 400]  # each validation once
+
+
+def assert_one_wandb_run_preempted_then_finished(run_dir: Path) -> None:
+    first, second = wandb_parts(run_dir)  # a part for each start of the job
+    assert first["run_id"] == second["run_id"]  # one wandb run, continued
+    assert first["exit_code"] == 143 and first["state"] != "finished"  # preempted, not crashed
+    assert second["exit_code"] == 0 and second["state"] == "finished"
+    assert second["summary"]["best_val_loss"] == pytest.approx(read_summary(run_dir)["best_val_loss"])
+
+
+@pytest.mark.slow
+def test_a_sweep_submits_one_job_per_run_whose_srun_tasks_are_its_ddp_ranks(
+    tmp_path: Path, shakespeare: Path, slurm: SlurmCluster
+) -> None:
+    sweep_dir = tmp_path / "sweep"
+    done = ended(start_sweep(slurm, sweep_dir, *CPU_RUN, *TWO_TASKS, "model.n_layer=1,2"))
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert sorted(p.name for p in sweep_dir.iterdir() if p.name.isdigit()) == ["0", "1"]  # one dir a job
+    for num, job_id in enumerate(job_ids(sweep_dir)):
+        summary = read_summary(sweep_dir / str(num))
+        assert summary["world_size"] == 2 and summary["steps"] == 30
+        assert summary["tokens"] == 30 * 2 * 8 * 16  # both ranks' batches
+        # the second srun task is rank 1 of the job's DDP, not a rank the first one spawned
+        assert "Initializing distributed: GLOBAL_RANK: 1, MEMBER: 2/2" in submitit_log(sweep_dir, job_id, 1)
+        assert not (sweep_dir / str(num) / "1").exists()
+    assert (
+        "n_layer=2" in done.stdout and f"{read_summary(sweep_dir / '1')['best_val_loss']:.4f}" in done.stdout
+    )
+    assert slurm.jobs() == []
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        # the defaults are a GPU node's
+        (
+            [],
+            "hydra.launcher.tasks_per_node=1 x cpus_per_task=8 asks a node for 8 CPUs, which has 2; "
+            "hydra.launcher.mem_gb=64 asks a node for 65536 MB of memory, which has",
+        ),
+        ([*CPU_NODE[2:], "trainer.num_nodes=2"], "hydra.launcher.nodes=2 asks for more nodes than the 1"),
+        (["hydra.launcher.partition=nosuch"], "hydra.launcher.partition=nosuch: no such partition here"),
+        (
+            [*CPU_NODE[2:], "trainer.devices=1,2"],
+            "trainer.devices=2 and trainer.num_nodes=1 (job #1) do not match hydra.launcher.tasks_per_node=1",
+        ),
+        # what sbatch itself refuses
+        (
+            [*CPU_NODE[2:], "hydra.launcher.constraint=nosuch"],
+            "sbatch refused the jobs: Batch job submission",
+        ),
+    ],
+)
+def test_settings_a_node_cannot_give_stop_the_sweep_in_one_line_before_anything_is_queued(
+    tmp_path: Path, shakespeare: Path, slurm: SlurmCluster, settings: list[str], message: str
+) -> None:
+    overrides = ["hydra/launcher=slurm", "hydra.launcher.partition=debug", *settings, *CPU_RUN]
+    command = [sys.executable, "-m", "gptlab.train", "-m", f"hydra.sweep.dir={tmp_path}", *overrides]
+    done = subprocess.run(
+        command, cwd=REPO_ROOT, env=offline_env() | slurm.env, capture_output=True, text=True
+    )
+    assert done.returncode == 1
+    assert "Traceback" not in done.stderr
+    line = done.stderr.strip().splitlines()[-1]
+    assert line.startswith("error: ") and message in line, done.stderr[-3000:]
+    if not settings:
+        assert "gpus_per_node=1 asks a node for 1 GPUs, which has 0" in line
+    assert slurm.jobs() == []
+
+
+@pytest.mark.slow
+def test_a_job_signalled_to_its_steps_saves_is_requeued_once_and_ends_as_the_job_left_alone(
+    tmp_path: Path, shakespeare: Path, slurm: SlurmCluster
+) -> None:
+    # two jobs alike, side by side: the first is signalled as SLURM signals before preemption or
+    # its time limit (--signal=USR2 to every process of its steps, wandb's service included)
+    sweep_dir = tmp_path / "sweep"
+    sweep = start_sweep(slurm, sweep_dir, *LONG_RUN, *ONE_TASK, "seed=1,1")
+    wait_for(sweep_dir / "0" / "checkpoints" / "last.ckpt", sweep)
+    signalled, left_alone = job_ids(sweep_dir)
+    slurm.run("scancel", "--signal=USR2", signalled)
+    done = ended(sweep)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "failed" not in done.stdout, done.stdout  # the driver waited for the requeued job
+    assert_ends_as_left_alone(sweep_dir / "0", sweep_dir / "1")
+    assert_one_wandb_run_preempted_then_finished(sweep_dir / "0")
+    # requeued once, by submitit (gptlab stopped the run first and handed over to it)
+    assert restarts(slurm, signalled) == 1 and restarts(slurm, left_alone) == 0
+    log = submitit_log(sweep_dir, signalled)
+    assert len(re.findall(r"^submitit INFO .* - Requeued job", log, re.MULTILINE)) == 1
+    assert log.index("SIGUSR2: training stops at the end of this step") < log.index("Requeued job")
+    assert re.search(r"stopped by a signal at step \d+, saved in .*: the SLURM job is requeued", log)
+
+
+@pytest.mark.slow
+def test_ddp_tasks_signalled_through_the_batch_shell_or_one_alone_all_stop_requeue_and_resume(
+    tmp_path: Path, shakespeare: Path, slurm: SlurmCluster
+) -> None:
+    left_alone = train(tmp_path / "alone", *LONG_RUN, "trainer.devices=2")
+    assert left_alone.returncode == 0, left_alone.stderr[-3000:]
+    # job 0: a signal for the batch shell alone (scancel --batch, as --signal=B:USR2@N sends it),
+    # which it passes on to both tasks; job 1: SIGUSR1 (Lightning's requeue signal) to rank 1 alone
+    sweep_dir = tmp_path / "sweep"
+    sweep = start_sweep(slurm, sweep_dir, *LONG_RUN, *TWO_TASKS, "seed=1337,1337")
+    wait_for(sweep_dir / "0" / "checkpoints" / "last.ckpt", sweep)
+    through_batch, alone = job_ids(sweep_dir)
+    slurm.run("scancel", "--batch", "--signal=USR2", through_batch)
+    wait_for(sweep_dir / "1" / "checkpoints" / "last.ckpt", sweep)
+    task_process(alone, rank=1).send_signal(signal.SIGUSR1)
+    done = ended(sweep)
+    assert done.returncode == 0, done.stderr[-3000:]
+    for num, job_id in enumerate((through_batch, alone)):
+        assert_ends_as_left_alone(sweep_dir / str(num), tmp_path / "alone")
+        assert_one_wandb_run_preempted_then_finished(sweep_dir / str(num))
+        assert restarts(slurm, job_id) == 1
+    assert "SIGUSR2: training stops" in submitit_log(sweep_dir, through_batch, rank=1)
+    # rank 1 got the signal, rank 0 (which alone requeues) learnt it at the step's end
+    assert "SIGUSR1: training stops" in submitit_log(sweep_dir, alone, rank=1)
+    assert "SIGUSR1: training stops" not in submitit_log(sweep_dir, alone, rank=0)
+    assert "requeued SLURM job" in submitit_log(sweep_dir, alone, rank=0)
+
+
+@pytest.mark.slow
+def test_a_job_preempted_by_a_higher_priority_one_saves_in_its_grace_time_requeues_and_resumes(
+    tmp_path: Path, shakespeare: Path, slurm: SlurmCluster
+) -> None:
+    left_alone = train(tmp_path / "alone", *LONG_RUN)
+    assert left_alone.returncode == 0, left_alone.stderr[-3000:]
+    sweep_dir = tmp_path / "sweep"
+    sweep = start_sweep(slurm, sweep_dir, *LONG_RUN, *ONE_TASK)
+    wait_for(sweep_dir / "0" / "checkpoints" / "last.ckpt", sweep)
+    (preempted,) = job_ids(sweep_dir)
+    # a job of the urgent partition needs the whole node: SLURM sends ours SIGTERM (every
+    # process of its steps) and grants it GraceTime; a job that ends then has failed, unless it
+    # requeues itself (PreemptMode=REQUEUE requeues only a job still running when it is over)
+    slurm.run(
+        "sbatch",
+        "--partition=urgent",
+        "--cpus-per-task=2",
+        f"--output={tmp_path}/urgent.out",
+        "--wrap=sleep 1",
+    )
+    done = ended(sweep)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert_ends_as_left_alone(sweep_dir / "0", tmp_path / "alone")
+    assert_one_wandb_run_preempted_then_finished(sweep_dir / "0")
+    assert restarts(slurm, preempted) == 1
+    log = submitit_log(sweep_dir, preempted)
+    assert "SIGTERM: training stops at the end of this step" in log
+    assert "requeued SLURM job" in log and "Requeued job" not in log  # by gptlab, not submitit
+
+
+@pytest.mark.slow
+def test_a_job_that_ends_without_a_result_ends_the_wait_as_failed_with_its_reason(
+    tmp_path: Path, shakespeare: Path, slurm: SlurmCluster
+) -> None:
+    sweep_dir = tmp_path / "sweep"
+    sweep = start_sweep(slurm, sweep_dir, *LONG_RUN, *ONE_TASK, "seed=1,2", "trainer.max_steps=100000")
+    for num in (0, 1):
+        wait_for(sweep_dir / str(num) / "checkpoints" / "last.ckpt", sweep)
+    cancelled, killed = job_ids(sweep_dir)
+    slurm.run("scancel", cancelled)  # no accounting here: only squeue can tell the job has gone
+    task_process(killed, rank=0).kill()  # SIGKILL, as the kernel's out-of-memory killer sends it
+    done = ended(sweep)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert f"SLURM job {cancelled} ended CANCELLED without a result" in read_summary(sweep_dir / "0")["error"]
+    assert f"SLURM job {killed} ended FAILED without a result" in read_summary(sweep_dir / "1")["error"]
+    assert done.stdout.count("failed") >= 2  # both listed as failed in the end-of-sweep table
+    assert slurm.jobs() == []
+
+
+@pytest.mark.slow
+def test_a_job_past_its_time_limit_is_requeued_until_it_finishes_or_runs_out_of_requeues(
+    tmp_path: Path, shakespeare: Path, slurm: SlurmCluster
+) -> None:
+    # a run of about a minute and a half of training on one core; SLURM counts limits in whole
+    # minutes and signals up to a minute early, so: 2 minutes, SIGUSR2 30 to 90 s before the end
+    run = [*LONG_RUN, "trainer.max_steps=12000", "trainer.val_check_interval=6000"]
+    limit = [*ONE_TASK, "hydra.launcher.timeout_min=2", "hydra.launcher.signal_delay_s=30"]
+    left_alone = train(tmp_path / "alone", *run)
+    assert left_alone.returncode == 0, left_alone.stderr[-3000:]
+    requeued = start_sweep(slurm, tmp_path / "requeued", *run, *limit, "hydra.launcher.max_num_timeout=5")
+    out_of_requeues = start_sweep(
+        slurm, tmp_path / "failed", *run, *limit, "hydra.launcher.max_num_timeout=0"
+    )
+    done, failed = ended(requeued, timeout=1200), ended(out_of_requeues, timeout=1200)
+    assert done.returncode == 0, done.stderr[-3000:]
+    (job_id,) = job_ids(tmp_path / "requeued")
+    assert restarts(slurm, job_id) >= 1
+    resumed, alone = read_summary(tmp_path / "requeued" / "0"), read_summary(tmp_path / "alone")
+    assert resumed["steps"] == alone["steps"] == 12000
+    assert resumed["final_val_loss"] == pytest.approx(alone["final_val_loss"], abs=1e-4)
+    assert failed.returncode == 0, failed.stderr[-3000:]
+    error = read_summary(tmp_path / "failed" / "0")["error"]
+    assert "Job not requeued because: timed-out too many times" in error
