@@ -162,7 +162,8 @@ class SlurmSweepLauncher(BaseSubmititLauncher):
         except FailedJobError as err:
             raise setting_error(self.refusal(str(err))) from None
         log.info(
-            f"submitted SLURM job {submitted[0].job_id.split('_')[0]} ({len(submitted)} tasks of an array)"
+            "submitted: "
+            + ", ".join(f"#{n} is SLURM job {j.job_id}" for (n, _), j in zip(jobs, submitted, strict=True))
         )
         ended = self.wait(submitted)
         return [
@@ -174,7 +175,12 @@ class SlurmSweepLauncher(BaseSubmititLauncher):
         params = dict(self.params)
         executor = slurm_executor(params.pop("submitit_folder"), params.pop("max_num_timeout"))
         before, after = forwarding_lines()
-        params["setup"] = [*(params.get("setup") or []), *before]
+        # each task's torch its share of the cores, as the parallel launcher gives (torch would
+        # take every core of the node, whatever the job was given)
+        threads = (
+            '[ -n "$SLURM_CPUS_PER_TASK" ] && export OMP_NUM_THREADS=${OMP_NUM_THREADS:-$SLURM_CPUS_PER_TASK}'
+        )
+        params["setup"] = [*(params.get("setup") or []), threads, *before]
         params["teardown"] = after
         executor.update_parameters(**executor._convert_parameters(params))
         return executor
