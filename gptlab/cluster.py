@@ -5,6 +5,7 @@ the one start time all ranks of a job agree on, so that they agree on one run di
 (`${gptlab.now:...}` in conf/hydra/default.yaml).
 """
 
+import logging
 import os
 import subprocess
 import sys
@@ -19,6 +20,8 @@ from lightning.fabric.plugins.environments import (
     TorchElasticEnvironment,
 )
 from omegaconf import OmegaConf
+
+log = logging.getLogger(__name__)
 
 # how long the ranks of a job wait for rank 0 to hand out its start time
 START_TIME_TIMEOUT = timedelta(minutes=5)
@@ -66,12 +69,16 @@ def shield_wandb_service() -> None:
     through WANDB_SERVICE; it ends a minute after the last of them has gone."""
     if "SLURM_JOB_ID" not in os.environ or "WANDB_SERVICE" in os.environ:
         return
-    started = subprocess.run(
-        [sys.executable, "-m", "wandb", "beta", "core", "start", "--idle-timeout", "1m"],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
+    try:
+        started = subprocess.run(
+            [sys.executable, "-m", "wandb", "beta", "core", "start", "--idle-timeout", "1m"],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+    except (OSError, subprocess.CalledProcessError) as err:
+        log.warning("wandb's service could not be started detached (%s): SLURM's signals may end it", err)
+        return
     os.environ["WANDB_SERVICE"] = started.stdout.strip()
 
 

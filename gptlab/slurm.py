@@ -2,9 +2,10 @@
 built on hydra-submitit-launcher (each job runs the same Hydra job function, pickled by submitit).
 What gptlab adds:
 
-- a job whose tasks do not match its devices, or that sbatch refuses (GPUs on a CPU node, more
-  cores or memory than a node has, an unknown partition), stops the sweep before anything is
-  queued, in one line naming the launcher settings to change;
+- a job whose tasks do not match its devices, that asks for more than a node of its partition
+  has (GPUs on a CPU node, more cores or memory; SLURM would queue it for ever), for a partition
+  that does not exist, or that sbatch refuses, stops the sweep before anything is queued, in one
+  line naming the launcher settings to change;
 - the batch shell passes on a signal meant for it alone (`--signal=B:USR2@90`, `scancel
   --batch`) to the tasks, where it stops, saves and requeues the run as a signal to the job's
   steps does (bash would otherwise die of it, or hold it until srun ends);
@@ -35,16 +36,16 @@ log = logging.getLogger(__name__)
 
 POLL_SECONDS = 2.0
 # SLURM states in which a job may still produce its result (a requeued job passes through
-# REQUEUED, PREEMPTED and COMPLETING on its way back to PENDING)
+# COMPLETING or REQUEUED on its way back to PENDING)
 ACTIVE_STATES = {
     "PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "REQUEUED", "REQUEUE_FED", "REQUEUE_HOLD",
-    "RESIZING", "SUSPENDED", "STOPPED", "SIGNALING", "STAGE_OUT", "PREEMPTED", "RESV_DEL_HOLD",
+    "RESIZING", "SUSPENDED", "STOPPED", "SIGNALING", "STAGE_OUT", "RESV_DEL_HOLD",
 }  # fmt: skip
-# a job seen out of those states, with no result, for this long has ended without one
+# a job seen out of those states (or no longer listed), with no result, for this long has ended
+# without one: a state passed through on the way to a requeue does not end the wait
 ENDED_AFTER_SECONDS = 10.0
 # what the batch shell passes on to the tasks
 FORWARDED_SIGNALS = ("USR1", "USR2", "TERM")
-RESOURCE_SETTINGS = ("nodes", "gpus_per_node", "tasks_per_node", "cpus_per_task", "mem_gb", "partition")
 
 
 def device_count(devices: Any) -> Any:
