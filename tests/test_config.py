@@ -79,15 +79,22 @@ def test_ladder_sweep_lists_the_cpu_steps(compose) -> None:
 
 
 def test_slurm_launcher_config(compose) -> None:
+    import gptlab.slurm  # noqa: F401 (registers ${gptlab.device_count:...})
+
     cfg = compose(
-        "hydra/launcher=slurm",
-        "hydra.launcher.nodes=2",
-        "hydra.launcher.gpus_per_node=4",
-        return_hydra_config=True,
+        "hydra/launcher=slurm", "trainer.num_nodes=2", "trainer.devices=4", return_hydra_config=True
     )
     launcher = cfg.hydra.launcher
-    assert launcher._target_ == "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"
-    assert (launcher.nodes, launcher.gpus_per_node, launcher.tasks_per_node) == (2, 4, 4)
+    assert launcher._target_ == "hydra_plugins.gptlab.SlurmLauncher"
+    # one task per device, on as many nodes as the Trainer has; a GPU per task unless told otherwise
+    assert (launcher.nodes, launcher.tasks_per_node, launcher.gpus_per_node) == (2, 4, 4)
+    cpu = compose(
+        "hydra/launcher=slurm",
+        "trainer.devices=auto",
+        "hydra.launcher.gpus_per_node=null",
+        return_hydra_config=True,
+    )
+    assert (cpu.hydra.launcher.tasks_per_node, cpu.hydra.launcher.gpus_per_node) == (1, None)
 
 
 def test_optuna_search_space(compose) -> None:
