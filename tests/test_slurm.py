@@ -153,7 +153,7 @@ def test_a_sweep_submits_one_job_per_run_whose_srun_tasks_are_its_ddp_ranks(
     assert (
         "n_layer=2" in done.stdout and f"{read_summary(sweep_dir / '1')['best_val_loss']:.4f}" in done.stdout
     )
-    assert slurm.jobs() == []
+    assert slurm.jobs("PENDING", "RUNNING") == []
 
 
 @pytest.mark.parametrize(
@@ -192,7 +192,7 @@ def test_settings_a_node_cannot_give_stop_the_sweep_in_one_line_before_anything_
     assert line.startswith("error: ") and message in line, done.stderr[-3000:]
     if not settings:
         assert "gpus_per_node=1 asks a node for 1 GPUs, which has 0" in line
-    assert slurm.jobs() == []
+    assert slurm.jobs("PENDING", "RUNNING") == []
 
 
 @pytest.mark.slow
@@ -293,7 +293,7 @@ def test_a_job_that_ends_without_a_result_ends_the_wait_as_failed_with_its_reaso
     assert f"SLURM job {cancelled} ended CANCELLED without a result" in read_summary(sweep_dir / "0")["error"]
     assert f"SLURM job {killed} ended FAILED without a result" in read_summary(sweep_dir / "1")["error"]
     assert done.stdout.count("failed") >= 2  # both listed as failed in the end-of-sweep table
-    assert slurm.jobs() == []
+    assert slurm.jobs("PENDING", "RUNNING") == []
 
 
 @pytest.mark.slow

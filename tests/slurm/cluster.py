@@ -141,9 +141,11 @@ class SlurmCluster:
         result = self.run("sinfo", "--noheader", "--format=%t", "--partition=debug", check=False)
         return result.stdout.strip()
 
-    def jobs(self) -> list[str]:
-        """The ids of the jobs this cluster still has pending or running."""
-        out = self.run("squeue", "--noheader", "--format=%i", check=False).stdout
+    def jobs(self, *states: str) -> list[str]:
+        """The ids of the jobs this cluster has in these states (any not yet ended, by default:
+        a job that has just ended may still be COMPLETING)."""
+        chosen = [f"--states={','.join(states)}"] if states else []
+        out = self.run("squeue", "--noheader", "--format=%i", *chosen, check=False).stdout
         return out.split()
 
     def cancel_all(self) -> None:
