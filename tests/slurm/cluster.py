@@ -142,8 +142,7 @@ class SlurmCluster:
         return result.stdout.strip()
 
     def jobs(self, *states: str) -> list[str]:
-        """The ids of the jobs this cluster has in these states (any not yet ended, by default:
-        a job that has just ended may still be COMPLETING)."""
+        """The ids of the jobs this cluster has in these states (by default, any not yet ended)."""
         chosen = [f"--states={','.join(states)}"] if states else []
         out = self.run("squeue", "--noheader", "--format=%i", *chosen, check=False).stdout
         return out.split()
