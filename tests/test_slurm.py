@@ -309,13 +309,16 @@ def test_a_job_that_ends_without_a_result_ends_the_wait_as_failed_with_its_reaso
 def test_a_job_past_its_time_limit_is_requeued_until_it_finishes_or_runs_out_of_requeues(
     tmp_path: Path, shakespeare: Path, slurm: SlurmCluster
 ) -> None:
-    # a run of about a minute of training on one core; SLURM counts limits in whole minutes and
-    # signals up to a minute early: a 2-minute limit, SIGUSR2 30 to 90 s before it
-    run = [*LONG_RUN, "trainer.max_steps=6000", "trainer.val_check_interval=3000"]
+    # SLURM counts limits in whole minutes and signals up to a minute early: a 2-minute limit,
+    # SIGUSR2 30 to 90 s before it, so 30 to 90 s into each start. A run of about 90 s of training
+    # on one core (and start-up) is signalled at least once; the second sweep's, twice as long,
+    # is signalled before it could finish
+    run = [*LONG_RUN, "trainer.max_steps=9000", "trainer.val_check_interval=4500"]
     limit = [*ONE_TASK, "hydra.launcher.timeout_min=2", "hydra.launcher.signal_delay_s=30"]
     requeued = start_sweep(slurm, tmp_path / "requeued", *run, *limit, "hydra.launcher.max_num_timeout=5")
+    longer = [*run, "trainer.max_steps=18000"]
     out_of_requeues = start_sweep(
-        slurm, tmp_path / "failed", *run, *limit, "hydra.launcher.max_num_timeout=0"
+        slurm, tmp_path / "failed", *longer, *limit, "hydra.launcher.max_num_timeout=0"
     )
     left_alone = train(tmp_path / "alone", *run)  # meanwhile
     assert left_alone.returncode == 0, left_alone.stderr[-3000:]
