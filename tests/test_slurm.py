@@ -320,7 +320,7 @@ def test_a_job_past_its_time_limit_is_requeued_until_it_finishes_or_runs_out_of_
     out_of_requeues = start_sweep(
         slurm, tmp_path / "failed", *longer, *limit, "hydra.launcher.max_num_timeout=0"
     )
-    left_alone = train(tmp_path / "alone", *run)  # meanwhile
+    left_alone = train(tmp_path / "alone", *run, timeout=900, env={"OMP_NUM_THREADS": "1"})  # meanwhile
     assert left_alone.returncode == 0, left_alone.stderr[-3000:]
     done, failed = ended(requeued, timeout=1200), ended(out_of_requeues, timeout=1200)
     assert done.returncode == 0, done.stderr[-3000:]
