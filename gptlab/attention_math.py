@@ -7,7 +7,8 @@ weights depend on the data: each token emits a query ("what am I looking for") a
 ("what do I contain"), and their dot products, scaled, masked and softmaxed, are the weights.
 
 These functions are for learning and for the tests that prove the facts; the model's own
-attention lives in gptlab.model.
+attention lives in gptlab.model, where its three implementations compute one math:
+batched_to_heads maps the batched weights onto the lecture's Head modules.
 """
 
 import torch
@@ -59,3 +60,20 @@ def self_attention(
     if causal:
         weights = weights.masked_fill(torch.tril(torch.ones(T, T)) == 0, float("-inf"))
     return F.softmax(weights, dim=-1) @ value(x)  # (B, T, head_size)
+
+
+def batched_to_heads(state_dict: dict[str, torch.Tensor], n_head: int) -> dict[str, torch.Tensor]:
+    """The weights of a GPT with batched attention (sdpa or manual) as the same GPT with
+    attention="heads". c_attn stacks [q; k; v] by rows, each n_embd rows of n_head blocks of
+    head_size rows: head h's query is rows h*hs:(h+1)*hs of the q part, and so on. Works on
+    gradients too, which share the parameters' shapes."""
+    converted = {}
+    for name, tensor in state_dict.items():
+        if ".attn.c_attn." in name:
+            prefix, kind = name.split(".c_attn.")  # kind: weight or bias
+            for part, per_head in zip(("query", "key", "value"), tensor.chunk(3), strict=True):
+                for h, head_tensor in enumerate(per_head.chunk(n_head)):
+                    converted[f"{prefix}.heads.{h}.{part}.{kind}"] = head_tensor
+        else:
+            converted[name.replace(".attn.c_proj.", ".attn.proj.")] = tensor
+    return converted

@@ -42,27 +42,18 @@ from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 from rich.table import Table
 
-from gptlab.corpus import character_start
-from gptlab.data import RandomWindows, TextDataModule
+from gptlab import cli
+from gptlab.config import model_settings
+from gptlab.data.corpus import character_start
+from gptlab.data.datamodule import RandomWindows, TextDataModule
 from gptlab.model import GPTConfig, LanguageModel, create_model, is_count, use_decoding_layout
-from gptlab.module import GPTLitModule, OptimConfig, adamw
-from gptlab.precision import inference_dtype
-from gptlab.train import (
-    BUILD_ERRORS,
-    build,
-    build_error,
-    finish_wandb,
-    fit_precision_to_device,
-    model_settings,
-)
+from gptlab.training import build
+from gptlab.training.loggers import finish_wandb
+from gptlab.training.module import GPTLitModule, OptimConfig, adamw
+from gptlab.training.precision import inference_dtype, pick_device
 
 PARTS = ("train", "startup", "generate", "bare", "grow", "corpus")
 CLEAR_REFS = Path("/proc/self/clear_refs")
-
-
-def bench_device(cfg: DictConfig) -> torch.device:
-    """Where the parts without a Trainer run: where the run's Trainer (accelerator auto) would."""
-    return torch.device("cuda" if torch.cuda.is_available() and cfg.trainer.accelerator != "cpu" else "cpu")
 
 
 def synchronize(device: torch.device) -> None:
@@ -220,10 +211,14 @@ def bench_train(cfg: DictConfig) -> dict[str, Any]:
             "(trainer.devices=1, trainer.num_nodes=1)"
         )
     precision_dtype(cfg.trainer.precision)  # fails before the run starts
-    cfg.trainer.max_steps = cfg.bench.warmup_steps + cfg.bench.rounds * cfg.bench.steps_per_round + 1
-    datamodule, module, trainer, _ = build(cfg)
+    # the steps gptlab.train builds a run with, and the timer among the callbacks
+    resolved = build.resolve(cfg)
+    build.set_up(cfg)
+    datamodule = build.datamodule(cfg, resolved)
+    module = build.module(cfg, resolved, datamodule)
     timer = AlternateWithBareLoop(cfg, datamodule)
-    trainer.callbacks.append(timer)
+    callbacks = [*build.callbacks(cfg, resolved, datamodule.tokenizer), timer]
+    trainer = build.trainer(cfg, resolved, callbacks, build.loggers(cfg, resolved))
     try:
         trainer.fit(module, datamodule=datamodule)
     finally:
@@ -260,7 +255,7 @@ def current_memory_mb(device: torch.device) -> float:
 def bench_bare(cfg: DictConfig) -> dict[str, Any]:
     """The bare loop alone: step time, and the memory that training adds to the process
     (parameters, gradients, AdamW's state, activations)."""
-    device = bench_device(cfg)
+    device = pick_device(cfg.trainer.accelerator, key="trainer.accelerator")
     datamodule: TextDataModule = hydra.utils.instantiate(cfg.data)
     datamodule.prepare_data()
     datamodule.setup("fit")
@@ -325,7 +320,7 @@ def bench_startup(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
 
 def bench_generate(cfg: DictConfig) -> list[dict[str, Any]]:
     """Tokens/s from a 1-token prompt, with and without the KV cache, runs alternating."""
-    device = bench_device(cfg)
+    device = pick_device(cfg.trainer.accelerator, key="trainer.accelerator")
     dtype = inference_dtype(cfg.bench.generate_dtype)
     torch.manual_seed(cfg.seed)
     model = use_decoding_layout(create_model(GPTConfig(**model_settings(cfg))).to(device, dtype).eval())
@@ -549,14 +544,17 @@ def print_tables(results: dict[str, Any], console: Console) -> None:
         )
 
 
-@hydra.main(version_base="1.3", config_path="pkg://gptlab.conf", config_name="bench")
-def main(cfg: DictConfig) -> None:
+def check_bench_settings(cfg: DictConfig) -> None:
     if unknown := [p for p in cfg.bench.parts if p not in PARTS]:
-        sys.exit(f"error: bench.parts has {unknown[0]!r}: use any of {list(PARTS)}")
+        raise ValueError(f"bench.parts has {unknown[0]!r}: use any of {list(PARTS)}")
     for key in ("warmup_steps", "rounds", "steps_per_round", "startup_runs", "generate_repeats"):
         value, least = cfg.bench[key], 0 if key == "warmup_steps" else 1
         if not is_count(value) or value < least:
-            sys.exit(f"error: bench.{key}={value!r} is not allowed: use an integer >= {least}")
+            raise ValueError(f"bench.{key}={value!r} is not allowed: use an integer >= {least}")
+
+
+@hydra.main(version_base="1.3", config_path="pkg://gptlab.conf", config_name="bench")
+def main(cfg: DictConfig) -> None:
     out_dir = Path(HydraConfig.get().runtime.output_dir)
     measure = {
         "train": bench_train,
@@ -567,14 +565,13 @@ def main(cfg: DictConfig) -> None:
         "corpus": lambda cfg: bench_corpus(cfg, out_dir),
     }
     results: dict[str, Any] = {"overrides": list(HydraConfig.get().overrides.task)}
-    try:
-        fit_precision_to_device(cfg)  # trainer.precision=auto, as gptlab.train decides it
+    with cli.errors_in_one_line():
+        check_bench_settings(cfg)
+        # the train part's run lasts its rounds; trainer.precision=auto is decided as gptlab.train does
+        cfg.trainer.max_steps = cfg.bench.warmup_steps + cfg.bench.rounds * cfg.bench.steps_per_round + 1
+        build.fit_precision_to_device(cfg, pick_device(cfg.trainer.accelerator, key="trainer.accelerator"))
         for part in cfg.bench.parts:
             results[part] = measure[part](cfg)
-    except BUILD_ERRORS as err:
-        if os.environ.get("HYDRA_FULL_ERROR") == "1":
-            raise
-        sys.exit("error: " + build_error(err))
     print_tables(results, Console())
     out = out_dir / "bench.json"
     out.write_text(json.dumps(results, indent=2) + "\n")

@@ -9,12 +9,13 @@ nanoGPT needs a standard GPT with lm_head tied to the token embedding (model.tie
 
 import argparse
 import pickle
-import sys
 from pathlib import Path
 
 import torch
 
-from gptlab.checkpoint import find_checkpoint, from_nanogpt, load_checkpoint, to_nanogpt
+from gptlab import cli
+from gptlab.interop.nanogpt import from_nanogpt, to_nanogpt
+from gptlab.training.checkpoint import find_checkpoint, load_checkpoint
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -33,7 +34,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     args = parser.parse_args(argv)
 
-    try:
+    with cli.errors_in_one_line():
         if args.command == "from_nanogpt":
             for path in (args.ckpt, args.meta):
                 if not path.is_file():
@@ -49,8 +50,6 @@ def main(argv: list[str] | None = None) -> None:
             with open(args.meta, "wb") as f:
                 pickle.dump(meta, f)
             print(f"wrote {args.out} and {args.meta}")
-    except (ValueError, OSError, KeyError) as err:
-        sys.exit("error: " + " ".join(str(err).split()))
 
 
 if __name__ == "__main__":

@@ -9,7 +9,6 @@ autocast for a bf16-mixed run), so that the figures are the run's own.
 
 import json
 import math
-import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -19,12 +18,13 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
-from gptlab.checkpoint import find_checkpoint, load_checkpoint, model_from_checkpoint
-from gptlab.corpus import read_pieces, source_files
-from gptlab.data import TextDataModule, ValidationBatches
+from gptlab import cli
+from gptlab.data.corpus import read_pieces, source_files
+from gptlab.data.datamodule import TextDataModule, ValidationBatches
+from gptlab.data.tokenizer import Tokenizer, UnknownCharacters
 from gptlab.model import LanguageModel, is_count
-from gptlab.sample import pick_device
-from gptlab.tokenizer import Tokenizer, UnknownCharacters
+from gptlab.training.checkpoint import find_checkpoint, load_checkpoint, model_from_checkpoint
+from gptlab.training.precision import pick_device
 
 
 def scoring_span(
@@ -83,7 +83,7 @@ def total_nats(
 
 @hydra.main(version_base="1.3", config_path="pkg://gptlab.conf", config_name="eval")
 def main(cfg: DictConfig) -> None:
-    try:
+    with cli.errors_in_one_line():
         if not is_count(cfg.batch_size) or cfg.batch_size < 1:
             raise ValueError(f"batch_size={cfg.batch_size!r} is not allowed: use a positive integer")
         device = pick_device(cfg.device)
@@ -100,10 +100,6 @@ def main(cfg: DictConfig) -> None:
         out_file = Path(cfg.out_file) if cfg.out_file else None
         if out_file is not None and out_file.is_dir():
             raise ValueError(f"out_file={out_file} is a directory: give a file name, e.g. eval.json")
-    except (ValueError, OSError) as err:
-        if os.environ.get("HYDRA_FULL_ERROR") == "1":
-            raise
-        sys.exit("error: " + " ".join(str(err).split()))
 
     model.to(device).eval()
     batches = ValidationBatches(span, model.config.block_size, cfg.batch_size)

@@ -1,10 +1,12 @@
-"""A character-level GPT in plain PyTorch, read top to bottom.
+"""A GPT language model in plain PyTorch, read top to bottom.
 
 The model of Karpathy's lecture "Let's build GPT", written the way nanoGPT writes it:
 token and learned position embeddings, a stack of pre-LayerNorm Transformer blocks
 (causal multi-head self-attention, then a 4x MLP, each inside a residual connection),
-a final LayerNorm and a linear head over the vocabulary. The bigram baseline the
-lecture starts from sits at the end, with the same interface.
+a final LayerNorm and a linear head over the vocabulary. Tokens are whatever the tokenizer
+makes them (characters, or byte-level BPE pieces): the model knows only vocab_size. While
+generating, a KVCache passed to forward keeps every layer's keys and values. The bigram
+baseline the lecture starts from sits at the end, with the same interface.
 
 No Lightning, Hydra or data code here: the model only knows tensors.
 """
@@ -31,11 +33,11 @@ def is_count(value: object) -> bool:
 @dataclass(frozen=True)
 class GPTConfig:
     arch: Literal["gpt", "bigram"] = "gpt"
-    block_size: int = 64  # longest context the model sees, in characters
-    vocab_size: int = 65  # set from the tokenizer at train time; 65 is Tiny Shakespeare's
-    n_layer: int = 4
+    block_size: int = 64  # longest context the model sees, in tokens
+    vocab_size: int = 65  # set from the tokenizer at train time; 65 is Tiny Shakespeare's characters
+    n_layer: int = 2
     n_head: int = 4
-    n_embd: int = 192
+    n_embd: int = 96
     dropout: float = 0.0
     # The lecture builds the GPT up step by step; these switch the steps on and off. The
     # defaults give the standard GPT.
@@ -74,13 +76,36 @@ class GPTConfig:
             )
 
 
+class KVCache:
+    """Every layer's keys and values of the positions seen so far, while generating: with it,
+    forward runs the model on the new positions only, whose queries attend to the cached keys and
+    values before them. It takes several positions at once only while empty (the prompt), then
+    one at a time; it holds block_size positions, as the position embedding does."""
+
+    def __init__(self, config: GPTConfig, batch_size: int, device: torch.device, dtype: torch.dtype):
+        head_size = config.n_embd // config.n_head
+        shape = (config.n_layer, batch_size, config.n_head, config.block_size, head_size)
+        self.k = torch.zeros(shape, device=device, dtype=dtype)
+        self.v = torch.zeros(shape, device=device, dtype=dtype)
+        self.pos = 0  # positions cached: the next ones go here
+
+    def insert(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Caches a layer's keys and values (B, n_head, T, head_size) of the next T positions, and
+        returns the layer's keys and values of every position so far."""
+        end = self.pos + k.size(2)
+        self.k[layer, :, :, self.pos : end] = k
+        self.v[layer, :, :, self.pos : end] = v
+        return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
+
+
 class CausalSelfAttention(nn.Module):
     """nanoGPT's batched attention: q, k and v of all heads come out of one matmul and the
     heads become a batch dimension. `sdpa` hands the core to F.scaled_dot_product_attention
     (fused kernels, flash attention on GPUs); `manual` spells the same math out."""
 
-    def __init__(self, config: GPTConfig):
+    def __init__(self, config: GPTConfig, layer: int):
         super().__init__()
+        self.layer = layer  # which of the KV cache's layers is this one's
         self.n_head = config.n_head
         self.causal = config.causal
         self.use_sdpa = config.attention == "sdpa"
@@ -91,27 +116,22 @@ class CausalSelfAttention(nn.Module):
         )
         self.attn_dropout = nn.Dropout(config.dropout)
         self.resid_dropout = nn.Dropout(config.dropout)
-        self.kv_cache: tuple[torch.Tensor, torch.Tensor] | None = None  # only while generating
         if not self.use_sdpa:
             tril = torch.tril(torch.ones(config.block_size, config.block_size, dtype=torch.bool))
             self.register_buffer(
                 "tril", tril.view(1, 1, config.block_size, config.block_size), persistent=False
             )
 
-    def forward(self, x: torch.Tensor, cache_pos: int | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, kv_cache: KVCache | None = None) -> torch.Tensor:
         B, T, C = x.size()  # batch, time (sequence length), channels (n_embd)
         q, k, v = self.c_attn(x).split(C, dim=2)
         # (B, T, C) -> (B, n_head, T, head_size): heads become a batch dimension
         q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
         k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
         v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
-        if cache_pos is not None:  # generating: remember k, v of these positions
-            k_cache, v_cache = self.kv_cache
-            k_cache[:, :, cache_pos : cache_pos + T] = k
-            v_cache[:, :, cache_pos : cache_pos + T] = v
-            if T == 1:  # one new token attends to every position so far: nothing to mask
-                k, v = k_cache[:, :, : cache_pos + 1], v_cache[:, :, : cache_pos + 1]
-        causal = self.causal and T > 1
+        if kv_cache is not None:  # generating: these positions' queries see every position so far
+            k, v = kv_cache.insert(self.layer, k, v)
+        causal = self.causal and T > 1  # one new token attends to every position so far: no mask
         if self.use_sdpa:  # its default scale is head_size**-0.5, as below
             dropout_p = self.dropout if self.training else 0.0
             y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=causal)
@@ -164,9 +184,8 @@ class MultiHeadAttention(nn.Module):
         )
         self.dropout = nn.Dropout(config.dropout)
 
-    def forward(self, x: torch.Tensor, cache_pos: int | None = None) -> torch.Tensor:
-        if cache_pos is not None:
-            raise ValueError("attention='heads' has no KV cache: generate with use_cache=False")
+    def forward(self, x: torch.Tensor, kv_cache: KVCache | None = None) -> torch.Tensor:
+        # (no KV cache: the GPT generates without one with these heads, and refuses one)
         return self.dropout(self.proj(torch.cat([head(x) for head in self.heads], dim=-1)))
 
 
@@ -193,25 +212,31 @@ def norm_layer(config: GPTConfig) -> nn.Module:
 
 
 class Block(nn.Module):
-    """Communication (attention) then computation (MLP), each pre-normed and residual."""
+    """Communication (attention) then computation (MLP), each pre-normed and residual:
 
-    def __init__(self, config: GPTConfig):
+        x ──ln_1──attn──(+)──ln_2──mlp──(+)──>      each sublayer adds to the stream x, so
+        └──────────────┘ └──────────────┘           gradients flow straight to the input
+
+    model.residual=false is the lecture's step before: each sublayer replaces x instead."""
+
+    def __init__(self, config: GPTConfig, layer: int):
         super().__init__()
         self.residual = config.residual
         self.ln_1 = norm_layer(config)
-        self.attn = MultiHeadAttention(config) if config.attention == "heads" else CausalSelfAttention(config)
+        self.attn = (
+            MultiHeadAttention(config) if config.attention == "heads" else CausalSelfAttention(config, layer)
+        )
         self.ln_2 = norm_layer(config)
         self.mlp = MLP(config) if config.mlp != "none" else None
 
-    def forward(self, x: torch.Tensor, cache_pos: int | None = None) -> torch.Tensor:
-        x = self.connect(x, self.attn(self.ln_1(x), cache_pos))
+    def forward(self, x: torch.Tensor, kv_cache: KVCache | None = None) -> torch.Tensor:
+        if not self.residual:
+            x = self.attn(self.ln_1(x), kv_cache)
+            return x if self.mlp is None else self.mlp(self.ln_2(x))
+        x = x + self.attn(self.ln_1(x), kv_cache)
         if self.mlp is not None:
-            x = self.connect(x, self.mlp(self.ln_2(x)))
+            x = x + self.mlp(self.ln_2(x))
         return x
-
-    def connect(self, x: torch.Tensor, update: torch.Tensor) -> torch.Tensor:
-        # a residual connection adds to the stream, so gradients flow straight to the input
-        return x + update if self.residual else update
 
 
 class LanguageModel(nn.Module):
@@ -286,7 +311,7 @@ class GPT(LanguageModel):
                 wte=nn.Embedding(config.vocab_size, config.n_embd),  # token embedding
                 wpe=nn.Embedding(config.block_size, config.n_embd),  # position embedding
                 drop=nn.Dropout(config.dropout),
-                h=nn.ModuleList([Block(config) for _ in range(config.n_layer)]),
+                h=nn.ModuleList([Block(config, layer) for layer in range(config.n_layer)]),
                 ln_f=norm_layer(config),
             )
         )
@@ -311,21 +336,30 @@ class GPT(LanguageModel):
             nn.init.normal_(module.weight, mean=0.0, std=0.02)
 
     def forward(
-        self, idx: torch.Tensor, targets: torch.Tensor | None = None, cache_pos: int | None = None
+        self, idx: torch.Tensor, targets: torch.Tensor | None = None, kv_cache: KVCache | None = None
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """cache_pos: generating with the KV cache, idx holds positions cache_pos, cache_pos+1, ..."""
+        """With kv_cache, idx (B, T) holds the positions after those cached, which it then caches too."""
         B, T = idx.size()
-        start = cache_pos or 0
+        start = 0 if kv_cache is None else kv_cache.pos
         if start + T > self.config.block_size:
             raise ValueError(
                 f"sequence of length {start + T} is longer than block_size {self.config.block_size}"
             )
+        if kv_cache is not None and not self.caches_keys_and_values:
+            raise ValueError("this model has no KV cache (attention='heads', or causal=false)")
         pos = torch.arange(start, start + T, dtype=torch.long, device=idx.device)
         x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))  # (B, T, C)
         for block in self.transformer.h:
-            x = block(x, cache_pos)
+            x = block(x, kv_cache)
+        if kv_cache is not None:
+            kv_cache.pos += T
         logits = self.lm_head(self.transformer.ln_f(x))  # (B, T, vocab_size)
         return logits, None if targets is None else self.loss(logits, targets)
+
+    @property
+    def caches_keys_and_values(self) -> bool:
+        """Only a causal model's keys and values stay the same as tokens are added after them."""
+        return self.config.causal and self.config.attention != "heads"
 
     @torch.inference_mode()
     def stream(
@@ -340,39 +374,25 @@ class GPT(LanguageModel):
         the keys and values cached for the positions before it. Learned absolute positions
         cannot slide inside a full cache: past block_size, every new token recomputes the
         cropped window, exactly as generation without a cache does."""
-        if not (use_cache and self.config.causal and self.config.attention != "heads"):
+        if not (use_cache and self.caches_keys_and_values):
             yield from super().stream(idx, max_new_tokens, temperature, top_k)
             return
-        block_size = self.config.block_size
         B, T = idx.shape
         # the context and every token sampled, written in place: no copy of a growing context per token
         tokens = idx.new_empty((B, T + max_new_tokens))
         tokens[:, :T] = idx
         end = T  # tokens[:, :end] are known
-        cache_shape = (B, self.config.n_head, block_size, self.config.n_embd // self.config.n_head)
-        dtype = self.transformer.wte.weight.dtype
-        for block in self.transformer.h:
-            block.attn.kv_cache = (
-                idx.new_zeros(cache_shape, dtype=dtype),
-                idx.new_zeros(cache_shape, dtype=dtype),
-            )
-        try:
-            cached = 0  # positions whose keys and values are in the cache
-            for _ in range(max_new_tokens):
-                if cached in (0, block_size):  # fill the cache from the (cropped) context
-                    window = tokens[:, max(0, end - block_size) : end]
-                    logits, _ = self(window, cache_pos=0)
-                    cached = window.size(1)
-                else:
-                    logits, _ = self(tokens[:, end - 1 : end], cache_pos=cached)
-                    cached += 1
-                idx_next = sample_next(logits[:, -1, :], temperature, top_k)
-                tokens[:, end : end + 1] = idx_next
-                end += 1
-                yield idx_next
-        finally:
-            for block in self.transformer.h:
-                block.attn.kv_cache = None
+        kv_cache = KVCache(self.config, B, idx.device, self.transformer.wte.weight.dtype)
+        for _ in range(max_new_tokens):
+            if kv_cache.pos in (0, self.config.block_size):  # fill the cache from the (cropped) context
+                kv_cache.pos = 0
+                logits, _ = self(tokens[:, max(0, end - self.config.block_size) : end], kv_cache=kv_cache)
+            else:
+                logits, _ = self(tokens[:, end - 1 : end], kv_cache=kv_cache)
+            idx_next = sample_next(logits[:, -1, :], temperature, top_k)
+            tokens[:, end : end + 1] = idx_next
+            end += 1
+            yield idx_next
 
 
 class BigramLanguageModel(LanguageModel):
@@ -404,20 +424,3 @@ def use_decoding_layout(model: nn.Module) -> nn.Module:
 
 def create_model(config: GPTConfig) -> LanguageModel:
     return BigramLanguageModel(config) if config.arch == "bigram" else GPT(config)
-
-
-def batched_to_heads(state_dict: dict[str, torch.Tensor], n_head: int) -> dict[str, torch.Tensor]:
-    """The weights of a GPT with batched attention (sdpa or manual) as the same GPT with
-    attention="heads". c_attn stacks [q; k; v] by rows, each n_embd rows of n_head blocks of
-    head_size rows: head h's query is rows h*hs:(h+1)*hs of the q part, and so on. Works on
-    gradients too, which share the parameters' shapes."""
-    converted = {}
-    for name, tensor in state_dict.items():
-        if ".attn.c_attn." in name:
-            prefix, kind = name.split(".c_attn.")  # kind: weight or bias
-            for part, per_head in zip(("query", "key", "value"), tensor.chunk(3), strict=True):
-                for h, head_tensor in enumerate(per_head.chunk(n_head)):
-                    converted[f"{prefix}.heads.{h}.{part}.{kind}"] = head_tensor
-        else:
-            converted[name.replace(".attn.c_proj.", ".attn.proj.")] = tensor
-    return converted

@@ -5,26 +5,19 @@ the corpus prepared (see gptlab/corpus.py): trains the tokenizer, encodes the te
 token file with a progress bar, and reports what is where. Run it again after the text changes.
 """
 
-import os
-import sys
-
 import hydra
 from omegaconf import DictConfig
 
-from gptlab.data import TextDataModule
-from gptlab.train import BUILD_ERRORS, build_error
+from gptlab import cli
+from gptlab.data.datamodule import TextDataModule
 
 
 @hydra.main(version_base="1.3", config_path="pkg://gptlab.conf", config_name="prepare")
 def main(cfg: DictConfig) -> None:
-    try:
+    with cli.errors_in_one_line():
         datamodule: TextDataModule = hydra.utils.instantiate(cfg.data)
         datamodule.progress = True
         datamodule.setup("fit")  # prepares, and checks both splits are long enough for block_size
-    except BUILD_ERRORS as err:
-        if os.environ.get("HYDRA_FULL_ERROR") == "1":
-            raise
-        sys.exit("error: " + build_error(err))
     corpus = datamodule.corpus
     manifest = corpus.manifest
     tokenizer_s, encoding_s = manifest["seconds"]["tokenizer"], manifest["seconds"]["encoding"]

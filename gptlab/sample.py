@@ -5,7 +5,6 @@ are drawn as one batch; one sample streams to stdout as it is sampled. The speed
 stderr at the end.
 """
 
-import os
 import sys
 import time
 from collections.abc import Callable
@@ -15,34 +14,17 @@ import hydra
 import torch
 from omegaconf import DictConfig
 
-from gptlab.callbacks import check_sampling
-from gptlab.checkpoint import find_checkpoint, load_checkpoint, model_from_checkpoint
+from gptlab import cli
+from gptlab.config import check_sampling
+from gptlab.data.tokenizer import Tokenizer
 from gptlab.model import LanguageModel, is_count, use_decoding_layout
-from gptlab.precision import inference_dtype
-from gptlab.tokenizer import Tokenizer
-
-
-def pick_device(name: str) -> torch.device:
-    """The device named (auto: cuda when there is one), checked to be there."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except (RuntimeError, TypeError):
-        raise ValueError(f"device={name!r} is not a device: use auto, cpu, cuda, cuda:N or mps") from None
-    available = {
-        "cpu": True,
-        "cuda": torch.cuda.is_available() and (device.index or 0) < torch.cuda.device_count(),
-        "mps": torch.backends.mps.is_available(),
-    }
-    if not available.get(device.type, False):
-        raise ValueError(f"device={name} is not available on this machine: use device=auto or device=cpu")
-    return device
+from gptlab.training.checkpoint import find_checkpoint, load_checkpoint, model_from_checkpoint
+from gptlab.training.precision import inference_dtype, pick_device
 
 
 @hydra.main(version_base="1.3", config_path="pkg://gptlab.conf", config_name="sample")
 def main(cfg: DictConfig) -> None:
-    try:
+    with cli.errors_in_one_line():
         check_sampling("", cfg.prompt, cfg.max_new_tokens, cfg.temperature, cfg.top_k)
         if not is_count(cfg.num_samples) or cfg.num_samples < 1:
             raise ValueError(f"num_samples={cfg.num_samples!r} is not allowed: use a positive integer")
@@ -56,10 +38,6 @@ def main(cfg: DictConfig) -> None:
         model, tokenizer = model_from_checkpoint(load_checkpoint(path))
         tokenizer.encode(cfg.prompt)  # a prompt outside a char model's vocabulary fails here
         out_file = open(cfg.out_file, "w") if cfg.out_file else None  # noqa: SIM115 (written while streaming)
-    except (ValueError, OSError) as err:
-        if os.environ.get("HYDRA_FULL_ERROR") == "1":
-            raise
-        sys.exit("error: " + " ".join(str(err).split()))
 
     use_decoding_layout(model.to(device, dtype).eval())
     torch.manual_seed(cfg.seed)

@@ -9,9 +9,10 @@ from gptlab.attention_math import (
     average_past_loop,
     average_past_matmul,
     average_past_softmax,
+    batched_to_heads,
     self_attention,
 )
-from gptlab.model import GPT, GPTConfig, batched_to_heads
+from gptlab.model import GPT, GPTConfig
 
 
 def test_three_ways_to_average_the_past_agree() -> None:

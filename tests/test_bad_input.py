@@ -46,7 +46,7 @@ CASES = [
     ("prepare", ["data.path={small}", "model.block_size=5000"], "model.block_size=5000 is too long for the training split of {small} (2700 tokens)"),
     ("train", ["trainer.max_steps=0"], "trainer.max_steps=0 is not allowed: use a positive number of steps"),
     ("train", ["trainer.val_check_interval=0.5"], "trainer.val_check_interval=0.5 is not allowed"),
-    ("train", ["trainer.accelerator=cuda"], "trainer: `CUDAAccelerator` can not run on your system"),
+    ("train", ["trainer.accelerator=cuda"], "trainer.accelerator=cuda is not available on this machine: use trainer.accelerator=auto or trainer.accelerator=cpu"),
     ("train", ["trainer.precision=99"], "trainer: Precision 99 is invalid. Allowed precision values:"),
     ("train", ["float32_matmul_precision=low"], "float32_matmul_precision='low' is not allowed: use auto or one of ['highest', 'high', 'medium']"),
     ("train", ["checkpoint.every_n_steps=0"], "checkpoint.every_n_steps=0 is not allowed: use a positive integer"),

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from gptlab.checkpoint import find_checkpoint, load_checkpoint
+from gptlab.training.checkpoint import find_checkpoint, load_checkpoint
 from tests.conftest import REPO_ROOT, TINY, offline_env, read_summary, run_entry, train, train_command
 
 

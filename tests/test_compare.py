@@ -1,6 +1,6 @@
-"""gptlab.compare's order: best first, on a scale every tokenizer shares."""
+"""The runs table's order: best first, on a scale every tokenizer shares."""
 
-from gptlab.compare import best_first
+from gptlab.runs.results import best_first
 
 
 def test_compare_puts_the_best_bits_per_character_first_whatever_the_tokenizer() -> None:

@@ -5,8 +5,8 @@ from pathlib import Path
 import pytest
 from hydra.errors import ConfigCompositionException
 
+from gptlab.config import model_settings
 from gptlab.model import GPTConfig
-from gptlab.train import model_settings
 
 EXPERIMENT_DIR = Path(__file__).parents[1] / "conf" / "experiment"
 EXPERIMENTS = sorted(
@@ -79,7 +79,7 @@ def test_ladder_sweep_lists_the_cpu_steps(compose) -> None:
 
 
 def test_slurm_launcher_config(compose) -> None:
-    import gptlab.slurm  # noqa: F401 (registers ${gptlab.device_count:...})
+    import gptlab.runs.slurm  # noqa: F401 (registers ${gptlab.device_count:...})
 
     cfg = compose(
         "hydra/launcher=slurm", "trainer.num_nodes=2", "trainer.devices=4", return_hydra_config=True

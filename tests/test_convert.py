@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from gptlab.checkpoint import gptlab_checkpoint, load_checkpoint, model_from_checkpoint
+from gptlab.data.tokenizer import BPETokenizer, CharTokenizer
 from gptlab.model import GPT, GPTConfig
-from gptlab.tokenizer import BPETokenizer, CharTokenizer
+from gptlab.training.checkpoint import gptlab_checkpoint, load_checkpoint, model_from_checkpoint
 from tests.conftest import REPO_ROOT
 
 CHARS = "".join(sorted(set("\n !$&',-.3:;?ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")))

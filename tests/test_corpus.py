@@ -2,6 +2,7 @@
 
 import fcntl
 import json
+import logging
 import mmap
 import os
 import subprocess
@@ -11,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from gptlab import corpus
-from gptlab.corpus import Corpus
+from gptlab.data import corpus
+from gptlab.data.corpus import Corpus
 
 CHAR = {"type": "char"}
 TEXT = "Größe: naïve café, 東京 🎭\n" * 40
@@ -44,7 +45,7 @@ def test_prepared_once_then_memory_mapped_from_the_cache(tmp_path: Path) -> None
     assert np.array_equal(again.tokens, first.tokens)
 
 
-def test_a_touched_file_is_not_encoded_again_and_a_changed_one_is(tmp_path: Path, capfd) -> None:
+def test_a_touched_file_is_not_encoded_again_and_a_changed_one_is(tmp_path: Path, caplog) -> None:
     text = write(tmp_path / "text.txt", TEXT)
     first = Corpus(str(text)).prepared(CHAR)
     os.utime(text, ns=(text.stat().st_atime_ns, text.stat().st_mtime_ns + 10**9))  # same content
@@ -53,13 +54,11 @@ def test_a_touched_file_is_not_encoded_again_and_a_changed_one_is(tmp_path: Path
     assert touched.manifest["sources"][0]["mtime_ns"] == text.stat().st_mtime_ns  # recorded anew
 
     write(text, TEXT.replace("café", "cafè"))  # same size, other content
-    changed = Corpus(str(text)).prepared(CHAR)
+    with caplog.at_level(logging.INFO, logger="gptlab.data.corpus"):
+        changed = Corpus(str(text)).prepared(CHAR)
     assert changed.prepared_now and changed.directory == first.directory
     assert decoded(changed) == TEXT.replace("café", "cafè")
-    assert (
-        f"data: {text} changed since it was prepared: preparing {first.directory} again"
-        in capfd.readouterr().err
-    )
+    assert f"data: {text} changed since it was prepared: preparing {first.directory} again" in caplog.messages
 
 
 def test_a_directory_is_its_matching_files_sorted_and_joined(tmp_path: Path) -> None:
@@ -128,8 +127,9 @@ def test_nothing_to_prepare(tmp_path: Path, make, message: str) -> None:
 
 
 PREPARE = """
-import sys
-from gptlab.corpus import Corpus
+import logging, sys
+from gptlab.data.corpus import Corpus
+logging.basicConfig(level=logging.INFO, format="%(message)s")
 prepared = Corpus(sys.argv[1]).prepared({"type": "bpe", "vocab_size": 300})
 print(prepared.prepared_now, prepared.directory)
 """

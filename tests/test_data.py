@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from gptlab.data import RandomWindows, TextDataModule, ValidationBatches
+from gptlab.data.datamodule import RandomWindows, TextDataModule, ValidationBatches
 
 
 def test_random_windows_are_shifted_windows_inside_the_data() -> None:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from gptlab.checkpoint import load_checkpoint
+from gptlab.training.checkpoint import load_checkpoint
 from tests.conftest import TINY, read_summary, run_entry, train
 
 

@@ -4,10 +4,10 @@ import string
 import pytest
 import torch
 
-from gptlab.model import GPT, BigramLanguageModel, GPTConfig, create_model, use_decoding_layout
+from gptlab.config import model_settings
+from gptlab.data.tokenizer import CharTokenizer
+from gptlab.model import GPT, BigramLanguageModel, GPTConfig, KVCache, create_model, use_decoding_layout
 from gptlab.sample import generate_samples
-from gptlab.tokenizer import CharTokenizer
-from gptlab.train import model_settings
 
 SMALL = GPTConfig(block_size=16, vocab_size=65, n_layer=2, n_head=4, n_embd=32)
 
@@ -112,7 +112,6 @@ def test_kv_cache_generates_the_same_tokens(attention: str, new_tokens: int) -> 
         )
     assert runs[True].shape == (3, 3 + new_tokens)
     assert torch.equal(runs[True], runs[False])
-    assert all(block.attn.kv_cache is None for block in model.transformer.h)  # freed afterwards
 
     # gptlab.sample's layout: the same weights in another memory order, the same tokens
     weights = {name: p.clone() for name, p in model.named_parameters()}
@@ -131,10 +130,10 @@ def test_cached_logits_match_a_full_forward() -> None:
     full, _ = model(idx)
     tokens = list(model.stream(idx[:, :4], max_new_tokens=0))  # nothing to sample: cache untouched
     assert tokens == []
-    for block in model.transformer.h:
-        block.attn.kv_cache = (torch.zeros(2, 4, 16, 8), torch.zeros(2, 4, 16, 8))
-    step_logits = [model(idx[:, :4], cache_pos=0)[0][:, -1]]
-    step_logits += [model(idx[:, t : t + 1], cache_pos=t)[0][:, -1] for t in range(4, 16)]
+    kv_cache = KVCache(SMALL, batch_size=2, device=idx.device, dtype=torch.float32)
+    step_logits = [model(idx[:, :4], kv_cache=kv_cache)[0][:, -1]]  # the prompt, then a token at a time
+    step_logits += [model(idx[:, t : t + 1], kv_cache=kv_cache)[0][:, -1] for t in range(4, 16)]
+    assert kv_cache.pos == 16
     torch.testing.assert_close(torch.stack(step_logits, dim=1), full[:, 3:], atol=1e-5, rtol=1e-5)
 
 

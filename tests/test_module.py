@@ -8,9 +8,10 @@ import lightning as L
 import pytest
 import torch
 
-from gptlab.data import TextDataModule
+from gptlab.config import OptimConfig
+from gptlab.data.datamodule import TextDataModule
 from gptlab.model import GPT, GPTConfig
-from gptlab.module import GPTLitModule, OptimConfig, adamw, warmup_cosine
+from gptlab.training.module import GPTLitModule, adamw, warmup_cosine
 
 SCHEDULE = {"lr": 1e-3, "min_lr": 1e-4, "warmup_steps": 10, "decay_steps": 110}
 OPTIM = {

@@ -7,7 +7,7 @@ import pytest
 import torch
 import yaml
 
-from gptlab.precision import auto_precision, resolve_float32_matmul
+from gptlab.training.precision import auto_precision, pick_device, resolve_float32_matmul
 from tests.conftest import TINY
 
 CPUINFO = Path("/proc/cpuinfo")
@@ -62,8 +62,8 @@ def test_an_explicit_precision_is_kept(run_train) -> None:
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_auto_precision_on_this_gpu() -> None:
     ampere_or_later = torch.cuda.get_device_capability() >= (8, 0)
-    precision, reason = auto_precision("auto")
+    precision, reason = auto_precision(pick_device("auto"))
     assert precision == ("bf16-mixed" if ampere_or_later else "32-true"), reason
-    assert resolve_float32_matmul("auto", "auto") == ("high" if ampere_or_later else "highest")
+    assert resolve_float32_matmul("auto", pick_device("auto")) == ("high" if ampere_or_later else "highest")
     # the GPU's own choices do not leak to a run told to use the CPU
-    assert resolve_float32_matmul("auto", "cpu") == "highest"
+    assert resolve_float32_matmul("auto", torch.device("cpu")) == "highest"

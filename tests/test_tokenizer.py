@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from gptlab.tokenizer import (
+from gptlab.data.tokenizer import (
     BPETokenizer,
     CharTokenizer,
     check_tokenizer_settings,

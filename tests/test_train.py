@@ -11,8 +11,8 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+from gptlab.data.tokenizer import tokenizer_from_dict
 from gptlab.model import GPTConfig, create_model
-from gptlab.tokenizer import tokenizer_from_dict
 from tests.conftest import REPO_ROOT, TINY, read_summary, sweep
 
 

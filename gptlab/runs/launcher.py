@@ -27,7 +27,7 @@ from hydra_plugins.hydra_submitit_launcher.submitit_launcher import LocalLaunche
 from lightning.fabric.plugins.environments.lightning import find_free_network_port
 from omegaconf import open_dict
 
-from gptlab import runs
+from gptlab.runs import run_directory
 
 log = logging.getLogger(__name__)
 
@@ -159,8 +159,8 @@ def failed_job(launcher: Any, num: int, overrides: list[str], reason: str) -> Jo
         config.hydra.job.num = num
     run_dir = Path(str(config.hydra.sweep.dir)) / str(config.hydra.sweep.subdir)
     if not (run_dir / "summary.json").exists():
-        runs.record_failure(run_dir, reason)
-    return JobReturn(overrides=overrides, status=JobStatus.COMPLETED, _return_value=runs.NO_SCORE)
+        run_directory.record_failure(run_dir, reason)
+    return JobReturn(overrides=overrides, status=JobStatus.COMPLETED, _return_value=run_directory.NO_SCORE)
 
 
 def register_with_hydra() -> None:

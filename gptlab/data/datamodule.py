@@ -12,7 +12,6 @@ of ranks; bits per character make it comparable across tokenizers too.
 import hashlib
 import logging
 import math
-import os
 import sys
 import urllib.parse
 import urllib.request
@@ -26,9 +25,10 @@ import torch
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from gptlab.corpus import Corpus, PreparedCorpus
+from gptlab.atomic import written_whole
+from gptlab.data.corpus import Corpus, PreparedCorpus
+from gptlab.data.tokenizer import Tokenizer, check_tokenizer_settings
 from gptlab.model import is_count
-from gptlab.tokenizer import Tokenizer, check_tokenizer_settings
 
 log = logging.getLogger(__name__)
 
@@ -297,7 +297,7 @@ class TextDataModule(L.LightningDataModule):
 
 def download(url: str, path: Path, sha256: str | None) -> None:
     """The file at url, saved at path. Any process that finds the file missing downloads it;
-    the atomic rename keeps concurrent downloads safe."""
+    each writes its own partial file and renames it into place, so concurrent downloads are safe."""
     log.info("downloading %s to %s", url, path)
     try:
         with urllib.request.urlopen(url, timeout=30) as response:
@@ -310,6 +310,5 @@ def download(url: str, path: Path, sha256: str | None) -> None:
     if sha256 and hashlib.sha256(content).hexdigest() != sha256:
         raise ValueError(f"downloaded {url} does not match data.sha256={sha256}")
     path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f"{path.name}.{os.getpid()}.part")
-    partial.write_bytes(content)
-    partial.replace(path)  # atomic: a reader never sees half a file
+    with written_whole(path) as partial:
+        partial.write_bytes(content)

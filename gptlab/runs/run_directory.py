@@ -6,23 +6,17 @@ command-line overrides), checkpoints/, csv/metrics.csv, wandb/ and summary.json.
 the run was started with, and appends to its records.
 """
 
-import contextlib
-import csv
 import json
 import logging
-import os
 import time
-import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import psutil
-from hydra.experimental.callback import Callback
-from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 if TYPE_CHECKING:  # gptlab.compare reads run directories without importing Lightning
-    from lightning.pytorch.loggers import CSVLogger
+    pass
 
 log = logging.getLogger(__name__)
 
@@ -117,8 +111,8 @@ def resume_checkpoint(ckpt_path: str, run_dir: Path) -> Path | None:
 
 def check_same_settings(cfg: DictConfig, checkpoint: dict[str, Any], overrides: list[str]) -> None:
     """A resumed run keeps the model, data and optimizer its checkpoint was trained with: an
-    override that changes one of them is refused. The lr schedule is the checkpoint's too
-    (optim.decay_steps follows trainer.max_steps, which a resume may extend)."""
+    override that changes one of them is refused. optim.decay_steps is compared only when given:
+    it follows trainer.max_steps, which a resume may extend, and the run keeps its own."""
     saved = {
         "model": checkpoint["hyper_parameters"].get("model", {}),
         "optim": checkpoint["hyper_parameters"].get("optim", {}),
@@ -142,34 +136,6 @@ def check_same_settings(cfg: DictConfig, checkpoint: dict[str, Any], overrides: 
                     "a resumed run keeps its model, data and optimizer settings (to start from its weights "
                     "with other settings, fine-tune with init_from=)"
                 )
-    if "decay_steps" in saved["optim"]:
-        cfg.optim.decay_steps = saved["optim"]["decay_steps"]
-
-
-def continue_csv_log(logger: "CSVLogger", before_step: int) -> None:
-    """Continues the run's metrics.csv instead of starting it afresh (Lightning's CSVLogger
-    deletes an existing one): the rows of the steps before the checkpoint are kept; those
-    written after it are dropped, since the resumed run logs those steps again. The old file
-    is moved aside first and removed only once the new one is written, so a kill at any moment
-    loses no row."""
-    metrics = Path(logger.log_dir) / "metrics.csv"
-    aside = metrics.with_name("metrics.csv.resuming")
-    if metrics.is_file() and not aside.is_file():  # else a resume killed before it finished
-        metrics.replace(aside)
-    rows = []
-    if aside.is_file():
-        with aside.open(newline="") as f:
-            rows = [row for row in csv.DictReader(f) if int(row["step"]) < before_step]
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="Experiment logs directory")  # hparams.yaml is there
-        writer = logger.experiment
-    for row in rows:
-        step = int(row.pop("step"))
-        writer.log_metrics({k: float(v) for k, v in row.items() if v != ""}, step)
-    logger.save()
-    if rows and not metrics.is_file():
-        raise OSError(f"could not rewrite {metrics}; its rows are kept in {aside}")
-    aside.unlink(missing_ok=True)
 
 
 # what a job without a val_loss (failed, or never validated) returns to the sweeper: the worst
@@ -183,50 +149,3 @@ def record_failure(run_dir: Path, message: str) -> float:
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "summary.json").write_text(json.dumps({"error": message}, indent=2) + "\n")
     return NO_SCORE
-
-
-def study_seed(seed: int, storage: str | None, study_name: str) -> int:
-    """The Optuna sampler's seed: the run's seed for a new study. A study kept in a database
-    and launched again gets the seed moved on by the trials it already holds: with the same
-    seed the sampler would propose the very trials it proposed before."""
-    if not storage:
-        return seed
-    import optuna
-
-    try:
-        trials = optuna.load_study(study_name=study_name, storage=storage).trials
-    except KeyError:  # no such study yet
-        return seed
-    return seed + len(trials)
-
-
-OmegaConf.register_new_resolver("gptlab.study_seed", study_seed)
-
-
-def sweep_dir_of(config: DictConfig) -> Path | None:
-    """The sweep the job of this config belongs to: its own, or for a resumed run of a sweep,
-    the one whose folder holds its run directory (and Hydra's multirun.yaml, or an Optuna study's
-    optimization_results.yaml once it has ended)."""
-    if config.hydra.mode == RunMode.MULTIRUN:
-        return Path(config.hydra.sweep.dir)
-    parent = Path(config.hydra.runtime.output_dir).parent
-    records = ("multirun.yaml", "optimization_results.yaml")
-    return parent if any((parent / name).is_file() for name in records) else None
-
-
-class LinkWandbRunsIntoSweep(Callback):
-    """Hydra callback: when a job of a sweep ends (or a run of one resumes and ends), its wandb
-    run folders are linked into the sweep's own wandb/ folder, so that `wandb leet SWEEP/wandb`
-    shows the whole sweep and `wandb sync SWEEP/wandb/offline-run-*` uploads it; each run
-    directory keeps its own."""
-
-    def on_job_end(self, config: DictConfig, job_return: Any, **kwargs: Any) -> None:
-        run_dir = Path(config.hydra.runtime.output_dir)
-        sweep_dir = sweep_dir_of(config)
-        if sweep_dir is None:
-            return
-        for run in sorted((run_dir / "wandb").glob("*run-*")):
-            link = sweep_dir / "wandb" / run.name
-            link.parent.mkdir(exist_ok=True)
-            with contextlib.suppress(FileExistsError):  # linked already, by this job's other ranks
-                link.symlink_to(os.path.relpath(run, link.parent), target_is_directory=True)

@@ -30,7 +30,7 @@ from hydra.core.utils import JobReturn, JobStatus, filter_overrides
 from hydra_plugins.hydra_submitit_launcher.submitit_launcher import BaseSubmititLauncher
 from omegaconf import OmegaConf
 
-from gptlab.launcher import failed_job, setting_error
+from gptlab.runs.launcher import failed_job, setting_error
 
 log = logging.getLogger(__name__)
 

@@ -2,7 +2,6 @@
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import lightning as L
@@ -10,8 +9,9 @@ import torch
 from torchmetrics import MeanMetric
 from torchmetrics.text import Perplexity
 
-from gptlab.data import step_seed
-from gptlab.model import GPTConfig, create_model, is_count, is_number
+from gptlab.config import OptimConfig
+from gptlab.data.datamodule import step_seed
+from gptlab.model import GPTConfig, create_model
 
 
 def warmup_cosine(step: int, *, lr: float, min_lr: float, warmup_steps: int, decay_steps: int) -> float:
@@ -22,45 +22,6 @@ def warmup_cosine(step: int, *, lr: float, min_lr: float, warmup_steps: int, dec
         return min_lr
     progress = (step - warmup_steps) / max(1, decay_steps - warmup_steps)
     return min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (lr - min_lr)
-
-
-@dataclass(frozen=True)
-class OptimConfig:
-    """The `optim` settings, checked: AdamW, linear warmup, cosine decay to min_lr."""
-
-    lr: float
-    min_lr: float
-    weight_decay: float
-    betas: list[float]
-    warmup_steps: int
-    decay_steps: int
-    fused: bool = False  # checkpoints from before this setting have no key
-
-    def __post_init__(self) -> None:
-        if not is_number(self.lr) or not self.lr > 0:
-            raise ValueError(f"optim.lr={self.lr!r} is not allowed: use a positive learning rate")
-        if not is_number(self.min_lr) or not 0 <= self.min_lr <= self.lr:
-            raise ValueError(
-                f"optim.min_lr={self.min_lr!r} is not allowed: use 0 <= min_lr <= lr ({self.lr})"
-            )
-        if not is_number(self.weight_decay) or self.weight_decay < 0:
-            raise ValueError(f"optim.weight_decay={self.weight_decay!r} is not allowed: use 0 or more")
-        betas = self.betas
-        if (
-            not isinstance(betas, list | tuple)
-            or len(betas) != 2
-            or not all(is_number(b) and 0 <= b < 1 for b in betas)
-        ):
-            raise ValueError(f"optim.betas={betas!r} is not allowed: use two numbers in [0, 1)")
-        if not is_count(self.warmup_steps) or self.warmup_steps < 0:
-            raise ValueError(f"optim.warmup_steps={self.warmup_steps!r} is not allowed: use 0 or more steps")
-        if not is_count(self.decay_steps) or self.decay_steps < 1:
-            raise ValueError(
-                f"optim.decay_steps={self.decay_steps!r} is not allowed: use a positive number of steps "
-                "(it follows trainer.max_steps: set it when max_steps is -1)"
-            )
-        if not isinstance(self.fused, bool):
-            raise ValueError(f"optim.fused={self.fused!r} is not allowed: use true or false")
 
 
 def adamw(model: torch.nn.Module, optim: OptimConfig) -> torch.optim.AdamW:

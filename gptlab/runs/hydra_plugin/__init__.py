@@ -1,8 +1,8 @@
 """Installed as `hydra_plugins.gptlab` (see pyproject.toml): Hydra takes launchers only from the
 hydra_plugins package. The launchers themselves are gptlab.launcher and gptlab.slurm."""
 
-from gptlab.launcher import DevicePoolLauncher
-from gptlab.slurm import SlurmSweepLauncher
+from gptlab.runs.launcher import DevicePoolLauncher
+from gptlab.runs.slurm import SlurmSweepLauncher
 
 
 class ParallelLauncher(DevicePoolLauncher):

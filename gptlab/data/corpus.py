@@ -19,7 +19,6 @@ import json
 import logging
 import mmap
 import os
-import sys
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -38,7 +37,14 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 
-from gptlab.tokenizer import Tokenizer, UnknownCharacters, token_dtype, tokenizer_from_dict, train_tokenizer
+from gptlab.atomic import written_whole
+from gptlab.data.tokenizer import (
+    Tokenizer,
+    UnknownCharacters,
+    token_dtype,
+    tokenizer_from_dict,
+    train_tokenizer,
+)
 
 log = logging.getLogger(__name__)
 
@@ -264,10 +270,7 @@ class Corpus:
             return False
         recorded = {Path(s["path"]): s for s in manifest["sources"]}
         if list(recorded) != [s.path.resolve() for s in self.sources]:
-            print(
-                f"data: the files of data.path changed since {entry} was prepared: preparing it again",
-                file=sys.stderr,
-            )
+            log.info("data: the files of data.path changed since %s was prepared: preparing it again", entry)
             return False
         touched = False
         for source in self.sources:
@@ -275,10 +278,7 @@ class Corpus:
             if old["mtime_ns"] == source.mtime_ns and old["size"] == source.size:
                 continue
             if old["size"] != source.size or file_sha256(source.path) != old["sha256"]:
-                print(
-                    f"data: {source.path} changed since it was prepared: preparing {entry} again",
-                    file=sys.stderr,
-                )
+                log.info("data: %s changed since it was prepared: preparing %s again", source.path, entry)
                 return False
             old["mtime_ns"], touched = source.mtime_ns, True
         expected = manifest["tokens"] * np.dtype(manifest["dtype"]).itemsize
@@ -286,7 +286,7 @@ class Corpus:
         if not tokens.is_file() or tokens.stat().st_size != expected:
             return False
         if touched and update:
-            write_atomically(entry / "manifest.json", json.dumps(manifest, indent=2))
+            write_manifest(entry, manifest)
         return True
 
     def pieces(
@@ -314,16 +314,11 @@ class Corpus:
             trained = time.perf_counter()
             dtype = token_dtype(tokenizer.vocab_size)
             entry.mkdir(parents=True, exist_ok=True)
-            partial = entry / f"tokens.bin.{os.getpid()}.partial"
             task = bar.add_task("encoding", total=total)
             hashes: dict[Path, str] = {}  # filled as each file is read
-            try:
-                with open(partial, "wb") as out:
-                    pieces = self.advanced(bar, task, self.pieces(hashes=hashes))
-                    counts = encode(tokenizer, dtype, pieces, out)
-                os.replace(partial, entry / "tokens.bin")
-            finally:
-                partial.unlink(missing_ok=True)
+            with written_whole(entry / "tokens.bin") as partial, open(partial, "wb") as out:
+                pieces = self.advanced(bar, task, self.pieces(hashes=hashes))
+                counts = encode(tokenizer, dtype, pieces, out)
         manifest = {
             "format": FORMAT,
             "sources": [
@@ -345,7 +340,7 @@ class Corpus:
             "characters": {"train": counts["train_characters"], "val": counts["val_characters"]},
             "seconds": {"tokenizer": trained - started, "encoding": time.perf_counter() - trained},
         }
-        write_atomically(entry / "manifest.json", json.dumps(manifest, indent=2))
+        write_manifest(entry, manifest)
 
     @staticmethod
     def advanced(
@@ -380,18 +375,17 @@ def encode(
     return counts
 
 
+def write_manifest(entry: Path, manifest: dict[str, Any]) -> None:
+    with written_whole(entry / "manifest.json") as partial:
+        partial.write_text(json.dumps(manifest, indent=2) + "\n")
+
+
 def read_manifest(entry: Path) -> dict[str, Any] | None:
     try:
         manifest = json.loads((entry / "manifest.json").read_text())
     except (OSError, ValueError):
         return None
     return manifest if manifest.get("format") == FORMAT else None
-
-
-def write_atomically(path: Path, text: str) -> None:
-    partial = path.with_name(f"{path.name}.{os.getpid()}.partial")
-    partial.write_text(text + "\n")
-    os.replace(partial, path)
 
 
 @contextmanager
@@ -402,10 +396,7 @@ def locked(lock_file: IO[str]) -> Iterator[None]:
         try:
             fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            print(
-                f"data: waiting for another process preparing {lock_file.name.removesuffix('.lock')}",
-                file=sys.stderr,
-            )
+            log.info("data: waiting for another process preparing %s", lock_file.name.removesuffix(".lock"))
             fcntl.flock(lock_file, fcntl.LOCK_EX)
         yield
 

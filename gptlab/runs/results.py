@@ -1,0 +1,263 @@
+"""What run directories say of themselves, read from their files alone (summary.json, .hydra/,
+csv/metrics.csv; wandb is never needed): the runs below a folder, grouped by seed, best first, as
+a table, records or a plot. gptlab.compare prints them, and so does every multirun when its last
+job ends (PrintRunsAtMultirunEnd, a Hydra callback in conf/hydra/default.yaml)."""
+
+import csv
+import json
+import math
+import statistics
+import sys
+from pathlib import Path
+from typing import Any
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf
+from rich.console import Console
+from rich.table import Table
+
+from gptlab.runs.run_directory import override_key, without_ckpt_path
+
+
+def load_run(run_dir: Path) -> dict[str, Any]:
+    """What one run directory says of itself; `summary` is None while it has none (a run that
+    failed or is still going)."""
+    summary_file = run_dir / "summary.json"
+    hydra_dir = run_dir / ".hydra"
+    summary = None
+    if summary_file.exists():
+        try:
+            summary = json.loads(summary_file.read_text())
+        except json.JSONDecodeError as err:
+            summary = {"error": f"unreadable summary.json ({err})"}
+    return {
+        "dir": run_dir,
+        # a resumed run's overrides name its checkpoint: not what tells runs apart
+        "overrides": without_ckpt_path(list(OmegaConf.load(hydra_dir / "overrides.yaml"))),
+        "reference_val_loss": OmegaConf.load(hydra_dir / "config.yaml").get("reference_val_loss"),
+        "summary": summary,
+    }
+
+
+def find_runs(folder: Path) -> list[dict[str, Any]]:
+    """Every run directory (one with a .hydra/ folder) under folder, in job order."""
+    run_dirs = sorted(
+        (p.parent for p in folder.rglob(".hydra")),
+        key=lambda d: [int(part) if part.isdigit() else part for part in d.relative_to(folder).parts],
+    )
+    return [load_run(d) for d in run_dirs]
+
+
+def settings(run: dict[str, Any]) -> tuple[str, ...]:
+    """What a run tried, apart from its seed."""
+    return tuple(o for o in run["overrides"] if override_key(o) != "seed")
+
+
+def finished(run: dict[str, Any]) -> bool:
+    return run["summary"] is not None and "error" not in run["summary"]
+
+
+def group_seeds(runs: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
+    """The finished runs that differ only in seed, together, in the order of their first run;
+    a failed or unfinished run stays on its own."""
+    groups: dict[Any, list[dict[str, Any]]] = {}
+    for n, run in enumerate(runs):
+        groups.setdefault(settings(run) if finished(run) else n, []).append(run)
+    return list(groups.values())
+
+
+def described(group: list[dict[str, Any]]) -> tuple[str, ...] | list[str]:
+    """A row's overrides: a group's apart from seed, a single run's all of them."""
+    return settings(group[0]) if len(group) > 1 else group[0]["overrides"]
+
+
+def best_val_loss(group: list[dict[str, Any]]) -> tuple[float | None, float | None]:
+    """The mean of a group's best val_loss, and its sample standard deviation (None for fewer
+    than two seeds); (None, None) for a failed or unfinished run, or one never validated."""
+    if not finished(group[0]):
+        return None, None
+    values = [run["summary"]["best_val_loss"] for run in group if run["summary"]["best_val_loss"] is not None]
+    if not values:
+        return None, None
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else None
+
+
+def shared_overrides(runs: list[dict[str, Any]]) -> set[str]:
+    """The overrides all runs have in common (none for a single run)."""
+    return set.intersection(*(set(run["overrides"]) for run in runs)) if len(runs) > 1 else set()
+
+
+def runs_table(groups: list[list[dict[str, Any]]], title: str) -> Table:
+    """One row a group of runs (see group_seeds; `--runs`: one a run). A group's figures are the
+    means over its seeds, its val_loss also their standard deviation."""
+    runs = [run for group in groups for run in group]
+    with_reference = any(run["reference_val_loss"] is not None for run in runs)
+    with_seeds = any(len(group) > 1 for group in groups)
+    # overrides every run shares go into the title; the column shows what tells runs apart
+    shared = shared_overrides(runs)
+    table = Table(title=" ".join([title, *sorted(shared)]))
+    table.add_column("run", no_wrap=True)
+    table.add_column("overrides", overflow="fold")
+    table.add_column("val_loss", justify="right", no_wrap=True)  # the best one (mean ± std over seeds)
+    if with_seeds:
+        table.add_column("seeds", justify="right", no_wrap=True)
+    table.add_column("bpc", justify="right", no_wrap=True)  # bits per character at the best val_loss
+    if with_reference:
+        table.add_column("ref", justify="right", no_wrap=True)
+        table.add_column("diff", justify="right", no_wrap=True)
+    for column in ("params", "steps", "train s", "tok/s"):
+        table.add_column(column, justify="right", no_wrap=True)
+    failures = any(run["summary"] and "error" in run["summary"] for run in runs)
+    if failures:
+        table.add_column("error", overflow="fold")
+    for group in groups:
+        first = group[0]
+        summary, reference = first["summary"], first["reference_val_loss"]
+        name = " ".join(run["dir"].name for run in group)
+        overrides = " ".join(o for o in described(group) if o not in shared)
+        if not finished(first):
+            status = "no summary" if summary is None else "failed"
+            row = [name, overrides, status] + [""] * (len(table.columns) - 3)
+            if summary is not None:
+                row[-1] = summary["error"]
+            table.add_row(*row)
+            continue
+        mean, std = best_val_loss(group)
+        bpc = group_mean(group, "best_val_bpc")  # none in summaries from before bits per character
+        row = [
+            name,
+            overrides,
+            "not validated" if mean is None else f"{mean:.4f}" + ("" if std is None else f" ± {std:.4f}"),
+        ]
+        if with_seeds:
+            row.append(str(len(group)))
+        row.append("" if bpc is None else f"{bpc:.4f}")
+        if with_reference:
+            known = reference is not None and mean is not None
+            row += [f"{reference:.2f}" if known else "", f"{mean - reference:+.3f}" if known else ""]
+        row += [
+            f"{summary['params']:,}",
+            str(summary["steps"]),
+            f"{group_mean(group, 'train_seconds'):.0f}",
+            f"{group_mean(group, 'tokens_per_second') or 0:,.0f}",
+        ]
+        if failures:
+            row.append("")
+        table.add_row(*row)
+    return table
+
+
+def group_mean(group: list[dict[str, Any]], field: str) -> float | None:
+    """The mean of one summary field over a group's runs that have it (their value, if they agree)."""
+    values = [run["summary"][field] for run in group if run["summary"].get(field) is not None]
+    if not values:
+        return None
+    return values[0] if len(set(values)) == 1 else statistics.fmean(values)
+
+
+def console() -> Console:
+    # a terminal sets its own width; logs and pipes get room for a whole row instead of 80
+    return Console(width=None if sys.stdout.isatty() else 140)
+
+
+class PrintRunsAtMultirunEnd(Callback):
+    """Hydra callback: after the last job of a sweep, print the table of its runs."""
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        sweep_dir = Path(config.hydra.sweep.dir)
+        console().print(runs_table(group_seeds(find_runs(sweep_dir)), title=str(sweep_dir)))
+        wandb_dir = sweep_dir / "wandb"
+        if wandb_dir.is_dir():
+            print(f"wandb, the whole sweep: wandb leet {wandb_dir}")
+            if any(wandb_dir.glob("offline-run-*")):
+                print(f"wandb, upload it: wandb sync {wandb_dir}/offline-run-*")
+
+
+def best_first(groups: list[list[dict[str, Any]]]) -> list[list[dict[str, Any]]]:
+    """Groups with finished runs, best first, then the failed and unfinished. Best is the lowest
+    (mean) best_val_bpc, which compares runs whatever their tokenizer (val_loss is per token);
+    best_val_loss if a run's summary has no bpc (written before gptlab logged it)."""
+    finished = [g for g in groups if best_val_loss(g)[0] is not None]
+    by_bpc = all(group_mean(g, "best_val_bpc") is not None for g in finished)
+
+    def key(group: list[dict[str, Any]]) -> float:
+        best = group_mean(group, "best_val_bpc") if by_bpc else best_val_loss(group)[0]
+        return math.inf if best is None else best
+
+    return sorted(groups, key=key)
+
+
+SUMMARY_FIELDS = (
+    "best_val_loss",
+    "best_val_bpc",
+    "final_val_loss",
+    "params",
+    "steps",
+    "train_seconds",
+    "tokens_per_second",
+)
+
+
+def records(groups: list[list[dict[str, Any]]], seeds: bool) -> list[dict[str, Any]]:
+    """One flat dict a row, for --csv and --json. With seeds grouped, a row's figures are the
+    means over its runs (run_dir: their directories, space-separated), with n_seeds,
+    best_val_loss_mean and best_val_loss_std (null for one seed)."""
+    rows = []
+    for group in groups:
+        first = group[0]
+        row: dict[str, Any] = {
+            "run_dir": " ".join(str(run["dir"]) for run in group),
+            "overrides": " ".join(described(group)),
+            "reference_val_loss": first["reference_val_loss"],
+        }
+        if not finished(first):
+            row |= {field: None for field in SUMMARY_FIELDS}
+        else:
+            row |= {field: group_mean(group, field) for field in SUMMARY_FIELDS}
+        if seeds:
+            mean, std = best_val_loss(group)
+            row |= {"n_seeds": len(group), "best_val_loss_mean": mean, "best_val_loss_std": std}
+        row["error"] = (first["summary"] or {"error": "no summary.json"}).get("error")
+        rows.append(row)
+    return rows
+
+
+def val_loss_curve(run_dir: Path) -> tuple[list[int], list[float]]:
+    metrics = run_dir / "csv" / "metrics.csv"
+    if not metrics.exists():
+        return [], []
+    with metrics.open() as f:
+        rows = [row for row in csv.DictReader(f) if row.get("val_loss")]
+    return [int(row["step"]) + 1 for row in rows], [float(row["val_loss"]) for row in rows]
+
+
+def plot(groups: list[list[dict[str, Any]]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, no display needed
+    import matplotlib.pyplot as plt
+
+    runs = [run for group in groups for run in group]
+    shared = shared_overrides(runs)
+    done = [group for group in groups if best_val_loss(group)[0] is not None]
+    fig, (curves, sizes) = plt.subplots(1, 2, figsize=(13, 5))
+    for group in done:
+        label = " ".join(o for o in described(group) if o not in shared) or group[0]["dir"].name
+        for run in group:
+            seed = [o for o in run["overrides"] if override_key(o) == "seed"] if len(group) > 1 else []
+            curves.plot(*val_loss_curve(run["dir"]), marker=".", label=" ".join([label, *seed]))
+        mean, std = best_val_loss(group)
+        params = group[0]["summary"]["params"]
+        # error bars: one standard deviation over the seeds
+        sizes.errorbar(params, mean, yerr=std or 0, fmt="o", capsize=4)
+        sizes.annotate(label, (params, mean), fontsize=7)
+    curves.set(xlabel="step", ylabel="val_loss", title="validation loss")
+    curves.legend(fontsize=7)
+    sizes.set(
+        xlabel="parameters",
+        ylabel="best val_loss (mean ± std over seeds)",
+        title="best val_loss against model size",
+        xscale="log",
+    )
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)

@@ -1,0 +1,214 @@
+"""From a composed train config to the objects of a run, one step per concern. gptlab.train calls
+them in this order (gptlab.bench too, with a timer among the callbacks):
+
+    resolve     every change the config gets: a restarted job resumes, a resume keeps its lr
+                schedule, a fine-tune its checkpoint's architecture, auto precision becomes this
+                device's; after it the config is read-only
+    set_up      this process: float32 matmul precision and the seed of everything
+    datamodule  the corpus prepared, mapped and checked against block_size
+    module      the LightningModule, with the fine-tuned checkpoint's weights if any
+    callbacks   the config's, checked, and those every run has
+    loggers     the config's (wandb as gptlab.training.loggers decides it), the run config logged
+    trainer     the Trainer, with gptlab's arguments
+"""
+
+import logging
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import hydra
+import lightning as L
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from lightning.pytorch.callbacks import LearningRateMonitor
+from omegaconf import DictConfig, OmegaConf
+
+from gptlab.config import check_settings
+from gptlab.data.datamodule import TextDataModule
+from gptlab.data.tokenizer import Tokenizer
+from gptlab.model import GPTConfig, LanguageModel
+from gptlab.runs import cluster, run_directory
+from gptlab.training.callbacks import (
+    KeepRecordsWithCheckpoints,
+    LeaveProcessGroupTogether,
+    TextSamples,
+    ValidateFinalStep,
+)
+from gptlab.training.checkpoint import find_checkpoint, load_checkpoint, model_from_checkpoint
+from gptlab.training.loggers import instantiate_loggers
+from gptlab.training.module import GPTLitModule
+from gptlab.training.precision import auto_precision, pick_device, resolve_float32_matmul
+from gptlab.training.preemption import StopWhenPreempted
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """What resolve decided, besides the config itself."""
+
+    run_dir: Path
+    model: GPTConfig  # vocab_size is the tokenizer's, known once the data is
+    resume_from: Path | None = None  # the checkpoint this run resumes from
+    resumed_step: int = 0
+    continuing: bool = False  # the same run goes on in its own directory: its records continue
+    wandb_run_id: str | None = None  # of the run continued here
+    pretrained: tuple[LanguageModel, Tokenizer] | None = None  # init_from's model and tokenizer
+    spawned: bool = False  # DDP ranks spawned from this process (a sweep's job)
+
+
+def resolve(cfg: DictConfig) -> Resolved:
+    """Every change the config gets, after the checks that cost nothing; then it is read-only."""
+    model_config = check_settings(cfg)
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    if HydraConfig.get().runtime.choices.get("experiment") == "finetune" and not cfg.init_from:
+        raise ValueError("experiment=finetune needs init_from=<checkpoint file or run directory>")
+    if not cfg.ckpt_path and cluster.restarted():
+        # a requeued SLURM job (or restarted torchrun) is back in its run directory: it goes on
+        # from the last.ckpt it wrote when it was stopped, if it got that far
+        cfg.ckpt_path = "last"
+    resolved = Resolved(run_dir, model_config, spawned=spawns_ranks(cfg))
+    if cfg.ckpt_path:
+        resolved = resume(cfg, resolved)
+    if cfg.init_from:
+        resolved = fine_tune(cfg, resolved)
+    # after the checks: a refused resume writes nothing, not even to the log
+    fit_precision_to_device(cfg, pick_device(cfg.trainer.accelerator, key="trainer.accelerator"))
+    OmegaConf.set_readonly(cfg, True)
+    return resolved
+
+
+def resume(cfg: DictConfig, resolved: Resolved) -> Resolved:
+    """A resumed run: its checkpoint loaded and checked against the settings given now. It keeps
+    its lr schedule (optim.decay_steps follows trainer.max_steps, which a resume may extend)."""
+    resume_from = run_directory.resume_checkpoint(str(cfg.ckpt_path), resolved.run_dir)
+    if resume_from is None:
+        return resolved
+    checkpoint = load_checkpoint(resume_from)  # a missing or broken checkpoint fails here, in one line
+    run_directory.check_same_settings(cfg, checkpoint, list(HydraConfig.get().overrides.task))
+    step = checkpoint["global_step"]
+    if 0 <= cfg.trainer.max_steps <= step:
+        raise ValueError(
+            f"ckpt_path={cfg.ckpt_path} is at step {step}, and trainer.max_steps="
+            f"{cfg.trainer.max_steps}: give a larger trainer.max_steps to train further"
+        )
+    if "decay_steps" in (saved_optim := checkpoint["hyper_parameters"].get("optim", {})):
+        cfg.optim.decay_steps = saved_optim["decay_steps"]
+    checkpoint_run_dir = run_directory.run_dir_of(resume_from)
+    continuing = checkpoint_run_dir is not None and checkpoint_run_dir.resolve() == resolved.run_dir.resolve()
+    return replace(
+        resolved,
+        resume_from=resume_from,
+        resumed_step=step,
+        continuing=continuing,
+        wandb_run_id=checkpoint.get("wandb_run_id") if continuing else None,
+    )
+
+
+def fine_tune(cfg: DictConfig, resolved: Resolved) -> Resolved:
+    """A run started from a checkpoint's weights keeps its architecture (and so block_size), which
+    the config is told; dropout may change."""
+    pretrained = model_from_checkpoint(load_checkpoint(find_checkpoint(cfg.init_from)))
+    model_config = replace(pretrained[0].config, dropout=resolved.model.dropout)
+    from_checkpoint = {k: v for k, v in asdict(model_config).items() if k in cfg.model}
+    if overruled := {k: v for k, v in from_checkpoint.items() if cfg.model[k] != v}:
+        log.warning("init_from: the model is the checkpoint's, so these settings are its own: %s", overruled)
+    cfg.model.merge_with(from_checkpoint)
+    return replace(resolved, model=model_config, pretrained=pretrained)
+
+
+def fit_precision_to_device(cfg: DictConfig, device: torch.device) -> None:
+    """trainer.precision=auto becomes what the device computes fastest, said in the log and
+    recorded in the run's config; float32_matmul_precision=auto the precision that fits it."""
+    if cfg.trainer.precision == "auto":
+        precision, reason = auto_precision(device)
+        log.info("trainer.precision=auto: %s, as %s", precision, reason)
+        cfg.trainer.precision = precision
+    cfg.float32_matmul_precision = resolve_float32_matmul(cfg.float32_matmul_precision, device)
+
+
+def spawns_ranks(cfg: DictConfig) -> bool:
+    """Inside a multirun, DDP spawns its ranks: Lightning's ddp starts ranks 1.. by re-running the
+    command line, which inside a sweep would re-run the whole sweep; unless a cluster launcher
+    (SLURM tasks, torchrun) already started this process as one of the ranks."""
+    return (
+        HydraConfig.get().mode == RunMode.MULTIRUN
+        and cfg.trainer.strategy == "auto"
+        and cfg.trainer.devices != 1
+        and cluster.launcher_environment() is None
+    )
+
+
+def set_up(cfg: DictConfig) -> None:
+    torch.set_float32_matmul_precision(cfg.float32_matmul_precision)
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+
+
+def datamodule(cfg: DictConfig, resolved: Resolved) -> TextDataModule:
+    datamodule = hydra.utils.instantiate(cfg.data)
+    if resolved.pretrained is not None:
+        datamodule.tokenizer = resolved.pretrained[1]  # the text must fit the checkpoint's vocabulary
+    datamodule.prepare_data()  # before any DDP process starts, so only one prepares
+    datamodule.setup("fit")
+    return datamodule
+
+
+def module(cfg: DictConfig, resolved: Resolved, datamodule: TextDataModule) -> GPTLitModule:
+    model_config = replace(resolved.model, vocab_size=datamodule.tokenizer.vocab_size)
+    module = GPTLitModule(
+        model=asdict(model_config),
+        optim=OmegaConf.to_container(cfg.optim, resolve=True),
+        tokenizer=datamodule.tokenizer.to_dict(),
+        seed=cfg.seed,
+        compile=cfg.model.compile,
+    )
+    if resolved.pretrained is not None:
+        module.model.load_state_dict(resolved.pretrained[0].state_dict())
+    return module
+
+
+def callbacks(cfg: DictConfig, resolved: Resolved, tokenizer: Tokenizer) -> list[L.Callback]:
+    """The config's callbacks, and those that are not options: every run ends validated, its
+    checkpoints carry its records, and a preempted run saves where it stopped."""
+    callbacks = [hydra.utils.instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c]
+    for callback in callbacks:
+        if isinstance(callback, TextSamples):
+            try:
+                tokenizer.encode(callback.prompt)
+            except ValueError as err:
+                raise ValueError(f"callbacks.text_samples.prompt: {err}") from None
+    callbacks += [ValidateFinalStep(), KeepRecordsWithCheckpoints(), StopWhenPreempted()]
+    if resolved.spawned:
+        callbacks.append(LeaveProcessGroupTogether())
+    return callbacks
+
+
+def loggers(cfg: DictConfig, resolved: Resolved) -> list[Any]:
+    """The config's loggers, each told the whole resolved run config."""
+    loggers = instantiate_loggers(
+        cfg.get("logger") or {}, resolved.continuing, resolved.wandb_run_id, resolved.resumed_step
+    )
+    run_config = OmegaConf.to_container(cfg, resolve=True) | {"run_dir": str(resolved.run_dir)}
+    for logger in loggers:
+        logger.log_hyperparams(run_config)
+    return loggers
+
+
+def trainer(
+    cfg: DictConfig, resolved: Resolved, callbacks: list[L.Callback], loggers: list[Any]
+) -> L.Trainer:
+    """The Trainer of the config. val_check_interval counts optimizer steps, like max_steps and
+    checkpoint.every_n_steps; Lightning counts batches, accumulate_grad_batches of them to a step."""
+    arguments: dict[str, Any] = {}
+    if cfg.trainer.val_check_interval is not None:
+        arguments["val_check_interval"] = cfg.trainer.val_check_interval * cfg.trainer.accumulate_grad_batches
+    if resolved.spawned:
+        arguments["strategy"] = "ddp_spawn"
+    if not loggers:  # logger=none: the lr has nowhere to go (Lightning refuses to start)
+        callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
+    # _convert_: plain dicts and lists, as Lightning expects (trainer.max_time={minutes: 90})
+    return hydra.utils.instantiate(
+        cfg.trainer, _convert_="partial", logger=loggers or False, callbacks=callbacks, **arguments
+    )
