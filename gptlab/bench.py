@@ -46,7 +46,7 @@ from gptlab import cli
 from gptlab.config import model_settings
 from gptlab.data.corpus import character_start
 from gptlab.data.datamodule import RandomWindows, TextDataModule
-from gptlab.model import GPTConfig, LanguageModel, create_model, is_count, use_decoding_layout
+from gptlab.model import GPTConfig, LanguageModel, create_model, use_decoding_layout
 from gptlab.training import build
 from gptlab.training.loggers import finish_wandb
 from gptlab.training.module import GPTLitModule, OptimConfig, adamw
@@ -549,7 +549,7 @@ def check_bench_settings(cfg: DictConfig) -> None:
         raise ValueError(f"bench.parts has {unknown[0]!r}: use any of {list(PARTS)}")
     for key in ("warmup_steps", "rounds", "steps_per_round", "startup_runs", "generate_repeats"):
         value, least = cfg.bench[key], 0 if key == "warmup_steps" else 1
-        if not is_count(value) or value < least:
+        if value < least:
             raise ValueError(f"bench.{key}={value!r} is not allowed: use an integer >= {least}")
 
 

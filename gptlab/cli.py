@@ -10,10 +10,19 @@ from contextlib import contextmanager
 
 from hydra.errors import InstantiationException
 from lightning.fabric.utilities.exceptions import MisconfigurationException
+from omegaconf.errors import MissingMandatoryValue
 
-# what bad input raises: a setting out of range or of the wrong type, a missing or unreadable
-# file, an object the config failed to build, a Trainer argument Lightning refuses
-ERRORS = (ValueError, TypeError, KeyError, OSError, InstantiationException, MisconfigurationException)
+# what bad input raises: a setting out of range or of the wrong type, a required one not given, a
+# missing or unreadable file, an object the config failed to build, a Trainer argument Lightning refuses
+ERRORS = (
+    ValueError,
+    TypeError,
+    KeyError,
+    OSError,
+    MissingMandatoryValue,
+    InstantiationException,
+    MisconfigurationException,
+)
 
 
 def full_error_wanted() -> bool:
@@ -27,6 +36,8 @@ def one_line(err: BaseException) -> str:
         message = " ".join(str(err.__cause__).split())
         key = re.search(r"full_key: (\S+)", str(err))
         return message if key is None or key.group(1) in message else f"{key.group(1)}: {message}"
+    if isinstance(err, MissingMandatoryValue):
+        return f"{err.full_key} is required: give {err.full_key}=..."
     if isinstance(err, KeyError) and err.args:  # str() of a KeyError is its key, quoted
         return " ".join(str(err.args[0]).split())
     return " ".join(str(err).split())

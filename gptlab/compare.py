@@ -17,10 +17,11 @@ import json
 import sys
 from pathlib import Path
 
+from gptlab import cli
 from gptlab.runs.results import best_first, console, find_runs, group_seeds, plot, records, runs_table
 
 
-def main(argv: list[str] | None = None) -> None:
+def arguments(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m gptlab.compare", description=__doc__.split("\n\n")[0])
     parser.add_argument("folder", type=Path, help="a run directory, or a folder holding run directories")
     parser.add_argument(
@@ -30,12 +31,17 @@ def main(argv: list[str] | None = None) -> None:
     output = parser.add_mutually_exclusive_group()
     output.add_argument("--csv", action="store_true", help="print CSV instead of the table")
     output.add_argument("--json", action="store_true", help="print JSON instead of the table")
-    args = parser.parse_args(argv)
-    if not args.folder.is_dir():
-        parser.exit(1, f"error: {args.folder} is not a directory: give a run or sweep directory\n")
-    runs = find_runs(args.folder)
-    if not runs:
-        parser.exit(1, f"error: no run directories (with a .hydra/ folder) under {args.folder}\n")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = arguments(argv)
+    with cli.errors_in_one_line():
+        if not args.folder.is_dir():
+            raise ValueError(f"{args.folder} is not a directory: give a run or sweep directory")
+        runs = find_runs(args.folder)
+        if not runs:
+            raise ValueError(f"no run directories (with a .hydra/ folder) under {args.folder}")
     groups = best_first([[run] for run in runs] if args.runs else group_seeds(runs))
     if args.json:
         print(json.dumps(records(groups, seeds=not args.runs), indent=2))

@@ -1,93 +1,239 @@
-"""The settings' checks that a type cannot express: ranges, and relations between settings."""
+"""The settings' schema: structured configs (dataclasses registered with Hydra's ConfigStore) that
+give every setting of the entry points its type and its one default. Hydra refuses a value of the
+wrong type, or a key no schema has, while it composes, naming the key. conf/ holds the choices
+(config groups and their options) and what they change; the defaults are here, and in GPTConfig
+(gptlab/model.py) for the model. `python -m gptlab.<entry point> --cfg job` shows them all.
 
-from dataclasses import dataclass, fields
-from typing import Any
+What a type cannot say (ranges, relations between settings) is checked by the check_* functions
+and OptimConfig here, before any work. Choice fields are plain strings: checkpoints keep them so.
+"""
 
-from omegaconf import DictConfig, OmegaConf
+from dataclasses import dataclass, field, fields, make_dataclass
+from typing import Any, Literal, get_origin
 
-from gptlab.model import GPTConfig, is_count, is_number
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig, OmegaConf
 
-
-def check_sampling(prefix: str, prompt: Any, max_new_tokens: Any, temperature: Any, top_k: Any) -> None:
-    """One line for a sampling setting that cannot sample (gptlab.sample and text samples)."""
-    if not isinstance(prompt, str) or not prompt:
-        raise ValueError(
-            f"{prefix}prompt={prompt!r} is not allowed: give at least one character, e.g. 'ROMEO:'"
-        )
-    if not is_count(max_new_tokens) or max_new_tokens < 1:
-        raise ValueError(f"{prefix}max_new_tokens={max_new_tokens!r} is not allowed: use a positive integer")
-    if not is_number(temperature) or not temperature > 0:
-        raise ValueError(f"{prefix}temperature={temperature!r} is not allowed: use a positive number")
-    if top_k is not None and (not is_count(top_k) or top_k < 1):
-        raise ValueError(
-            f"{prefix}top_k={top_k!r} is not allowed: use a positive integer, or null for all tokens"
-        )
+from gptlab.model import GPTConfig
 
 
-@dataclass(frozen=True)
+def is_number(value: object) -> bool:
+    """An int or a float: not a bool (which Python counts as an int), not a string."""
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def is_count(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+# model: GPTConfig's fields, with its types (a Literal as a plain string, which GPTConfig checks)
+# and its defaults, less vocab_size (the tokenizer's); and compile, which says how to run the
+# model, not what it is, and so is not saved in checkpoints
+ModelSettings = make_dataclass(
+    "ModelSettings",
+    [
+        (f.name, str if get_origin(f.type) is Literal else f.type, f.default)
+        for f in fields(GPTConfig)
+        if f.name != "vocab_size"
+    ]
+    + [("compile", bool, False)],  # torch.compile the model's forward (slow first steps, faster after)
+)
+
+
+@dataclass
 class OptimConfig:
-    """The `optim` settings, checked: AdamW, linear warmup, cosine decay to min_lr."""
+    """optim: AdamW, linear warmup to lr, then cosine decay to min_lr (check_optim: its ranges)."""
 
-    lr: float
-    min_lr: float
-    weight_decay: float
-    betas: list[float]
-    warmup_steps: int
-    decay_steps: int
-    fused: bool = False  # checkpoints from before this setting have no key
+    lr: float = 5.9e-3
+    min_lr: float = 1.0e-4
+    weight_decay: float = 0.1  # on weight matrices only; biases and LayerNorm gains are not decayed
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.99])
+    warmup_steps: int = 50
+    fused: bool = False  # one fused kernel updates all parameters (CUDA, and CPU); none before it had
+    decay_steps: int = "${trainer.max_steps}"  # type: ignore[assignment]  (set it when max_steps is -1)
 
-    def __post_init__(self) -> None:
-        if not is_number(self.lr) or not self.lr > 0:
-            raise ValueError(f"optim.lr={self.lr!r} is not allowed: use a positive learning rate")
-        if not is_number(self.min_lr) or not 0 <= self.min_lr <= self.lr:
-            raise ValueError(
-                f"optim.min_lr={self.min_lr!r} is not allowed: use 0 <= min_lr <= lr ({self.lr})"
-            )
-        if not is_number(self.weight_decay) or self.weight_decay < 0:
-            raise ValueError(f"optim.weight_decay={self.weight_decay!r} is not allowed: use 0 or more")
-        betas = self.betas
-        if (
-            not isinstance(betas, list | tuple)
-            or len(betas) != 2
-            or not all(is_number(b) and 0 <= b < 1 for b in betas)
-        ):
-            raise ValueError(f"optim.betas={betas!r} is not allowed: use two numbers in [0, 1)")
-        if not is_count(self.warmup_steps) or self.warmup_steps < 0:
-            raise ValueError(f"optim.warmup_steps={self.warmup_steps!r} is not allowed: use 0 or more steps")
-        if not is_count(self.decay_steps) or self.decay_steps < 1:
-            raise ValueError(
-                f"optim.decay_steps={self.decay_steps!r} is not allowed: use a positive number of steps "
-                "(it follows trainer.max_steps: set it when max_steps is -1)"
-            )
-        if not isinstance(self.fused, bool):
-            raise ValueError(f"optim.fused={self.fused!r} is not allowed: use true or false")
+
+def check_optim(optim: OptimConfig) -> None:
+    if not optim.lr > 0:
+        raise ValueError(f"optim.lr={optim.lr!r} is not allowed: use a positive learning rate")
+    if not 0 <= optim.min_lr <= optim.lr:
+        raise ValueError(f"optim.min_lr={optim.min_lr!r} is not allowed: use 0 <= min_lr <= lr ({optim.lr})")
+    if optim.weight_decay < 0:
+        raise ValueError(f"optim.weight_decay={optim.weight_decay!r} is not allowed: use 0 or more")
+    if len(optim.betas) != 2 or not all(0 <= b < 1 for b in optim.betas):
+        raise ValueError(f"optim.betas={list(optim.betas)!r} is not allowed: use two numbers in [0, 1)")
+    if optim.warmup_steps < 0:
+        raise ValueError(f"optim.warmup_steps={optim.warmup_steps!r} is not allowed: use 0 or more steps")
+    if optim.decay_steps < 1:
+        raise ValueError(
+            f"optim.decay_steps={optim.decay_steps!r} is not allowed: use a positive number of steps "
+            "(it follows trainer.max_steps: set it when max_steps is -1)"
+        )
+
+
+@dataclass
+class DataSettings:
+    """data (conf/data/): a text corpus for gptlab.data.datamodule.TextDataModule, prepared once
+    into a memory-mapped token file (gptlab/data/corpus.py) and reused by later runs, sweep jobs
+    and DDP ranks; `python -m gptlab.prepare` prepares it ahead."""
+
+    _target_: str = "gptlab.data.datamodule.TextDataModule"
+    # a text file, a directory (its files matching glob) or a list of files, relative to the
+    # directory you run from
+    path: Any = MISSING
+    # conf/data/tokenizer/: {type: char}, or {type: bpe, vocab_size: ...}; each type has its own
+    # settings, checked by gptlab.data.tokenizer.check_tokenizer_settings
+    tokenizer: Any = field(default_factory=lambda: {"type": "char"})
+    glob: str = "*.txt"  # which files of a directory, sorted by name ('**/*.txt': subfolders too)
+    separator: str = "\n"  # put between files
+    cache_dir: str | None = None  # where prepared corpora go; null: a gptlab-prepared folder beside the data
+    url: str | None = None  # where the file at path is downloaded from when it is missing
+    sha256: str | None = None  # what the download must hash to
+    block_size: int = "${model.block_size}"  # type: ignore[assignment]  (set it as model.block_size)
+    batch_size: int = 16  # windows per step and per device
+    train_fraction: float = 0.9  # the first 90% of the text (in bytes) trains, the rest validates
+    val_tokens: int | None = None  # validation scores the first val_tokens tokens of its split (null: all)
+    seed: int = "${seed}"  # type: ignore[assignment]
+
+
+@dataclass
+class CheckpointSettings:
+    # how often last.ckpt (to resume from) is written, in steps; null: when training ends only
+    every_n_steps: int | None = "${trainer.val_check_interval}"  # type: ignore[assignment]
+
+
+@dataclass
+class TrainSettings:
+    """`python -m gptlab.train` (conf/config.yaml): the top-level settings; trainer, callbacks
+    and logger are Lightning's objects, built from their own _target_ configs."""
+
+    model: ModelSettings = field(default_factory=ModelSettings)  # type: ignore[valid-type]
+    data: DataSettings = field(default_factory=DataSettings)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    trainer: Any = MISSING
+    callbacks: Any = None
+    logger: Any = None
+    seed: int = 1337  # seeds model init and the batch stream (batches depend on seed, rank, step)
+    ckpt_path: str | None = None  # resume: a checkpoint, or a run directory (its last.ckpt)
+    init_from: str | None = None  # fine-tune: start from this checkpoint's (or run directory's) weights
+    checkpoint: CheckpointSettings = field(default_factory=CheckpointSettings)
+    float32_matmul_precision: str = "auto"  # auto: high (TF32) on CUDA GPUs that have it, else highest
+    reference_val_loss: float | None = None  # a published figure to compare with (the ladder's)
+
+
+@dataclass
+class SampleSettings:
+    """`python -m gptlab.sample` (conf/sample.yaml)."""
+
+    ckpt_path: str = MISSING  # a .ckpt file, or a run directory (its best checkpoint)
+    prompt: str = "\n"  # the text to continue (a char model knows only its own characters)
+    max_new_tokens: int = 500
+    temperature: float = 0.8  # < 1 sharper, > 1 more random
+    top_k: int | None = 200  # sample among the k most likely tokens; null for all
+    num_samples: int = 1  # sampled together, as one batch
+    seed: int = 1337
+    device: str = "auto"  # auto (CUDA, then MPS, then the CPU), cpu, cuda, cuda:1, mps
+    # the weights': bfloat16 reads half the bytes a token (faster on CPUs and GPUs with native
+    # bf16), but with the KV cache and without it, its rounding may then part the samples
+    dtype: str = "float32"
+    use_cache: bool = True  # the KV cache; false recomputes the whole context for every token
+    out_file: str | None = None  # also write the samples to this file
+
+
+@dataclass
+class EvalData:
+    path: str | None = None  # null: the validation set the run was scored on; a file or directory: all of it
+    glob: str = "*.txt"  # which files of a directory
+
+
+@dataclass
+class EvalSettings:
+    """`python -m gptlab.eval` (conf/eval.yaml)."""
+
+    ckpt_path: str = MISSING  # a .ckpt file, or a run directory (its best checkpoint)
+    data: EvalData = field(default_factory=EvalData)
+    batch_size: int = 32  # windows scored at once: memory, not the result (every token counts once)
+    device: str = "auto"  # auto (CUDA, then MPS, then the CPU), cpu, cuda, cuda:1, mps
+    precision: str | None = None  # null: the run's own (32-true or bf16-mixed autocast); or either of those
+    out_file: str | None = None  # also write the figures to this JSON file
+
+
+@dataclass
+class BenchCorpus:
+    """bench.parts=[corpus]: data.path repeated to each size, prepared in a fresh process."""
+
+    sizes_mb: list[int] = field(default_factory=lambda: [10, 100, 1000])
+    tokenizers: list[str] = field(default_factory=lambda: ["char", "bpe"])
+    bpe_vocab_size: int = 1024
+    keep: bool = False  # keep the corpora made (and their prepared tokens) in the run directory
+
+
+@dataclass
+class BenchSettings:
+    """bench (conf/bench.yaml): what `python -m gptlab.bench` measures, and how long."""
+
+    parts: list[str] = field(default_factory=lambda: ["train", "startup", "generate"])
+    warmup_steps: int = 10  # untimed steps first: allocator, caches, compilation (model.compile=true)
+    rounds: int = 15  # gptlab and the bare loop alternate, a round each; medians are reported
+    steps_per_round: int = 10  # a multiple of trainer.log_every_n_steps, so every round logs as often
+    startup_runs: int = 3
+    generate_tokens: list[int | None] = field(default_factory=lambda: [None, 1000])  # null: block_size - 1
+    generate_repeats: int = 5  # cached and uncached runs alternate
+    generate_dtype: str = "float32"  # the weights', as gptlab.sample's dtype: float32 or bfloat16
+    peak_flops: float | None = None  # the GPU's peak bf16 FLOP/s for MFU; null: Lightning's table
+    # bench.parts=[grow]: the bare loop at each value of each setting, one process each
+    grow: dict[str, list[int]] = field(
+        default_factory=lambda: {
+            "model.block_size": [64, 128, 256, 512, 1024],
+            "model.n_layer": [2, 4, 8, 12],
+        }
+    )
+    corpus: BenchCorpus = field(default_factory=BenchCorpus)
+
+
+@dataclass
+class BenchRun(TrainSettings):
+    """`python -m gptlab.bench` (conf/bench.yaml): a training run's settings and the bench's."""
+
+    bench: BenchSettings = field(default_factory=BenchSettings)
+
+
+def register() -> None:
+    """Puts the schemas where the configs in conf/ name them (each first in its defaults list)."""
+    store = ConfigStore.instance()
+    # a group of its own, so that the bench's config can take the training config with the bench's
+    # schema in place of this one (`override schema: bench`)
+    store.store(group="schema", name="train", node=TrainSettings, package="_global_")
+    store.store(group="schema", name="bench", node=BenchRun, package="_global_")
+    store.store(name="sample_settings", node=SampleSettings)
+    store.store(name="eval_settings", node=EvalSettings)
+
+
+register()
 
 
 def model_settings(cfg: DictConfig) -> dict[str, Any]:
-    """The model group's GPTConfig fields: all but `compile`, which says how to run the model,
-    not what it is (and so is not saved in checkpoints)."""
+    """The model group's GPTConfig fields: all but compile."""
     settings = OmegaConf.to_container(cfg.model, resolve=True)
     settings.pop("compile", None)
     return settings
 
 
 def check_settings(cfg: DictConfig) -> GPTConfig:
-    """The model, optimizer and trainer settings that cost nothing to check: before any file is read."""
-    model_fields = {f.name for f in fields(GPTConfig)} | {"compile"}
+    """The train settings that cost nothing to check, before any file is read: the model's own
+    checks (GPTConfig), the optimizer's ranges, and the Trainer settings gptlab reads."""
+    model_fields = {f.name for f in fields(ModelSettings)}
     if unknown := sorted(set(cfg.model) - model_fields):
         raise ValueError(f"model.{unknown[0]} is not a model setting: use one of {sorted(model_fields)}")
-    if not isinstance(cfg.model.get("compile", False), bool):
-        raise ValueError(f"model.compile={cfg.model.compile!r} is not allowed: use true or false")
     model_config = GPTConfig(**model_settings(cfg))
-    if not is_count(cfg.seed):
-        raise ValueError(f"seed={cfg.seed!r} is not allowed: use an integer")
-    trainer = cfg.trainer
+    trainer = cfg.trainer  # Lightning's arguments: no schema, so their types are checked here
     if not is_count(trainer.max_steps) or not (trainer.max_steps >= 1 or trainer.max_steps == -1):
         raise ValueError(
             f"trainer.max_steps={trainer.max_steps!r} is not allowed: use a positive number of steps "
             "(or -1, for no limit, with trainer.max_time)"
         )
     optim = OptimConfig(**OmegaConf.to_container(cfg.optim, resolve=True))
+    check_optim(optim)
     if optim.fused and str(trainer.precision).startswith("16") and trainer.gradient_clip_val:
         raise ValueError(
             f"optim.fused=true with trainer.precision={trainer.precision} cannot clip gradients (the "
@@ -107,3 +253,20 @@ def check_settings(cfg: DictConfig) -> GPTConfig:
             "from a checkpoint's weights; give one"
         )
     return model_config
+
+
+def check_sampling(prefix: str, prompt: Any, max_new_tokens: Any, temperature: Any, top_k: Any) -> None:
+    """One line for a sampling setting that cannot sample (gptlab.sample, and the text samples
+    callback, whose settings come from its _target_ config untyped)."""
+    if not isinstance(prompt, str) or not prompt:
+        raise ValueError(
+            f"{prefix}prompt={prompt!r} is not allowed: give at least one character, e.g. 'ROMEO:'"
+        )
+    if not is_count(max_new_tokens) or max_new_tokens < 1:
+        raise ValueError(f"{prefix}max_new_tokens={max_new_tokens!r} is not allowed: use a positive integer")
+    if not is_number(temperature) or not temperature > 0:
+        raise ValueError(f"{prefix}temperature={temperature!r} is not allowed: use a positive number")
+    if top_k is not None and (not is_count(top_k) or top_k < 1):
+        raise ValueError(
+            f"{prefix}top_k={top_k!r} is not allowed: use a positive integer, or null for all tokens"
+        )

@@ -18,7 +18,7 @@ from gptlab.interop.nanogpt import from_nanogpt, to_nanogpt
 from gptlab.training.checkpoint import find_checkpoint, load_checkpoint
 
 
-def main(argv: list[str] | None = None) -> None:
+def arguments(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m gptlab.convert", description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
     source = commands.add_parser("from_nanogpt", help="nanoGPT's ckpt.pt + meta.pkl -> a gptlab checkpoint")
@@ -32,8 +32,11 @@ def main(argv: list[str] | None = None) -> None:
     target.add_argument(
         "--dataset", default="shakespeare_char", help="recorded in ckpt.pt's config for nanoGPT's sample.py"
     )
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
 
+
+def main(argv: list[str] | None = None) -> None:
+    args = arguments(argv)
     with cli.errors_in_one_line():
         if args.command == "from_nanogpt":
             for path in (args.ckpt, args.meta):

@@ -10,6 +10,7 @@ autocast for a bf16-mixed run), so that the figures are the run's own.
 import json
 import math
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,7 @@ from gptlab import cli
 from gptlab.data.corpus import read_pieces, source_files
 from gptlab.data.datamodule import TextDataModule, ValidationBatches
 from gptlab.data.tokenizer import Tokenizer, UnknownCharacters
-from gptlab.model import LanguageModel, is_count
+from gptlab.model import LanguageModel
 from gptlab.training.checkpoint import find_checkpoint, load_checkpoint, model_from_checkpoint
 from gptlab.training.precision import pick_device
 
@@ -81,47 +82,69 @@ def total_nats(
     return total
 
 
+@dataclass(frozen=True)
+class Scoring:
+    """What gptlab.eval scores, how, and with what."""
+
+    path: Path  # the checkpoint
+    step: int | None
+    model: LanguageModel
+    device: torch.device
+    precision: str
+    span: np.ndarray  # the tokens: each but the first is a target
+    characters: int  # that the targets stand for
+    described: str
+
+
+def load(cfg: DictConfig) -> Scoring:
+    """The checkpoint's model and the tokens it is scored on: every setting is checked here."""
+    if cfg.batch_size < 1:
+        raise ValueError(f"batch_size={cfg.batch_size!r} is not allowed: use a positive integer")
+    if cfg.out_file and Path(cfg.out_file).is_dir():
+        raise ValueError(f"out_file={cfg.out_file} is a directory: give a file name, e.g. eval.json")
+    device = pick_device(cfg.device)
+    path = find_checkpoint(cfg.ckpt_path)
+    checkpoint = load_checkpoint(path)
+    model, tokenizer = model_from_checkpoint(checkpoint)
+    precision = cfg.precision or checkpoint.get("precision", "32-true")  # 32-true before it was kept
+    if precision not in PRECISIONS:
+        raise ValueError(
+            f"precision={precision!r} is not allowed: use null (the run's own) or one of {list(PRECISIONS)}"
+        )
+    span, characters, described = scoring_span(cfg, checkpoint, tokenizer)
+    return Scoring(path, checkpoint.get("global_step"), model, device, precision, span, characters, described)
+
+
+def score(scoring: Scoring, batch_size: int) -> dict[str, Any]:
+    model = scoring.model.to(scoring.device).eval()
+    batches = ValidationBatches(scoring.span, model.config.block_size, batch_size)
+    nats, tokens = total_nats(model, batches, scoring.device, scoring.precision), len(scoring.span) - 1
+    return {
+        "val_loss": nats / tokens,
+        "perplexity": math.exp(nats / tokens),
+        "bits_per_char": nats / scoring.characters / math.log(2),
+        "tokens": tokens,
+        "characters": scoring.characters,
+        "checkpoint": str(scoring.path),
+        "step": scoring.step,
+        "precision": scoring.precision,
+        "scored": scoring.described,
+    }
+
+
 @hydra.main(version_base="1.3", config_path="pkg://gptlab.conf", config_name="eval")
 def main(cfg: DictConfig) -> None:
     with cli.errors_in_one_line():
-        if not is_count(cfg.batch_size) or cfg.batch_size < 1:
-            raise ValueError(f"batch_size={cfg.batch_size!r} is not allowed: use a positive integer")
-        device = pick_device(cfg.device)
-        path = find_checkpoint(cfg.ckpt_path)
-        checkpoint = load_checkpoint(path)
-        model, tokenizer = model_from_checkpoint(checkpoint)
-        precision = cfg.precision or checkpoint.get("precision", "32-true")  # 32-true before it was kept
-        if precision not in PRECISIONS:
-            raise ValueError(
-                f"precision={precision!r} is not allowed: "
-                f"use null (the run's own) or one of {list(PRECISIONS)}"
-            )
-        span, characters, described = scoring_span(cfg, checkpoint, tokenizer)
-        out_file = Path(cfg.out_file) if cfg.out_file else None
-        if out_file is not None and out_file.is_dir():
-            raise ValueError(f"out_file={out_file} is a directory: give a file name, e.g. eval.json")
-
-    model.to(device).eval()
-    batches = ValidationBatches(span, model.config.block_size, cfg.batch_size)
-    nats, tokens = total_nats(model, batches, device, precision), len(span) - 1
-    result = {
-        "val_loss": nats / tokens,
-        "perplexity": math.exp(nats / tokens),
-        "bits_per_char": nats / characters / math.log(2),
-        "tokens": tokens,
-        "characters": characters,
-        "checkpoint": str(path),
-        "step": checkpoint.get("global_step"),
-        "precision": precision,
-        "scored": described,
-    }
+        scoring = load(cfg)
+    result = score(scoring, cfg.batch_size)
     print(
-        f"{path} (step {result['step']}) on {described}: "
-        f"{tokens:,} tokens, {characters:,} characters, in {precision}"
+        f"{result['checkpoint']} (step {result['step']}) on {result['scored']}: "
+        f"{result['tokens']:,} tokens, {result['characters']:,} characters, in {result['precision']}"
     )
     for key in ("val_loss", "perplexity", "bits_per_char"):
         print(f"{key} {result[key]:.4f}")
-    if out_file is not None:
+    if cfg.out_file:
+        out_file = Path(cfg.out_file)
         out_file.parent.mkdir(parents=True, exist_ok=True)
         out_file.write_text(json.dumps(result, indent=2) + "\n")
         print(f"wrote {out_file}", file=sys.stderr)

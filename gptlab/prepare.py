@@ -1,7 +1,7 @@
 """Prepare a corpus ahead of training: `python -m gptlab.prepare data.path=... [data/tokenizer=bpe]`.
 
 Takes the training command's data settings, so `python -m gptlab.train` with the same ones finds
-the corpus prepared (see gptlab/corpus.py): trains the tokenizer, encodes the text into the
+the corpus prepared (see gptlab/data/corpus.py): trains the tokenizer, encodes the text into the
 token file with a progress bar, and reports what is where. Run it again after the text changes.
 """
 
@@ -12,12 +12,19 @@ from gptlab import cli
 from gptlab.data.datamodule import TextDataModule
 
 
+def prepare(cfg: DictConfig, progress: bool = True) -> TextDataModule:
+    """The data module of the data settings, its corpus prepared (or found prepared) and both
+    splits checked to be long enough for block_size."""
+    datamodule: TextDataModule = hydra.utils.instantiate(cfg.data)
+    datamodule.progress = progress
+    datamodule.setup("fit")
+    return datamodule
+
+
 @hydra.main(version_base="1.3", config_path="pkg://gptlab.conf", config_name="prepare")
 def main(cfg: DictConfig) -> None:
     with cli.errors_in_one_line():
-        datamodule: TextDataModule = hydra.utils.instantiate(cfg.data)
-        datamodule.progress = True
-        datamodule.setup("fit")  # prepares, and checks both splits are long enough for block_size
+        datamodule = prepare(cfg)
     corpus = datamodule.corpus
     manifest = corpus.manifest
     tokenizer_s, encoding_s = manifest["seconds"]["tokenizer"], manifest["seconds"]["encoding"]

@@ -17,28 +17,33 @@ from omegaconf import DictConfig
 from gptlab import cli
 from gptlab.config import check_sampling
 from gptlab.data.tokenizer import Tokenizer
-from gptlab.model import LanguageModel, is_count, use_decoding_layout
+from gptlab.model import LanguageModel, use_decoding_layout
 from gptlab.training.checkpoint import find_checkpoint, load_checkpoint, model_from_checkpoint
 from gptlab.training.precision import inference_dtype, pick_device
+
+
+def load(cfg: DictConfig) -> tuple[LanguageModel, Tokenizer, torch.device, torch.dtype]:
+    """The checkpoint's model and tokenizer, and where and in what it samples: every setting is
+    checked here, before anything is sampled."""
+    check_sampling("", cfg.prompt, cfg.max_new_tokens, cfg.temperature, cfg.top_k)
+    if cfg.num_samples < 1:
+        raise ValueError(f"num_samples={cfg.num_samples!r} is not allowed: use a positive integer")
+    if cfg.out_file and not Path(cfg.out_file).parent.is_dir():
+        raise FileNotFoundError(
+            f"out_file={cfg.out_file} is in no folder: give a file in a folder that exists"
+        )
+    device = pick_device(cfg.device)
+    dtype = inference_dtype(cfg.dtype)
+    model, tokenizer = model_from_checkpoint(load_checkpoint(find_checkpoint(cfg.ckpt_path)))
+    tokenizer.encode(cfg.prompt)  # a prompt outside a char model's vocabulary fails here
+    return model, tokenizer, device, dtype
 
 
 @hydra.main(version_base="1.3", config_path="pkg://gptlab.conf", config_name="sample")
 def main(cfg: DictConfig) -> None:
     with cli.errors_in_one_line():
-        check_sampling("", cfg.prompt, cfg.max_new_tokens, cfg.temperature, cfg.top_k)
-        if not is_count(cfg.num_samples) or cfg.num_samples < 1:
-            raise ValueError(f"num_samples={cfg.num_samples!r} is not allowed: use a positive integer")
-        if not is_count(cfg.seed):
-            raise ValueError(f"seed={cfg.seed!r} is not allowed: use an integer")
-        if not isinstance(cfg.use_cache, bool):
-            raise ValueError(f"use_cache={cfg.use_cache!r} is not allowed: use true or false")
-        device = pick_device(cfg.device)
-        dtype = inference_dtype(cfg.dtype)
-        path = find_checkpoint(cfg.ckpt_path)
-        model, tokenizer = model_from_checkpoint(load_checkpoint(path))
-        tokenizer.encode(cfg.prompt)  # a prompt outside a char model's vocabulary fails here
+        model, tokenizer, device, dtype = load(cfg)
         out_file = open(cfg.out_file, "w") if cfg.out_file else None  # noqa: SIM115 (written while streaming)
-
     use_decoding_layout(model.to(device, dtype).eval())
     torch.manual_seed(cfg.seed)
     try:

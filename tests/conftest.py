@@ -6,10 +6,14 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from tests.slurm.cluster import SlurmCluster, missing
+
+if TYPE_CHECKING:
+    from omegaconf import DictConfig
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHAKESPEARE = REPO_ROOT / "data" / "tinyshakespeare" / "input.txt"
@@ -100,6 +104,66 @@ def sweep(sweep_dir: Path, *overrides: str, timeout: float = 300) -> subprocess.
     )
 
 
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory: pytest.TempPathFactory, shakespeare: Path) -> Path:
+    """One run of the tiny model trained for real, made once for the tests that read a run
+    directory or its checkpoints and leave them as they are."""
+    run_dir = tmp_path_factory.mktemp("trained") / "run"
+    result = train(run_dir, *TINY, "trainer.max_steps=60", "optim.lr=1e-2", "logger=csv")
+    assert result.returncode == 0, result.stderr
+    return run_dir
+
+
+# Runs gptlab.train with an audit hook that records every rename (how each file came to be) and,
+# at its end, which of some packages it imported, and from where
+AUDIT = """
+import builtins, json, os, runpy, sys
+renames, importers = [], {}
+sys.addaudithook(lambda event, args: renames.append(args[:2]) if event == "os.rename" else None)
+WATCHED = ("wandb", "matplotlib", "optuna", "submitit", "sqlalchemy")
+plain_import = builtins.__import__
+def recording_import(name, globals=None, locals=None, fromlist=(), level=0):
+    top = name.split(".")[0]
+    if level == 0 and top in WATCHED and top not in sys.modules:
+        importers.setdefault(top, (globals or {}).get("__name__"))
+    return plain_import(name, globals, locals, fromlist, level)
+builtins.__import__ = recording_import
+sys.argv[0] = "train.py"
+try:
+    runpy.run_module("gptlab.train", run_name="__main__")
+finally:
+    imported = {top: importers.get(top) for top in WATCHED if top in sys.modules}
+    with open(os.environ["AUDIT"], "w") as f:
+        json.dump({"renames": [[os.fspath(a) for a in r] for r in renames], "imported": imported}, f)
+"""
+
+
+@dataclass
+class AuditedRun:
+    run_dir: Path
+    renames: list[tuple[Path, Path]]
+    imported: dict[str, str | None]  # a watched package the run imported: which module did first
+
+
+@pytest.fixture(scope="session")
+def audited_run(tmp_path_factory: pytest.TempPathFactory, shakespeare: Path) -> AuditedRun:
+    """A tiny run (logger=none) under an audit: what it renamed, what it imported."""
+    folder = tmp_path_factory.mktemp("audited")
+    run_dir, audit = folder / "run", folder / "audit.json"
+    proc = subprocess.run(
+        [sys.executable, "-c", AUDIT, *train_command(run_dir, *TINY, "logger=none")[3:]],
+        cwd=REPO_ROOT,
+        env=offline_env() | {"AUDIT": str(audit), "TMPDIR": str(folder)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    recorded = json.loads(audit.read_text())
+    renames = [(Path(source), Path(target)) for source, target in recorded["renames"]]
+    return AuditedRun(run_dir, renames, recorded["imported"])
+
+
 @pytest.fixture
 def run_train(tmp_path: Path, shakespeare: Path):
     """train() into a fresh run directory under tmp_path."""
@@ -112,11 +176,37 @@ def run_train(tmp_path: Path, shakespeare: Path):
     return run
 
 
+def composed(config_name: str, overrides: list[str], run_dir: Path) -> "DictConfig":
+    """The config a job of `python -m gptlab.<entry point>` gets, composed here in this process as
+    the entry point composes it, with Hydra's runtime set as in that job (HydraConfig.get(),
+    ${hydra:runtime.output_dir} is run_dir): the entry point's own steps then run on it here."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+    from omegaconf import open_dict
+
+    import gptlab.config  # noqa: F401 (the schemas the configs name)
+    import gptlab.runs.cluster  # noqa: F401 (${gptlab.now:...})
+
+    with initialize_config_dir(config_dir=str(REPO_ROOT / "conf"), version_base="1.3"):
+        cfg = hydra_compose(config_name=config_name, overrides=overrides, return_hydra_config=True)
+    with open_dict(cfg):
+        cfg.hydra.runtime.output_dir = str(run_dir)
+        cfg.hydra.mode = RunMode.RUN
+    HydraConfig.instance().set_config(cfg)
+    with open_dict(cfg):  # a job's config has no hydra node (Hydra keeps it in HydraConfig)
+        del cfg["hydra"]
+    return cfg
+
+
 @pytest.fixture
 def compose():
     """Composes conf/config.yaml with overrides, as `python -m gptlab.train` would."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
+
+    import gptlab.config  # noqa: F401 (the schemas the configs name)
 
     def run(*overrides: str, return_hydra_config: bool = False):
         with initialize_config_dir(config_dir=str(REPO_ROOT / "conf"), version_base="1.3"):

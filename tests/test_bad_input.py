@@ -1,6 +1,12 @@
 # ruff: noqa: E501  (the table reads best one case a line)
 """Bad input, everywhere: one line naming the value and what is allowed, a non-zero exit, no
-traceback, and no training step (nothing written where a run would write)."""
+traceback, and no training step; a value of the wrong type, or an unknown key, is refused by Hydra
+while it composes (the schemas of gptlab/config.py), with its own message naming the key.
+
+Each case runs in this process: the config composed as the entry point composes it, then the
+entry point's own steps (what `python -m gptlab.<entry>` runs before any work) inside the same
+wrapper (gptlab.cli). A few run through the real command line, to prove the wrapper and Hydra's
+handling there: exit status, stderr, no traceback, nothing written."""
 
 import subprocess
 import sys
@@ -8,31 +14,43 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+from hydra.errors import HydraException
+from omegaconf.errors import OmegaConfBaseException
 
-from tests.conftest import REPO_ROOT, SHAKESPEARE, TINY, offline_env, train
+from gptlab import bench, cli, compare, convert, prepare, sample, train
+from gptlab import eval as evaluate
+from tests.conftest import REPO_ROOT, SHAKESPEARE, TINY, composed, offline_env
 
 WITH_SAMPLES = [o for o in TINY if not o.startswith("callbacks.text_samples")]
+# Hydra's own message for a value of the wrong type or an unknown key: not our one line
+HYDRA = "hydra: "
 
 # (entry point, arguments, what the error line must say); {placeholders} are files made below
 CASES = [
     ("train", ["-m", "hydra.sweep.dir={sweep}", "hydra/launcher=parallel"], "hydra.launcher.devices=null takes every visible GPU, and there is none here: give the slots to share, e.g. hydra.launcher.devices=[0,1]"),
     ("train", ["-m", "hydra.sweep.dir={sweep}", "hydra/launcher=parallel", "hydra.launcher.devices=[0,1]", "trainer.devices=1,3"], "trainer.devices=3 (job #1) is more than the 2 devices of hydra.launcher.devices=[0, 1]"),
-    ("train", ["model.dropout=abc"], "model.dropout='abc' is not allowed: use a number with 0 <= dropout < 1"),
+    ("train", ["model.dropout=abc"], HYDRA + "Value 'abc' of type 'str' could not be converted to Float"),
+    ("train", ["model.dropout=1.5"], "model.dropout=1.5 is not allowed: use a number with 0 <= dropout < 1"),
     ("train", ["model.n_head=5"], "model.n_embd=32 is not divisible by model.n_head=5: with n_embd=32 use n_head in [1, 2, 4, 8"),
     ("train", ["model.n_layer=0"], "model.n_layer=0 is not allowed: use a positive integer"),
     ("train", ["model.attention=flash"], "model.attention='flash' is not allowed: use one of ['sdpa', 'manual', 'heads']"),
-    ("train", ["model.compile=maybe"], "model.compile='maybe' is not allowed: use true or false"),
+    ("train", ["model.compile=maybe"], HYDRA + "Value 'maybe' is not a valid bool (type str)"),
     ("train", ["+model.depth=3"], "model.depth is not a model setting"),
     ("train", ["model.block_size=200000"], "model.block_size=200000 is too long for the validation split"),
-    ("train", ["optim.lr=abc"], "optim.lr='abc' is not allowed: use a positive learning rate"),
-    ("train", ["optim.min_lr=1"], "optim.min_lr=1 is not allowed: use 0 <= min_lr <= lr"),
-    ("train", ["optim.warmup_steps=abc"], "optim.warmup_steps='abc' is not allowed: use 0 or more steps"),
-    ("train", ["optim.weight_decay=-1"], "optim.weight_decay=-1 is not allowed"),
+    ("train", ["optim.lr=abc"], HYDRA + "Value 'abc' of type 'str' could not be converted to Float"),
+    ("train", ["optim.lr=0"], "optim.lr=0.0 is not allowed: use a positive learning rate"),
+    ("train", ["optim.min_lr=1"], "optim.min_lr=1.0 is not allowed: use 0 <= min_lr <= lr"),
+    ("train", ["optim.warmup_steps=abc"], HYDRA + "Value 'abc' of type 'str' could not be converted to Integer"),
+    ("train", ["optim.warmup_steps=-1"], "optim.warmup_steps=-1 is not allowed: use 0 or more steps"),
+    ("train", ["optim.weight_decay=-1"], "optim.weight_decay=-1.0 is not allowed"),
     ("train", ["optim.betas=[0.9]"], "optim.betas=[0.9] is not allowed: use two numbers in [0, 1)"),
     ("train", ["optim.fused=true", "trainer.precision=16-mixed"], "optim.fused=true with trainer.precision=16-mixed cannot clip gradients"),
-    ("train", ["seed=abc"], "seed='abc' is not allowed: use an integer"),
+    ("train", ["seed=abc"], HYDRA + "Value 'abc' of type 'str' could not be converted to Integer"),
+    ("train", ["+model.vocab_size=7"], "model.vocab_size is not a model setting"),
+    ("train", ["model.vocab_size=7"], HYDRA + "Could not override 'model.vocab_size'"),
     ("train", ["data.batch_size=0"], "data.batch_size=0 is not allowed: use a positive integer"),
-    ("train", ["data.train_fraction=2"], "data.train_fraction=2 is not allowed"),
+    ("train", ["data.train_fraction=2"], "data.train_fraction=2.0 is not allowed"),
+    ("train", ["data.batch_size=many"], HYDRA + "Value 'many' of type 'str' could not be converted to Integer"),
     ("train", ["data.val_tokens=-5"], "data.val_tokens=-5 is not allowed"),
     ("train", ["data.path={binary}"], "data file {binary} is not UTF-8 text: byte 0xae at offset 4"),
     ("train", ["data.path={empty}"], "data file {empty} is empty"),
@@ -62,13 +80,17 @@ CASES = [
     ("sample", ["ckpt_path={ckpt}", "top_k=0"], "top_k=0 is not allowed: use a positive integer, or null for all tokens"),
     ("sample", ["ckpt_path={ckpt}", "max_new_tokens=-1"], "max_new_tokens=-1 is not allowed: use a positive integer"),
     ("sample", ["ckpt_path={ckpt}", "num_samples=0"], "num_samples=0 is not allowed: use a positive integer"),
-    ("sample", ["ckpt_path={ckpt}", "temperature=0"], "temperature=0 is not allowed: use a positive number"),
+    ("sample", ["ckpt_path={ckpt}", "use_cache=maybe"], HYDRA + "Value 'maybe' is not a valid bool (type str)"),
+    ("sample", ["ckpt_path={ckpt}", "seed=abc"], HYDRA + "Value 'abc' of type 'str' could not be converted to Integer"),
+    ("sample", [], "ckpt_path is required: give ckpt_path=..."),
+    ("sample", ["ckpt_path={ckpt}", "temperature=0"], "temperature=0.0 is not allowed: use a positive number"),
     ("sample", ["ckpt_path={ckpt}", "prompt=''"], "prompt='' is not allowed"),
     ("sample", ["ckpt_path={ckpt}", "device=cuda"], "device=cuda is not available on this machine"),
     ("sample", ["ckpt_path={ckpt}", "device=banana"], "device='banana' is not a device: use auto, cpu, cuda, cuda:N or mps"),
     ("sample", ["ckpt_path={missing}"], "checkpoint {missing} not found"),
-    ("sample", ["ckpt_path={ckpt}", "out_file={folder}/no/such/dir/out.txt"], "No such file or directory"),
+    ("sample", ["ckpt_path={ckpt}", "out_file={folder}/no/such/dir/out.txt"], "out_file={folder}/no/such/dir/out.txt is in no folder: give a file in a folder that exists"),
     ("eval", ["ckpt_path={ckpt}", "batch_size=0"], "batch_size=0 is not allowed: use a positive integer"),
+    ("eval", ["ckpt_path={ckpt}", "batch_size=lots"], HYDRA + "Value 'lots' of type 'str' could not be converted to Integer"),
     ("eval", ["ckpt_path={ckpt}", "precision=16-mixed"], "precision='16-mixed' is not allowed: use null (the run's own) or one of ['32-true', 'bf16-mixed']"),
     ("eval", ["ckpt_path={ckpt}", "data.path={missing}"], "data.path={missing} not found"),
     ("eval", ["ckpt_path={ckpt}", "data.path={binary}"], "is not UTF-8 text"),
@@ -79,19 +101,44 @@ CASES = [
     ("convert", ["from_nanogpt", "{missing}", "{missing}", "{folder}/out.ckpt"], "{missing} not found"),
     ("convert", ["to_nanogpt", "{ckpt}", "{folder}/ckpt.pt", "{folder}/meta.pkl"], "nanoGPT's model has"),
     ("bench", [*TINY, "data.path={shakespeare}", "bench.rounds=0"], "bench.rounds=0 is not allowed: use an integer >= 1"),
+    ("bench", [*TINY, "data.path={shakespeare}", "bench.parts=[train,fast]"], "bench.parts has 'fast': use any of"),
+    ("bench", [*TINY, "data.path={shakespeare}", "bench.rounds=some"], HYDRA + "Value 'some' of type 'str' could not be converted to Integer"),
 ]  # fmt: skip
 
 
+# the cases that also run through the real command line (by their arguments' start); the
+# parallel launcher's ones only can: they are multiruns
+THROUGH_THE_CLI = {
+    ("train", "-m hydra.sweep.dir={sweep} hydra/launcher=parallel"),
+    (
+        "train",
+        "-m hydra.sweep.dir={sweep} hydra/launcher=parallel hydra.launcher.devices=[0,1] trainer.devices=1,3",
+    ),
+    ("train", "model.n_head=5"),
+    ("train", "model.dropout=abc"),
+    ("sample", "ckpt_path={ckpt} out_file={folder}/no/such/dir/out.txt"),
+    ("sample", ""),
+    ("eval", "ckpt_path={empty}"),
+    ("prepare", "data.path={empty}"),
+    ("compare", "{missing}"),
+    ("convert", "to_nanogpt {ckpt} {folder}/ckpt.pt {folder}/meta.pkl"),
+    ("bench", " ".join([*TINY, "data.path={shakespeare}", "bench.rounds=0"])),
+}
+
+
+def through_the_cli(case: int) -> bool:
+    entry, arguments, _ = CASES[case]
+    return (entry, " ".join(arguments)) in THROUGH_THE_CLI
+
+
 @pytest.fixture(scope="module")
-def files(tmp_path_factory, shakespeare) -> dict[str, str]:
+def files(tmp_path_factory, trained_run: Path) -> dict[str, str]:
     folder = tmp_path_factory.mktemp("bad")
     (folder / "binary.dat").write_bytes(b"text\xae\x00\x01")
     (folder / "empty.txt").write_text("")
-    (folder / "small.txt").write_text(shakespeare.read_text()[:3000])
+    (folder / "small.txt").write_text(SHAKESPEARE.read_text()[:3000])
     (folder / "blocked").write_text("a file, where a folder would be")
-    run = folder / "trained"
-    result = train(run, *TINY, "trainer.max_steps=15", "logger=none")
-    assert result.returncode == 0, result.stderr
+    (folder / "empty-folder").mkdir()
     return {
         "binary": str(folder / "binary.dat"),
         "empty": str(folder / "empty.txt"),
@@ -99,89 +146,148 @@ def files(tmp_path_factory, shakespeare) -> dict[str, str]:
         "blocked": str(folder / "blocked"),
         "folder": str(folder / "empty-folder"),
         "missing": str(folder / "missing.ckpt"),
-        "ckpt": str(run / "checkpoints" / "last.ckpt"),
+        "ckpt": str(trained_run / "checkpoints" / "last.ckpt"),
         "shakespeare": str(SHAKESPEARE),
         "sweep": str(folder / "sweep"),
     }
 
 
-def command(entry: str, arguments: list[str], run_dir: Path) -> list[str]:
+def full_arguments(entry: str, arguments: list[str], run_dir: Path) -> list[str]:
+    """The arguments as the table's entry point takes them: a training run gets the tiny model,
+    into run_dir, on Tiny Shakespeare unless the case names its data."""
     if entry.startswith("train"):
         common = [f"hydra.run.dir={run_dir}", *(WITH_SAMPLES if entry == "train+samples" else TINY)]
         if not any(a.startswith("data.path=") for a in arguments):
             common.append(f"data.path={SHAKESPEARE}")
-        arguments = common + arguments
-    elif entry == "bench":
-        arguments = [f"hydra.run.dir={run_dir}", *arguments]
-    flags = [a for a in arguments if a == "-m"]  # before the overrides, for Hydra's argument parser
-    arguments = [a for a in arguments if a != "-m"]
-    return [sys.executable, "-m", "gptlab." + entry.split("+")[0], *flags, *arguments]
+        return common + arguments
+    if entry == "bench":
+        return [f"hydra.run.dir={run_dir}", *arguments]
+    return arguments
+
+
+# each Hydra entry point's config, and the step of it that checks everything before any work
+STEPS = {
+    "train": ("config", train.build_run),
+    "train+samples": ("config", train.build_run),
+    "prepare": ("prepare", lambda cfg: prepare.prepare(cfg, progress=False)),
+    "sample": ("sample", sample.load),
+    "eval": ("eval", evaluate.load),
+    "bench": ("bench", bench.check_bench_settings),
+}
+
+
+def in_process(entry: str, arguments: list[str], run_dir: Path) -> str:
+    """What the entry point says when it fails on these arguments: its one line (`error: ...`),
+    or Hydra's message (HYDRA + it) when the composition refuses them."""
+    arguments = [a for a in full_arguments(entry, arguments, run_dir) if not a.startswith("hydra.")]
+    try:
+        if entry in ("compare", "convert"):
+            (compare if entry == "compare" else convert).main(arguments)
+        else:
+            config_name, step = STEPS[entry]
+            if entry.startswith("train"):
+                arguments.append("logger=csv")  # no wandb run for a run that never starts
+            try:
+                cfg = composed(config_name, arguments, run_dir)
+            except (HydraException, OmegaConfBaseException) as err:
+                return HYDRA + " ".join(f"{err} {err.__cause__ or ''}".split())
+            with cli.errors_in_one_line():
+                step(cfg)
+    except SystemExit as exit:
+        return str(exit.code)
+    raise AssertionError(f"{entry} {arguments}: no error")
+
+
+@pytest.mark.parametrize(
+    "case",
+    [c for c in range(len(CASES)) if "-m" not in CASES[c][1]],
+    ids=lambda c: " ".join(CASES[c][1])[:60],
+)
+def test_bad_input_is_refused_in_one_line(files: dict[str, str], tmp_path: Path, case: int) -> None:
+    entry, arguments, expected = CASES[case]
+    said = in_process(entry, [a.format(**files) for a in arguments], tmp_path / "run")
+    expected = expected.format(**files)
+    if expected.startswith(HYDRA):
+        assert said.startswith(HYDRA) and expected.removeprefix(HYDRA) in said, said
+        key = arguments[-1].split("=")[0].lstrip("+") if arguments else "ckpt_path"
+        assert key in said, said  # Hydra names the key
+    else:
+        assert said.startswith("error: ") and expected in said and "\n" not in said, said
+    assert not (tmp_path / "run" / "checkpoints").exists()  # no training step ran
 
 
 @pytest.fixture(scope="module")
-def outcomes(files: dict[str, str], tmp_path_factory) -> list[tuple[subprocess.CompletedProcess, Path]]:
-    """Every case run for real, a few at a time: most of each is Python importing torch."""
+def command_line_outcomes(
+    files: dict[str, str], tmp_path_factory
+) -> dict[int, tuple[subprocess.CompletedProcess, Path]]:
+    """The cases of THROUGH_THE_CLI run for real, a few at a time: most of each is Python
+    importing torch."""
     folder = tmp_path_factory.mktemp("runs")
-    Path(files["folder"]).mkdir()
 
     def run(case: int) -> tuple[subprocess.CompletedProcess, Path]:
         entry, arguments, _ = CASES[case]
         run_dir = folder / str(case)
+        arguments = full_arguments(entry, [a.format(**files) for a in arguments], run_dir)
+        flags = [a for a in arguments if a == "-m"]  # before the overrides, for Hydra's argument parser
+        command = [
+            sys.executable,
+            "-m",
+            "gptlab." + entry.split("+")[0],
+            *flags,
+            *(a for a in arguments if a != "-m"),
+        ]
         proc = subprocess.run(
-            command(entry, [a.format(**files) for a in arguments], run_dir),
-            cwd=REPO_ROOT,
-            env=offline_env(),
-            capture_output=True,
-            text=True,
-            timeout=300,
+            command, cwd=REPO_ROOT, env=offline_env(), capture_output=True, text=True, timeout=300
         )
         return proc, run_dir
 
+    cases = [case for case in range(len(CASES)) if through_the_cli(case)]
     with ThreadPoolExecutor(max_workers=3) as pool:
-        return list(pool.map(run, range(len(CASES))))
+        return dict(zip(cases, pool.map(run, cases), strict=True))
 
 
-@pytest.mark.parametrize("case", range(len(CASES)), ids=[" ".join(c[1])[:60] for c in CASES])
-def test_bad_input_is_one_line(outcomes, files: dict[str, str], case: int) -> None:
-    proc, run_dir = outcomes[case]
-    assert proc.returncode != 0
+@pytest.mark.parametrize(
+    "case", [c for c in range(len(CASES)) if through_the_cli(c)], ids=lambda c: " ".join(CASES[c][1])[:60]
+)
+def test_bad_input_on_the_command_line(command_line_outcomes, files: dict[str, str], case: int) -> None:
+    proc, run_dir = command_line_outcomes[case]
+    expected = CASES[case][2].format(**files)
+    assert proc.returncode == 1
     assert "Traceback" not in proc.stdout + proc.stderr
-    last = proc.stderr.strip().splitlines()[-1]
-    assert last.startswith("error: ") and CASES[case][2].format(**files) in last, proc.stderr
-    assert sum(line.startswith("error: ") for line in proc.stderr.splitlines()) == 1
+    if expected.startswith(HYDRA):
+        assert expected.removeprefix(HYDRA) in proc.stderr and "HYDRA_FULL_ERROR=1" in proc.stderr
+    else:
+        last = proc.stderr.strip().splitlines()[-1]
+        assert last.startswith("error: ") and expected in last, proc.stderr
+        assert sum(line.startswith("error: ") for line in proc.stderr.splitlines()) == 1
     assert not (run_dir / "checkpoints").exists()  # no training step ran
     assert not (run_dir / "summary.json").exists()
 
 
 def test_the_table_covers_every_entry_point() -> None:
     assert len(CASES) >= 30
-    assert {entry.split("+")[0] for entry, _, _ in CASES} == {
-        "train",
-        "sample",
-        "eval",
-        "compare",
-        "convert",
-        "bench",
-        "prepare",
-    }
+    entries = {entry.split("+")[0] for entry, _, _ in CASES}
+    assert entries == {"train", "sample", "eval", "compare", "convert", "bench", "prepare"}
+    assert {entry.split("+")[0] for entry, _ in THROUGH_THE_CLI} == entries
+    assert sum(through_the_cli(case) for case in range(len(CASES))) == len(
+        THROUGH_THE_CLI
+    )  # each names a case
 
 
-def test_missing_data_file_without_network(run_train, tmp_path: Path) -> None:
+def test_missing_data_file_without_network(tmp_path: Path) -> None:
     missing = tmp_path / "nowhere" / "input.txt"
     # port 9 (discard) on loopback refuses at once: the download fails like it does offline
-    result = run_train(*TINY, f"data.path={missing}", "data.url=http://127.0.0.1:9/input.txt")
-    assert result.returncode == 1 and "Traceback" not in result.stderr
-    error = result.stderr.strip().splitlines()[-1]
-    assert error.startswith(f"error: data file {missing} not found") and f"put the file at {missing}" in error
-    assert not missing.exists() and not (result.run_dir / "checkpoints").exists()
+    said = in_process(
+        "train", [f"data.path={missing}", "data.url=http://127.0.0.1:9/input.txt"], tmp_path / "run"
+    )
+    assert said.startswith(f"error: data file {missing} not found") and f"put the file at {missing}" in said
+    assert not missing.exists()
 
 
-def test_unknown_config_option_uses_hydras_message(run_train) -> None:
-    result = run_train("model=transformerxl")
-    assert result.returncode != 0
-    assert "Could not find 'model/transformerxl'" in result.stderr
-    assert "Available options" in result.stderr
-    assert not (result.run_dir / "checkpoints").exists()
+def test_unknown_config_option_uses_hydras_message(tmp_path: Path) -> None:
+    said = in_process("train", ["model=transformerxl"], tmp_path / "run")
+    assert said.startswith(HYDRA) and "Could not find 'model/transformerxl'" in said
+    assert "Available options" in said
 
 
 def test_full_error_shows_the_traceback(run_train, monkeypatch) -> None:

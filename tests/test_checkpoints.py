@@ -11,15 +11,15 @@ import pytest
 import torch
 
 from gptlab.training.checkpoint import find_checkpoint, load_checkpoint
-from tests.conftest import REPO_ROOT, TINY, offline_env, read_summary, run_entry, train, train_command
-
-
-@pytest.fixture(scope="module")
-def trained_run(tmp_path_factory, shakespeare) -> Path:
-    run_dir = tmp_path_factory.mktemp("trained") / "run"
-    result = train(run_dir, *TINY, "trainer.max_steps=60", "optim.lr=1e-2", "logger=csv")
-    assert result.returncode == 0, result.stderr
-    return run_dir
+from tests.conftest import (
+    REPO_ROOT,
+    TINY,
+    AuditedRun,
+    offline_env,
+    read_summary,
+    run_entry,
+    train,
+)
 
 
 def sample(*overrides: str, cwd: Path) -> subprocess.CompletedProcess:
@@ -114,36 +114,13 @@ def final_val_loss(run_dir: Path) -> float:
     return read_summary(run_dir)["final_val_loss"]
 
 
-# Runs gptlab.train with an audit hook that records every rename: how each file came to be.
-RECORD_RENAMES = """
-import json, os, runpy, sys
-renames = []
-sys.addaudithook(lambda event, args: renames.append(args[:2]) if event == "os.rename" else None)
-sys.argv[0] = "train.py"
-try:
-    runpy.run_module("gptlab.train", run_name="__main__")
-finally:
-    with open(os.environ["RENAMES"], "w") as f:
-        json.dump([[os.fspath(a) for a in r] for r in renames], f)
-"""
-
-
 @pytest.mark.slow
-def test_checkpoints_are_written_beside_their_place_then_renamed(tmp_path: Path, shakespeare: Path) -> None:
+def test_checkpoints_are_written_beside_their_place_then_renamed(audited_run: AuditedRun) -> None:
     """A checkpoint appears whole or not at all: written in its own folder, then renamed into
     place, an atomic step. Lightning's own writer stages it in the system's temporary folder
     and moves it from there, a copy when that is another file system."""
-    run_dir, renames = tmp_path / "run", tmp_path / "renames.json"
-    proc = subprocess.run(
-        [sys.executable, "-c", RECORD_RENAMES, *train_command(run_dir, *TINY, "logger=none")[3:]],
-        cwd=REPO_ROOT,
-        env=offline_env() | {"RENAMES": str(renames), "TMPDIR": str(tmp_path)},
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert proc.returncode == 0, proc.stderr
-    into_checkpoints = [(Path(s), Path(d)) for s, d in json.loads(renames.read_text()) if d.endswith(".ckpt")]
+    run_dir = audited_run.run_dir
+    into_checkpoints = [(s, d) for s, d in audited_run.renames if d.suffix == ".ckpt"]
     checkpoints = sorted((run_dir / "checkpoints").glob("*.ckpt"))
     assert len(checkpoints) == 2  # last.ckpt and the best one
     assert {d for _, d in into_checkpoints} >= set(checkpoints)

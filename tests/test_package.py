@@ -79,3 +79,13 @@ def test_every_trainer_argument_is_an_override(compose) -> None:
         "trainer.accumulate_grad_batches=4", "trainer.limit_val_batches=0", "trainer.max_time=00:00:10:00"
     )
     assert (cfg.trainer.accumulate_grad_batches, cfg.trainer.limit_val_batches) == (4, 0)
+
+
+@pytest.mark.slow
+def test_a_run_imports_only_what_it_uses(audited_run) -> None:
+    """A run without wandb, sweeps or SLURM imports neither wandb nor Optuna (nor its database
+    layer) nor submitit: their imports cost start-up time. matplotlib comes with torchmetrics,
+    which Lightning imports, whenever it is installed: gptlab itself only imports it to plot."""
+    imported = audited_run.imported
+    assert not {"wandb", "optuna", "sqlalchemy", "submitit"} & set(imported), imported
+    assert imported.get("matplotlib", "torchmetrics").startswith("torchmetrics"), imported

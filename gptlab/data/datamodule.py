@@ -1,7 +1,7 @@
 """A prepared corpus in, (x, y) batches out: the Lightning data module.
 
-The corpus (gptlab/corpus.py) is prepared once and memory-mapped; the tokenizer
-(gptlab/tokenizer.py) comes with it. Training batches are random windows of the training
+The corpus (gptlab/data/corpus.py) is prepared once and memory-mapped; the tokenizer
+(gptlab/data/tokenizer.py) comes with it. Training batches are random windows of the training
 split, drawn afresh for every step from a generator seeded by (seed, rank, step): each DDP
 rank sees different text, a run is reproducible, and a resumed run draws exactly the batches
 it would have drawn. Validation scores one fixed span of the validation split, every token of
@@ -26,9 +26,9 @@ from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from gptlab.atomic import written_whole
+from gptlab.config import DataSettings, TrainSettings
 from gptlab.data.corpus import Corpus, PreparedCorpus
 from gptlab.data.tokenizer import Tokenizer, check_tokenizer_settings
-from gptlab.model import is_count
 
 log = logging.getLogger(__name__)
 
@@ -133,7 +133,7 @@ class RandomWindows:
 
 def plain(value: Any) -> Any:
     """Config values as plain data: the data module's settings go into checkpoints, which hold
-    nothing else (see gptlab/checkpoint.py)."""
+    nothing else (see gptlab/training/checkpoint.py)."""
     return OmegaConf.to_container(value) if isinstance(value, DictConfig | ListConfig) else value
 
 
@@ -150,14 +150,14 @@ class TextDataModule(L.LightningDataModule):
         block_size: int,
         batch_size: int,
         tokenizer: dict[str, Any] | None = None,
-        glob: str = "*.txt",
-        separator: str = "\n",
+        glob: str = DataSettings.glob,  # the defaults of the data settings (gptlab/config.py)
+        separator: str = DataSettings.separator,
         cache_dir: str | None = None,
         url: str | None = None,
         sha256: str | None = None,
-        train_fraction: float = 0.9,
-        val_tokens: int | None = None,
-        seed: int = 1337,
+        train_fraction: float = DataSettings.train_fraction,
+        val_tokens: int | None = DataSettings.val_tokens,
+        seed: int = TrainSettings.seed,
     ):
         super().__init__()
         for name, value in (
@@ -165,17 +165,10 @@ class TextDataModule(L.LightningDataModule):
             ("batch_size", batch_size),
             ("val_tokens", val_tokens),
         ):
-            if value is None and name == "val_tokens":
-                continue
-            if not is_count(value) or value < 1:
+            if value is not None and value < 1:
                 raise ValueError(f"data.{name}={value!r} is not allowed: use a positive integer")
-        if not isinstance(train_fraction, float) or not 0.0 < train_fraction < 1.0:
+        if not 0.0 < train_fraction < 1.0:
             raise ValueError(f"data.train_fraction={train_fraction!r} is not allowed: use a number in (0, 1)")
-        if not is_count(seed):
-            raise ValueError(f"seed={seed!r} is not allowed: use an integer")
-        for name, value in (("glob", glob), ("separator", separator)):
-            if not isinstance(value, str):
-                raise ValueError(f"data.{name}={value!r} is not allowed: use a string")
         path, tokenizer = plain(path), plain(tokenizer) or {"type": "char"}
         check_tokenizer_settings(tokenizer)
         # saved in checkpoints (datamodule_hyper_parameters): a resumed run checks it gets the same
@@ -209,7 +202,7 @@ class TextDataModule(L.LightningDataModule):
         path to your own text is an error, not a copy of Tiny Shakespeare), then prepare the
         corpus (or find it prepared). The entry point calls this before the Trainer starts any
         DDP process; processes started by a cluster launcher all call it, and the first
-        prepares while the others wait (see gptlab/corpus.py)."""
+        prepares while the others wait (see gptlab/data/corpus.py)."""
         if self.corpus is not None:
             return  # the entry point has prepared it before the Trainer calls this
         if (

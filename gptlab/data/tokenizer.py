@@ -16,8 +16,6 @@ from tokenizers import Tokenizer as HFTokenizer
 from tokenizers import decoders, models, pre_tokenizers, trainers
 from tokenizers.decoders import DecodeStream
 
-from gptlab.model import is_count
-
 TOKENIZER_TYPES = ("char", "bpe")
 BYTE_ALPHABET = 256  # a byte-level BPE starts from every byte value
 UNICODE_SIZE = 0x110000
@@ -175,7 +173,11 @@ def check_tokenizer_settings(settings: dict[str, Any]) -> None:
         )
     if kind == "bpe":
         vocab_size = settings.get("vocab_size")
-        if not is_count(vocab_size) or not BYTE_ALPHABET < vocab_size < 2**31:
+        if (
+            not isinstance(vocab_size, int)
+            or isinstance(vocab_size, bool)
+            or not BYTE_ALPHABET < vocab_size < 2**31
+        ):
             raise ValueError(
                 f"data.tokenizer.vocab_size={vocab_size!r} is not allowed: a byte-level BPE has the "
                 f"{BYTE_ALPHABET} bytes and at least one merge: use an integer > {BYTE_ALPHABET}, e.g. 1024"

@@ -9,9 +9,8 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar, ThroughputMonitor
 from lightning.pytorch.loggers import WandbLogger
 
-from gptlab.config import check_sampling
+from gptlab.config import check_sampling, is_count
 from gptlab.data.tokenizer import tokenizer_from_dict
-from gptlab.model import is_count
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +42,7 @@ class LastCheckpoint(ModelCheckpoint):
     run resumed from it has that validation in its records, and Lightning does not run it again."""
 
     def __init__(self, dirpath: str, every_n_train_steps: int | None = None):
-        if every_n_train_steps is not None and (not is_count(every_n_train_steps) or every_n_train_steps < 1):
+        if every_n_train_steps is not None and every_n_train_steps < 1:
             raise ValueError(
                 f"checkpoint.every_n_steps={every_n_train_steps!r} is not allowed: use a positive integer "
                 "(or null: last.ckpt only when training ends)"
