@@ -205,12 +205,6 @@ class AlternateWithBareLoop(L.Callback):
 
 
 def bench_train(cfg: DictConfig) -> dict[str, Any]:
-    if cfg.trainer.devices != 1 or cfg.trainer.num_nodes != 1:
-        raise ValueError(
-            f"trainer.devices={cfg.trainer.devices} is not benchmarked: the bench measures one device "
-            "(trainer.devices=1, trainer.num_nodes=1)"
-        )
-    precision_dtype(cfg.trainer.precision)  # fails before the run starts
     # the steps gptlab.train builds a run with, and the timer among the callbacks
     resolved = build.resolve(cfg)
     build.set_up(cfg)
@@ -545,12 +539,22 @@ def print_tables(results: dict[str, Any], console: Console) -> None:
 
 
 def check_bench_settings(cfg: DictConfig) -> None:
+    """Everything the bench can check before it measures."""
     if unknown := [p for p in cfg.bench.parts if p not in PARTS]:
         raise ValueError(f"bench.parts has {unknown[0]!r}: use any of {list(PARTS)}")
     for key in ("warmup_steps", "rounds", "steps_per_round", "startup_runs", "generate_repeats"):
         value, least = cfg.bench[key], 0 if key == "warmup_steps" else 1
         if value < least:
             raise ValueError(f"bench.{key}={value!r} is not allowed: use an integer >= {least}")
+    if "train" in cfg.bench.parts:
+        if cfg.trainer.devices != 1 or cfg.trainer.num_nodes != 1:
+            raise ValueError(
+                f"trainer.devices={cfg.trainer.devices} is not benchmarked: the bench measures one device "
+                "(trainer.devices=1, trainer.num_nodes=1)"
+            )
+        # one the bare loop can mirror (auto becomes 32-true or bf16-mixed, which it can)
+        if cfg.trainer.precision != "auto":
+            precision_dtype(cfg.trainer.precision)
 
 
 @hydra.main(version_base="1.3", config_path="pkg://gptlab.conf", config_name="bench")

@@ -1,9 +1,11 @@
+import io
 import json
 import os
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager, redirect_stderr, redirect_stdout
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -79,6 +81,71 @@ def train(run_dir: Path, *overrides: str, timeout: float = 300, env: dict[str, s
         timeout=timeout,
     )
     return Result(proc.returncode, proc.stdout, proc.stderr, time.perf_counter() - start, run_dir)
+
+
+@contextmanager
+def command_line(arguments: list[str], env: dict[str, str], cwd: Path) -> Iterator[None]:
+    """sys.argv, the environment and the working directory of a command, for as long as it runs
+    in this process; put back after."""
+    saved = sys.argv, dict(os.environ), os.getcwd()
+    sys.argv = arguments
+    os.environ.clear()
+    os.environ.update(env)
+    os.chdir(cwd)
+    try:
+        yield
+    finally:
+        sys.argv = saved[0]
+        os.environ.clear()
+        os.environ.update(saved[1])
+        os.chdir(saved[2])
+
+
+def run_here(
+    entry: str,
+    *arguments: str,
+    env: dict[str, str] | None = None,
+    cwd: Path = REPO_ROOT,
+    run_dir: Path = Path(),
+) -> Result:
+    """`python -m gptlab.<entry> <arguments>` run in this process: the entry point's main() with
+    its command line, what it prints and its exit status, without starting Python and importing
+    torch and Lightning again. For runs whose process itself is not what is tested: signals, DDP
+    ranks, launchers and schedulers run in processes of their own, and so do tracebacks
+    (HYDRA_FULL_ERROR=1)."""
+    import importlib
+
+    from hydra.core.global_hydra import GlobalHydra
+
+    from gptlab.runs import run_directory
+
+    main = importlib.import_module(f"gptlab.{entry}").main
+    stdout, stderr = io.StringIO(), io.StringIO()
+    start, status = time.perf_counter(), 0
+    run_directory.job_started = 0.0  # not this process's first job: the job starts now, not the process
+    with command_line([f"gptlab.{entry}", *arguments], offline_env() | (env or {}), cwd):
+        try:
+            with redirect_stdout(stdout), redirect_stderr(stderr):
+                main()
+        except SystemExit as exit:  # what a process would exit with, its message on stderr
+            if isinstance(exit.code, str):
+                print(exit.code, file=stderr)
+            status = exit.code if isinstance(exit.code, int) else 1
+        finally:
+            GlobalHydra.instance().clear()
+    return Result(status, stdout.getvalue(), stderr.getvalue(), time.perf_counter() - start, run_dir)
+
+
+def train_here(run_dir: Path, *overrides: str, env: dict[str, str] | None = None) -> Result:
+    """train(), in this process (see run_here)."""
+    return run_here("train", *train_command(run_dir, *overrides)[3:], env=env, run_dir=run_dir)
+
+
+def sweep_here(sweep_dir: Path, *overrides: str, env: dict[str, str] | None = None) -> Result:
+    """sweep(), in this process (see run_here): Hydra's basic launcher runs the jobs here too."""
+    arguments = train_command(sweep_dir, *overrides)[3:]
+    arguments[0:1] = ["-m", f"hydra.sweep.dir={sweep_dir}"]  # in place of hydra.run.dir
+    return run_here("train", *arguments, env=env, run_dir=sweep_dir)
 
 
 def run_entry(
@@ -166,12 +233,10 @@ def audited_run(tmp_path_factory: pytest.TempPathFactory, shakespeare: Path) -> 
 
 @pytest.fixture
 def run_train(tmp_path: Path, shakespeare: Path):
-    """train() into a fresh run directory under tmp_path."""
+    """train_here() into a fresh run directory under tmp_path."""
 
-    def run(
-        *overrides: str, run_name: str = "run", timeout: float = 300, env: dict[str, str] | None = None
-    ) -> Result:
-        return train(tmp_path / run_name, *overrides, timeout=timeout, env=env)
+    def run(*overrides: str, run_name: str = "run", env: dict[str, str] | None = None) -> Result:
+        return train_here(tmp_path / run_name, *overrides, env=env)
 
     return run
 

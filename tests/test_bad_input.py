@@ -19,6 +19,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from gptlab import bench, cli, compare, convert, prepare, sample, train
 from gptlab import eval as evaluate
+from tests import conftest
 from tests.conftest import REPO_ROOT, SHAKESPEARE, TINY, composed, offline_env
 
 WITH_SAMPLES = [o for o in TINY if not o.startswith("callbacks.text_samples")]
@@ -102,6 +103,8 @@ CASES = [
     ("convert", ["to_nanogpt", "{ckpt}", "{folder}/ckpt.pt", "{folder}/meta.pkl"], "nanoGPT's model has"),
     ("bench", [*TINY, "data.path={shakespeare}", "bench.rounds=0"], "bench.rounds=0 is not allowed: use an integer >= 1"),
     ("bench", [*TINY, "data.path={shakespeare}", "bench.parts=[train,fast]"], "bench.parts has 'fast': use any of"),
+    ("bench", [*TINY, "data.path={shakespeare}", "trainer.precision=16-mixed"], "trainer.precision=16-mixed is not benchmarked: use 32-true or bf16-mixed"),
+    ("bench", [*TINY, "data.path={shakespeare}", "trainer.devices=2"], "trainer.devices=2 is not benchmarked: the bench measures one device"),
     ("bench", [*TINY, "data.path={shakespeare}", "bench.rounds=some"], HYDRA + "Value 'some' of type 'str' could not be converted to Integer"),
 ]  # fmt: skip
 
@@ -290,8 +293,7 @@ def test_unknown_config_option_uses_hydras_message(tmp_path: Path) -> None:
     assert "Available options" in said
 
 
-def test_full_error_shows_the_traceback(run_train, monkeypatch) -> None:
-    monkeypatch.setenv("HYDRA_FULL_ERROR", "1")
-    result = run_train(*TINY, "model.n_head=5")
+def test_full_error_shows_the_traceback(tmp_path: Path) -> None:
+    result = conftest.train(tmp_path / "run", *TINY, "model.n_head=5", env={"HYDRA_FULL_ERROR": "1"})
     assert result.returncode != 0
     assert "Traceback" in result.stderr and "model.n_head=5" in result.stderr

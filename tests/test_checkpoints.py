@@ -1,31 +1,21 @@
-"""Checkpoints: sampling from them, resuming exactly, fine-tuning, loading nothing but data."""
+"""Checkpoints: sampling from them, resuming exactly, fine-tuning, loading nothing but data. The
+entry points run in this process (tests.conftest.run_here), from the folder a test names."""
 
 import json
 import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
 from gptlab.training.checkpoint import find_checkpoint, load_checkpoint
-from tests.conftest import (
-    REPO_ROOT,
-    TINY,
-    AuditedRun,
-    offline_env,
-    read_summary,
-    run_entry,
-    train,
-)
+from tests.conftest import TINY, AuditedRun, Result, read_summary, run_here, train_here
 
 
-def sample(*overrides: str, cwd: Path) -> subprocess.CompletedProcess:
-    command = [sys.executable, "-m", "gptlab.sample", *overrides]
-    env = offline_env() | {"PYTHONPATH": str(REPO_ROOT)}
-    return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=120)
+def sample(*overrides: str, cwd: Path) -> Result:
+    """`python -m gptlab.sample`, run from cwd (in this process: see tests.conftest.run_here)."""
+    return run_here("sample", *overrides, cwd=cwd)
 
 
 @pytest.mark.slow
@@ -139,11 +129,11 @@ def test_fine_tuning_starts_from_the_checkpoint(trained_run: Path, tmp_path: Pat
         "trainer.val_check_interval=10",
         "logger=csv",
     ]
-    tuned = train(tmp_path / "tuned", "experiment=finetune", f"init_from={trained_run}", *common)
+    tuned = train_here(tmp_path / "tuned", "experiment=finetune", f"init_from={trained_run}", *common)
     assert tuned.returncode == 0, tuned.stderr
-    fresh = train(tmp_path / "fresh", "experiment=finetune", *common, "init_from=null")
+    fresh = train_here(tmp_path / "fresh", "experiment=finetune", *common, "init_from=null")
     assert fresh.returncode == 1 and "experiment=finetune needs init_from" in fresh.stderr
-    scratch = train(tmp_path / "scratch", *TINY, *common)
+    scratch = train_here(tmp_path / "scratch", *TINY, *common)
     assert scratch.returncode == 0, scratch.stderr
 
     tuned_ckpt = load_checkpoint(tmp_path / "tuned" / "checkpoints" / "last.ckpt")
@@ -163,7 +153,9 @@ def test_fine_tuning_starts_from_the_checkpoint(trained_run: Path, tmp_path: Pat
 def test_fine_tuning_refuses_text_outside_the_vocabulary(trained_run: Path, tmp_path: Path) -> None:
     text = tmp_path / "mine.txt"
     text.write_text("Grüße aus Köln! " * 100 + "".join(chr(0x4E00 + i) for i in range(30)))
-    result = train(tmp_path / "run", "experiment=finetune", f"init_from={trained_run}", f"data.path={text}")
+    result = train_here(
+        tmp_path / "run", "experiment=finetune", f"init_from={trained_run}", f"data.path={text}"
+    )
     assert result.returncode == 1 and "Traceback" not in result.stderr
     error = result.stderr.strip().splitlines()[-1]
     assert error.startswith(
@@ -198,14 +190,14 @@ def test_a_bpe_run_samples_evaluates_and_fine_tunes_from_its_checkpoint_alone(
     (corpus / "b.txt").write_text(shakespeare.read_text()[150_000:200_000])
     run = tmp_path / "run"
     bpe = ["data/tokenizer=bpe", "data.tokenizer.vocab_size=384", "logger=csv"]
-    result = train(run, *TINY, *bpe, f"data.path={corpus}")
+    result = train_here(run, *TINY, *bpe, f"data.path={corpus}")
     assert result.returncode == 0, result.stderr
     summary = read_summary(run)
     hparams = load_checkpoint(summary["best_ckpt"])["hyper_parameters"]
     assert hparams["tokenizer"]["type"] == "bpe" and hparams["model"]["vocab_size"] == 384
     assert 0 < summary["best_val_bpc"] < summary["best_val_loss"]  # bits per character, not per token
     # scored again on its own validation set (the prepared corpus, found by the checkpoint's tokenizer)
-    proc = run_entry("eval", f"ckpt_path={summary['last_ckpt']}")
+    proc = run_here("eval", f"ckpt_path={summary['last_ckpt']}")
     assert proc.returncode == 0, proc.stderr
     figures = dict(line.split() for line in proc.stdout.splitlines()[1:])
     assert float(figures["val_loss"]) == pytest.approx(summary["final_val_loss"], abs=1e-4)
@@ -220,18 +212,12 @@ def test_a_bpe_run_samples_evaluates_and_fine_tunes_from_its_checkpoint_alone(
 
     text = elsewhere / "other.txt"
     text.write_text(shakespeare.read_text()[-3000:] + "\nGrüße aus Köln! 東京")  # unseen characters encode
-    proc = subprocess.run(
-        [sys.executable, "-m", "gptlab.eval", f"ckpt_path={run}", f"data.path={text}"],
-        cwd=elsewhere,
-        env=offline_env() | {"PYTHONPATH": str(REPO_ROOT)},
-        capture_output=True,
-        text=True,
-    )
+    proc = run_here("eval", f"ckpt_path={run}", f"data.path={text}", cwd=elsewhere)
     assert proc.returncode == 0, proc.stderr
     figures = dict(line.split() for line in proc.stdout.splitlines()[1:])
     assert float(figures["val_loss"]) > float(figures["bits_per_char"]) > 0
 
-    tuned = train(
+    tuned = train_here(
         tmp_path / "tuned",
         "experiment=finetune",
         f"init_from={run}",

@@ -21,9 +21,9 @@ from tests.conftest import (
     TINY,
     offline_env,
     read_summary,
-    run_entry,
-    train,
+    run_here,
     train_command,
+    train_here,
 )
 
 CPU_RANK = [*TINY, "logger=csv", "trainer.accelerator=cpu", f"data.path={SHAKESPEARE}"]
@@ -173,7 +173,7 @@ def stopped_step(result: subprocess.CompletedProcess) -> int:
 def test_a_preempted_run_saves_the_step_it_reached_and_resumes_to_the_same_val_loss(
     tmp_path: Path, shakespeare: Path
 ) -> None:
-    left_alone = train(tmp_path / "left_alone", *PREEMPTED)
+    left_alone = train_here(tmp_path / "left_alone", *PREEMPTED)  # the run the signals interrupt
     assert left_alone.returncode == 0, left_alone.stderr
     expected = read_summary(left_alone.run_dir)["final_val_loss"]
 
@@ -186,7 +186,7 @@ def test_a_preempted_run_saves_the_step_it_reached_and_resumes_to_the_same_val_l
     assert load_checkpoint(run / "checkpoints" / "last.ckpt")["global_step"] == step
     assert not (run / "summary.json").exists()  # not finished
     assert f"resume with `python -m gptlab.train ckpt_path={run}`" in result.stderr
-    resumed = run_entry("train", f"ckpt_path={run}")
+    resumed = run_here("train", f"ckpt_path={run}")
     assert resumed.returncode == 0, resumed.stderr
     assert read_summary(run)["final_val_loss"] == pytest.approx(expected, abs=1e-4)
     assert read_summary(run)["steps"] == 400

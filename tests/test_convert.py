@@ -1,8 +1,6 @@
 """nanoGPT interop: a model survives the round trip through nanoGPT's checkpoint format."""
 
 import pickle
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -11,19 +9,14 @@ import torch
 from gptlab.data.tokenizer import BPETokenizer, CharTokenizer
 from gptlab.model import GPT, GPTConfig
 from gptlab.training.checkpoint import gptlab_checkpoint, load_checkpoint, model_from_checkpoint
-from tests.conftest import REPO_ROOT
+from tests.conftest import Result, run_here
 
 CHARS = "".join(sorted(set("\n !$&',-.3:;?ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")))
 
 
-def convert(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "gptlab.convert", *args],
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+def convert(*args: str) -> Result:
+    """`python -m gptlab.convert` (in this process: see tests.conftest.run_here)."""
+    return run_here("convert", *args)
 
 
 @pytest.mark.parametrize("bias", [True, False])

@@ -7,19 +7,19 @@ from pathlib import Path
 import pytest
 
 from gptlab.training.checkpoint import load_checkpoint
-from tests.conftest import TINY, read_summary, run_entry, train
+from tests.conftest import TINY, read_summary, run_here, train_here
 
 
 @pytest.mark.slow
 def test_eval_reproduces_the_runs_val_loss_at_any_batch_size(tmp_path: Path, shakespeare: Path) -> None:
     run = tmp_path / "run"
-    result = train(run, *TINY, "data.val_tokens=1000", "logger=none")  # 1000 = 62 windows of 16, and 8
+    result = train_here(run, *TINY, "data.val_tokens=1000", "logger=none")  # 1000 = 62 windows of 16, and 8
     assert result.returncode == 0, result.stderr
     summary = read_summary(run)
     figures = []
     for batch_size in (1, 64):
         out = tmp_path / f"eval-{batch_size}.json"
-        proc = run_entry(
+        proc = run_here(
             "eval", f"ckpt_path={run}/checkpoints/last.ckpt", f"batch_size={batch_size}", f"out_file={out}"
         )
         assert proc.returncode == 0, proc.stderr
@@ -39,7 +39,7 @@ def test_eval_reproduces_the_runs_val_loss_at_any_batch_size(tmp_path: Path, sha
     # any text file, every token of it; from a run directory, its best checkpoint
     text = tmp_path / "other.txt"
     text.write_text(shakespeare.read_text()[:3001])
-    proc = run_entry("eval", f"ckpt_path={run}", f"data.path={text}", cwd=tmp_path)
+    proc = run_here("eval", f"ckpt_path={run}", f"data.path={text}", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert f"on all of {text}: 3,000 tokens, 3,000 characters" in proc.stdout
     assert summary["best_ckpt"] in proc.stdout

@@ -1,4 +1,6 @@
-"""Runs you can trust: every run ends validated and saved, and a resumed run is the same run."""
+"""Runs you can trust: every run ends validated and saved, and a resumed run is the same run.
+The runs killed with SIGKILL are processes of their own; the others run in this process
+(tests.conftest.run_here)."""
 
 import csv
 import os
@@ -13,7 +15,7 @@ import pytest
 import torch
 
 from gptlab.training.checkpoint import load_checkpoint
-from tests.conftest import REPO_ROOT, TINY, offline_env, read_summary, run_entry, train, train_command
+from tests.conftest import REPO_ROOT, TINY, offline_env, read_summary, run_here, train_command, train_here
 
 
 def metric_rows(run_dir: Path) -> list[dict[str, str]]:
@@ -32,7 +34,7 @@ def last_step(run_dir: Path) -> int:
 
 @pytest.mark.slow
 def test_a_run_ends_validated_and_saved_at_its_last_step(tmp_path: Path, shakespeare: Path) -> None:
-    result = train(
+    result = train_here(
         tmp_path / "run", *TINY, "trainer.max_steps=130", "trainer.val_check_interval=50", "logger=csv"
     )
     assert result.returncode == 0, result.stderr
@@ -50,7 +52,7 @@ def test_a_run_ends_validated_and_saved_at_its_last_step(tmp_path: Path, shakesp
 
 @pytest.mark.slow
 def test_a_run_stopped_by_max_time_ends_validated_and_saved(tmp_path: Path, shakespeare: Path) -> None:
-    result = train(
+    result = train_here(
         tmp_path / "run",
         *TINY,
         "trainer.max_steps=-1",  # no step limit: the clock stops it
@@ -68,15 +70,13 @@ def test_a_run_stopped_by_max_time_ends_validated_and_saved(tmp_path: Path, shak
 
 @pytest.mark.slow
 def test_no_validation_at_all_still_saves_the_last_step(tmp_path: Path, shakespeare: Path) -> None:
-    result = train(tmp_path / "run", *TINY, "trainer.limit_val_batches=0", "logger=csv")
+    result = train_here(tmp_path / "run", *TINY, "trainer.limit_val_batches=0", "logger=csv")
     assert result.returncode == 0, result.stderr
     summary = read_summary(result.run_dir)
     assert summary["steps"] == 30 and summary["best_val_loss"] is None and summary["final_val_loss"] is None
     assert validations(result.run_dir) == {}
     assert last_step(result.run_dir) == 30
-    compare = subprocess.run(
-        [sys.executable, "-m", "gptlab.compare", str(result.run_dir)], capture_output=True, text=True
-    )
+    compare = run_here("compare", str(result.run_dir))
     assert compare.returncode == 0 and "not validated" in compare.stdout, compare.stderr
 
 
@@ -125,7 +125,7 @@ RESUMABLE = [
 def resume(run_dir: Path) -> None:
     """`python -m gptlab.train ckpt_path=<run dir>`, nothing else: the run's own settings and
     directory (named relative to where the command runs, as people type it)."""
-    result = run_entry("train", f"ckpt_path={os.path.relpath(run_dir, REPO_ROOT)}")
+    result = run_here("train", f"ckpt_path={os.path.relpath(run_dir, REPO_ROOT)}")
     assert result.returncode == 0, result.stderr
 
 
@@ -135,7 +135,7 @@ def test_a_run_killed_anywhere_and_resumed_by_its_directory_is_the_same_run(
     tmp_path: Path, shakespeare: Path, accumulate: int
 ) -> None:
     overrides = [*RESUMABLE, f"trainer.accumulate_grad_batches={accumulate}"]
-    whole = train(tmp_path / "whole", *overrides)
+    whole = train_here(tmp_path / "whole", *overrides)
     assert whole.returncode == 0, whole.stderr
 
     run = tmp_path / "killed"
@@ -178,12 +178,10 @@ def test_a_run_killed_anywhere_and_resumed_by_its_directory_is_the_same_run(
 @pytest.mark.slow
 def test_ckpt_path_last_in_a_given_run_directory(tmp_path: Path, shakespeare: Path) -> None:
     run = tmp_path / "run"
-    first = train(run, *TINY, "ckpt_path=last", "logger=csv")  # nothing to resume yet: starts at step 0
+    first = train_here(run, *TINY, "ckpt_path=last", "logger=csv")  # nothing to resume yet: starts at step 0
     assert first.returncode == 0, first.stderr
     assert "ckpt_path=last: no" in first.stdout + first.stderr
-    longer = run_entry(
-        "train", f"hydra.run.dir={run}", "ckpt_path=last", "trainer.max_steps=45"
-    )  # extends it
+    longer = run_here("train", f"hydra.run.dir={run}", "ckpt_path=last", "trainer.max_steps=45")  # extends it
     assert longer.returncode == 0, longer.stderr
     assert list(validations(run)) == [15, 30, 45]
     summary = read_summary(run)
@@ -196,7 +194,7 @@ def test_a_resume_that_contradicts_the_checkpoint_is_refused_and_changes_nothing
     tmp_path: Path, shakespeare: Path
 ) -> None:
     run = tmp_path / "run"
-    assert train(run, *TINY, "logger=csv").returncode == 0
+    assert train_here(run, *TINY, "logger=csv").returncode == 0
 
     def files() -> dict[Path, bytes]:  # but a refused resume's own Hydra record, set aside
         return {p: p.read_bytes() for p in run.rglob("*") if p.is_file() and p.parent.name != "resume"}
@@ -210,7 +208,7 @@ def test_a_resume_that_contradicts_the_checkpoint_is_refused_and_changes_nothing
         "trainer.max_steps=30": "is at step 30, and trainer.max_steps=30: give a larger trainer.max_steps",
     }
     for override, message in cases.items():
-        result = run_entry("train", f"ckpt_path={run / 'checkpoints' / 'last.ckpt'}", override)
+        result = run_here("train", f"ckpt_path={run / 'checkpoints' / 'last.ckpt'}", override)
         assert result.returncode == 1, (override, result.stderr)
         assert result.stderr.strip().splitlines()[-1].startswith("error: ")
         assert message in result.stderr, (override, result.stderr)
@@ -220,7 +218,7 @@ def test_a_resume_that_contradicts_the_checkpoint_is_refused_and_changes_nothing
 def test_without_periodic_validation_the_last_step_is_validated_and_saved(
     tmp_path: Path, shakespeare: Path
 ) -> None:
-    result = train(
+    result = train_here(
         tmp_path / "run", *TINY, "trainer.max_steps=20", "trainer.val_check_interval=null", "logger=none"
     )
     assert result.returncode == 0, result.stderr

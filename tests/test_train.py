@@ -1,11 +1,11 @@
-"""End to end: the real CLI, the real Trainer, real files in the run directory."""
+"""End to end: the real entry point, the real Trainer, real files in the run directory. Runs go
+through the entry point's main() in this process (tests.conftest.run_here), except where the
+process is the point: DDP ranks, which Lightning starts by running the command line again."""
 
 import csv
 import json
 import math
 import os
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -13,7 +13,7 @@ from omegaconf import OmegaConf
 
 from gptlab.data.tokenizer import tokenizer_from_dict
 from gptlab.model import GPTConfig, create_model
-from tests.conftest import REPO_ROOT, TINY, read_summary, sweep
+from tests.conftest import TINY, read_summary, run_here, sweep, sweep_here, train
 
 
 def validations(run_dir) -> list[dict[str, str]]:
@@ -78,11 +78,12 @@ def test_training_run_learns_and_writes_a_complete_run_directory(run_train) -> N
 
 
 @pytest.mark.slow
-def test_fast_experiment_switches_work_on_cpu(run_train) -> None:
+def test_fast_experiment_switches_work_on_cpu(tmp_path) -> None:
     """experiment=shakespeare_char_fast's GPU settings (bf16 autocast, fused AdamW, torch.compile)
     on a tiny model on CPU: it trains, checkpoints keep plain weight names, and the compiled
     forward is not recompiled step after step (only once, for validation's no-grad mode)."""
-    result = run_train(
+    result = train(  # in a process of its own: torch reads TORCH_LOGS when it is imported
+        tmp_path / "run",
         "experiment=shakespeare_char_fast",
         *TINY,
         "model.n_layer=2",
@@ -100,12 +101,13 @@ def test_fast_experiment_switches_work_on_cpu(run_train) -> None:
 
 
 @pytest.mark.slow
-def test_ddp_on_two_cpu_processes(run_train, tmp_path, shakespeare) -> None:
+def test_ddp_on_two_cpu_processes(tmp_path, shakespeare) -> None:
     # the README's headline example, shortened, on a copy of the text no process has prepared yet
     text = tmp_path / "data" / "input.txt"
     text.parent.mkdir()
     text.write_text(shakespeare.read_text())
-    result = run_train(
+    result = train(  # Lightning starts rank 1 by running the command line again: a process of its own
+        tmp_path / "run",
         f"data.path={text}",
         "model.n_head=6",
         "trainer.devices=2",
@@ -128,12 +130,7 @@ def test_ddp_on_two_cpu_processes(run_train, tmp_path, shakespeare) -> None:
     assert len(val_losses(result.run_dir)) == 2
     # the two ranks scored the validation set between them, each token once: one process
     # scoring the final checkpoint alone gets the same val_loss
-    proc = subprocess.run(
-        [sys.executable, "-m", "gptlab.eval", f"ckpt_path={summary['last_ckpt']}", "batch_size=5"],
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-    )
+    proc = run_here("eval", f"ckpt_path={summary['last_ckpt']}", "batch_size=5")
     assert proc.returncode == 0, proc.stderr
     (line,) = [line for line in proc.stdout.splitlines() if line.startswith("val_loss ")]
     assert float(line.split()[1]) == pytest.approx(summary["final_val_loss"], abs=1e-4)
@@ -155,7 +152,7 @@ def test_training_without_any_logger(run_train) -> None:
 def test_multirun_prints_the_table_of_its_runs(tmp_path, shakespeare) -> None:
     sweep_dir = tmp_path / "sweep"
     overrides = ["trainer.max_steps=20", "trainer.val_check_interval=10", "data.val_tokens=256", "logger=csv"]
-    proc = sweep(sweep_dir, "experiment=ladder/bigram,ladder/single_head", *overrides)
+    proc = sweep_here(sweep_dir, "experiment=ladder/bigram,ladder/single_head", *overrides)
     assert proc.returncode == 0, proc.stderr
     assert sorted(p.name for p in sweep_dir.iterdir() if p.is_dir()) == ["0", "1"]
     rows = [
@@ -189,7 +186,7 @@ def table_rows(stdout: str) -> list[str]:
 
 @pytest.mark.slow
 def test_a_failing_job_does_not_end_the_sweep(tmp_path, shakespeare) -> None:
-    proc = sweep(tmp_path / "sweep", "model.n_head=5,4", *TINY[2:], "logger=csv")
+    proc = sweep_here(tmp_path / "sweep", "model.n_head=5,4", *TINY[2:], "logger=csv")
     assert proc.returncode == 0, proc.stderr
     failed = read_summary(tmp_path / "sweep" / "0")
     assert list(failed) == ["error"]
@@ -219,7 +216,7 @@ def test_ddp_inside_a_sweep_keeps_one_run_directory_per_job(tmp_path, shakespear
 @pytest.mark.slow
 def test_grid_sweep_and_compare(tmp_path, shakespeare) -> None:
     sweep_dir = tmp_path / "sweep"
-    proc = sweep(
+    proc = sweep_here(
         sweep_dir,
         "model.n_head=2,4",
         "model.n_layer=1,2",
@@ -233,10 +230,7 @@ def test_grid_sweep_and_compare(tmp_path, shakespeare) -> None:
     first, second = summaries[:2]
     assert second["startup_seconds"] < first["startup_seconds"] + first["train_seconds"]
 
-    compare = [sys.executable, "-m", "gptlab.compare", str(sweep_dir)]
-    listed = subprocess.run(
-        [*compare, "--json", "--plot", str(tmp_path / "runs.png")], capture_output=True, text=True
-    )
+    listed = run_here("compare", str(sweep_dir), "--json", "--plot", str(tmp_path / "runs.png"))
     assert listed.returncode == 0, listed.stderr
     runs = json.loads(listed.stdout)
     assert len(runs) == 4
@@ -245,7 +239,7 @@ def test_grid_sweep_and_compare(tmp_path, shakespeare) -> None:
         f"model.n_head={h} model.n_layer={n}" for h in (2, 4) for n in (1, 2)
     }
     assert (tmp_path / "runs.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    as_csv = subprocess.run([*compare, "--csv"], capture_output=True, text=True)
+    as_csv = run_here("compare", str(sweep_dir), "--csv")
     assert (
         as_csv.stdout.splitlines()[0].startswith("run_dir,overrides,")
         and len(as_csv.stdout.splitlines()) == 5
@@ -259,7 +253,7 @@ def test_a_job_crashing_mid_training_does_not_end_the_sweep(tmp_path, shakespear
         "+callbacks.stop._target_=lightning.pytorch.callbacks.EarlyStopping",
         "+callbacks.stop.monitor=nope,val_loss",
     ]
-    proc = sweep(tmp_path / "sweep", *crash, *TINY, "logger=csv")
+    proc = sweep_here(tmp_path / "sweep", *crash, *TINY, "logger=csv")
     assert proc.returncode == 0, proc.stderr
     crashed = read_summary(tmp_path / "sweep" / "0")
     assert crashed["error"].startswith("RuntimeError: Early stopping conditioned on metric `nope`")
@@ -272,7 +266,7 @@ def test_a_job_crashing_mid_training_does_not_end_the_sweep(tmp_path, shakespear
 @pytest.mark.slow
 def test_an_optuna_search_goes_on_past_a_trial_that_fails(tmp_path, shakespeare) -> None:
     tiny = [o for o in TINY if not o.startswith("model.n_head=")]  # n_embd 32: 3 heads cannot split it
-    proc = sweep(
+    proc = sweep_here(
         tmp_path / "search",
         "hparams_search=optuna",
         "hydra.sweeper.n_trials=4",
@@ -295,7 +289,7 @@ def test_an_optuna_study_in_a_database_goes_on_where_it_stopped(tmp_path, shakes
 
     storage = f"sqlite:///{tmp_path / 'study.db'}"
     for launch in ("first", "second"):
-        proc = sweep(
+        proc = sweep_here(
             tmp_path / launch,
             "hparams_search=optuna",
             f"hydra.sweeper.storage={storage}",

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import TINY, read_summary, sweep
+from tests.conftest import TINY, read_summary, sweep_here
 
 WANDB = Path(sys.executable).with_name("wandb")
 
@@ -37,7 +37,7 @@ def test_sweep_runs_share_a_group_compare_best_values_and_the_sweep_folder_shows
     tmp_path: Path, shakespeare: Path
 ) -> None:
     sweep_dir = tmp_path / "sweep"
-    proc = sweep(sweep_dir, "model.n_head=2,4", *TINY[2:])
+    proc = sweep_here(sweep_dir, "model.n_head=2,4", *TINY[2:])
     assert proc.returncode == 0, proc.stderr
 
     run_ids = set()
