@@ -1,5 +1,6 @@
 import io
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -86,8 +87,14 @@ def train(run_dir: Path, *overrides: str, timeout: float = 300, env: dict[str, s
 @contextmanager
 def command_line(arguments: list[str], env: dict[str, str], cwd: Path) -> Iterator[None]:
     """sys.argv, the environment and the working directory of a command, for as long as it runs
-    in this process; put back after."""
+    in this process; put back after, and so is the logging Hydra sets up for it (its job logging
+    configuration disables, or reroutes, the loggers that exist when it starts)."""
     saved = sys.argv, dict(os.environ), os.getcwd()
+    loggers = [
+        logging.root,
+        *(v for v in logging.root.manager.loggerDict.values() if isinstance(v, logging.Logger)),
+    ]
+    saved_loggers = [(lg, lg.disabled, lg.level, lg.propagate, lg.handlers[:]) for lg in loggers]
     sys.argv = arguments
     os.environ.clear()
     os.environ.update(env)
@@ -99,6 +106,13 @@ def command_line(arguments: list[str], env: dict[str, str], cwd: Path) -> Iterat
         os.environ.clear()
         os.environ.update(saved[1])
         os.chdir(saved[2])
+        for logger, disabled, level, propagate, handlers in saved_loggers:
+            logger.disabled, logger.level, logger.propagate, logger.handlers = (
+                disabled,
+                level,
+                propagate,
+                handlers,
+            )
 
 
 def run_here(
