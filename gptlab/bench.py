@@ -453,82 +453,88 @@ def startup_on(
     return {name: {k: statistics.median(v) for k, v in f.items()} for name, f in figures.items()}
 
 
+def train_table(train: dict[str, Any]) -> Table:
+    table = Table(title=f"training step: {train['params']:,} parameters on {train['device']}")
+    for column in ("", "gptlab", "bare PyTorch", "gptlab / bare"):
+        table.add_column(column, justify="right")
+    table.add_row("ms/step", f"{train['gptlab_ms']:.2f}", f"{train['bare_ms']:.2f}", f"{train['ratio']:.3f}")
+    table.add_row("tokens/s", f"{train['tokens_per_second']:,.0f}", "", "")
+    peak = train["peak_memory_mb"]
+    table.add_row("peak memory MB", f"{peak['gptlab']:,.0f}", f"{peak['bare']:,.0f}", "")
+    table.add_row(
+        "batch production", f"{train['batch_ms']:.3f} ms", f"{train['batch_share']:.2%} of a step", ""
+    )
+    if "mfu" in train:
+        table.add_row("MFU (bf16 peak)", "n/a" if train["mfu"] is None else f"{train['mfu']:.1%}", "", "")
+    return table
+
+
+def generation_table(generation: list[dict[str, Any]]) -> Table:
+    table = Table(title=f"generation, weights in {generation[0]['dtype']}")
+    for column in ("new tokens", "KV cache tok/s", "no cache tok/s", "speed-up"):
+        table.add_column(column, justify="right")
+    for r in generation:
+        speedup = r["cached_tokens_per_s"] / r["uncached_tokens_per_s"]
+        table.add_row(
+            str(r["new_tokens"]),
+            f"{r['cached_tokens_per_s']:.0f}",
+            f"{r['uncached_tokens_per_s']:.1f}",
+            f"{speedup:.1f}x",
+        )
+    return table
+
+
+def growth_table(rows: list[dict[str, Any]]) -> Table:
+    table = Table(title="bare training step as the model grows")
+    for column in ("setting", "value", "parameters", "ms/step", "tokens/s", "memory MB"):
+        table.add_column(column, justify="right")
+    for r in rows:
+        table.add_row(
+            r["setting"],
+            str(r["value"]),
+            f"{r['params']:,}",
+            f"{r['bare_ms']:.1f}",
+            f"{r['tokens_per_second']:,.0f}",
+            f"{r['memory_mb']:,.0f}",
+        )
+    return table
+
+
+def corpus_table(corpus: dict[str, Any]) -> Table:
+    table = Table(title="preparing a corpus (data.path repeated), each in a fresh process")
+    columns = ("size MB", "tokenizer", "tokens", "tokenizer s", "encoding s", "MB/s", "peak memory MB")
+    for column in columns:
+        table.add_column(column, justify="right")
+    for r in corpus["prepare"]:
+        table.add_row(
+            f"{r['size_mb']:,}",
+            r["tokenizer"],
+            f"{r['tokens']:,}",
+            f"{r['tokenizer_seconds']:.1f}",
+            f"{r['encoding_seconds']:.1f}",
+            f"{r['mb_per_second']:.1f}",
+            f"{r['peak_memory_mb']:,.0f}",
+        )
+    return table
+
+
 def print_tables(results: dict[str, Any], console: Console) -> None:
     if train := results.get("train"):
-        table = Table(title=f"training step: {train['params']:,} parameters on {train['device']}")
-        for column in ("", "gptlab", "bare PyTorch", "gptlab / bare"):
-            table.add_column(column, justify="right")
-        table.add_row(
-            "ms/step", f"{train['gptlab_ms']:.2f}", f"{train['bare_ms']:.2f}", f"{train['ratio']:.3f}"
-        )
-        table.add_row("tokens/s", f"{train['tokens_per_second']:,.0f}", "", "")
-        peak = train["peak_memory_mb"]
-        table.add_row("peak memory MB", f"{peak['gptlab']:,.0f}", f"{peak['bare']:,.0f}", "")
-        table.add_row(
-            "batch production", f"{train['batch_ms']:.3f} ms", f"{train['batch_share']:.2%} of a step", ""
-        )
-        if "mfu" in train:
-            table.add_row("MFU (bf16 peak)", "n/a" if train["mfu"] is None else f"{train['mfu']:.1%}", "", "")
-        console.print(table)
+        console.print(train_table(train))
     if startup := results.get("startup"):
         console.print(
             f"start-up to the first step: {startup['seconds']:.2f} s "
             f"(of which `import gptlab.train`: {startup['import_seconds']:.2f} s)"
         )
     if generation := results.get("generate"):
-        table = Table(title=f"generation, weights in {generation[0]['dtype']}")
-        for column in ("new tokens", "KV cache tok/s", "no cache tok/s", "speed-up"):
-            table.add_column(column, justify="right")
-        for r in generation:
-            speedup = r["cached_tokens_per_s"] / r["uncached_tokens_per_s"]
-            table.add_row(
-                str(r["new_tokens"]),
-                f"{r['cached_tokens_per_s']:.0f}",
-                f"{r['uncached_tokens_per_s']:.1f}",
-                f"{speedup:.1f}x",
-            )
-        console.print(table)
+        console.print(generation_table(generation))
     rows = results.get("grow") or (
         [{"setting": "", "value": ""} | results["bare"]] if "bare" in results else []
     )
     if rows:
-        table = Table(title="bare training step as the model grows")
-        for column in ("setting", "value", "parameters", "ms/step", "tokens/s", "memory MB"):
-            table.add_column(column, justify="right")
-        for r in rows:
-            table.add_row(
-                r["setting"],
-                str(r["value"]),
-                f"{r['params']:,}",
-                f"{r['bare_ms']:.1f}",
-                f"{r['tokens_per_second']:,.0f}",
-                f"{r['memory_mb']:,.0f}",
-            )
-        console.print(table)
-
+        console.print(growth_table(rows))
     if corpus := results.get("corpus"):
-        table = Table(title="preparing a corpus (data.path repeated), each in a fresh process")
-        for column in (
-            "size MB",
-            "tokenizer",
-            "tokens",
-            "tokenizer s",
-            "encoding s",
-            "MB/s",
-            "peak memory MB",
-        ):
-            table.add_column(column, justify="right")
-        for r in corpus["prepare"]:
-            table.add_row(
-                f"{r['size_mb']:,}",
-                r["tokenizer"],
-                f"{r['tokens']:,}",
-                f"{r['tokenizer_seconds']:.1f}",
-                f"{r['encoding_seconds']:.1f}",
-                f"{r['mb_per_second']:.1f}",
-                f"{r['peak_memory_mb']:,.0f}",
-            )
-        console.print(table)
+        console.print(corpus_table(corpus))
         small, large = corpus["startup"]["data.path"], corpus["startup"]["largest"]
         extra_mb = large["peak_mb"] - small["peak_mb"]
         console.print(
