@@ -5,7 +5,7 @@ wrong type, or a key no schema has, while it composes, naming the key. conf/ hol
 (gptlab/model.py) for the model. `python -m gptlab.<entry point> --cfg job` shows them all.
 
 What a type cannot say (ranges, relations between settings) is checked by the check_* functions
-and OptimConfig here, before any work. Choice fields are plain strings: checkpoints keep them so.
+here, before any work. Choice fields are plain strings: checkpoints keep them so.
 """
 
 from dataclasses import dataclass, field, fields, make_dataclass
