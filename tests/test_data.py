@@ -99,3 +99,27 @@ def test_bad_data_settings(tmp_path: Path, kwargs: dict, message: str) -> None:
     settings = {"path": str(two_part_file(tmp_path)), "block_size": 8, "batch_size": 4} | kwargs
     with pytest.raises(ValueError, match=message):
         TextDataModule(**settings).setup("fit")
+
+
+def mapped_file_mb() -> float:
+    """This process's resident memory that maps files (Linux)."""
+    status = Path("/proc/self/status").read_text()
+    return int(next(line.split()[1] for line in status.splitlines() if line.startswith("RssFile:"))) / 1024
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads RssFile from /proc (Linux)")
+def test_training_on_a_large_corpus_keeps_only_a_batch_of_it_resident(
+    tmp_path: Path, shakespeare: Path
+) -> None:
+    # 80 MB of text: above the size under which the token file may stay mapped whole. A read
+    # of the map may make a whole large folio resident (up to 2 MB), not only its page
+    text = shakespeare.read_bytes()
+    corpus = tmp_path / "large.txt"
+    corpus.write_bytes(text * (80_000_000 // len(text)))
+    dm = TextDataModule(path=str(corpus), block_size=64, batch_size=16)
+    dm.setup("fit")
+    windows = iter(dm.train_dataloader())
+    before = mapped_file_mb()
+    for _ in range(300):  # 4,800 windows, all over the 72 MB training split
+        next(windows)
+    assert mapped_file_mb() - before < 40  # one batch's worth at most: 16 windows of up to 2 MB

@@ -51,6 +51,8 @@ log = logging.getLogger(__name__)
 CHUNK_BYTES = 1 << 24  # read, decoded and encoded at a time: memory stays small whatever the corpus
 FORMAT = 1  # of the manifest: a cache entry of another format is prepared again
 DEFAULT_CACHE = "gptlab-prepared"  # beside the data, unless data.cache_dir says where
+# a token file no larger than this may stay mapped whole; a larger one is released after each batch
+RELEASE_ABOVE_BYTES = 64 << 20
 
 
 @dataclass(frozen=True)
@@ -189,9 +191,13 @@ class PreparedCorpus:
 
     def release(self) -> None:
         """Hands the pages read so far back to the OS (they stay in its page cache, shared by
-        every process reading the file). Without this, a process's resident memory grows
-        towards the size of the corpus as training reads windows all over it."""
-        self.mapped.madvise(mmap.MADV_DONTNEED)
+        every process reading the file), if the file is larger than RELEASE_ABOVE_BYTES. The data
+        module calls this after every training batch and every validation. Without it, a
+        process's resident memory grows towards the size of the corpus as training reads windows
+        all over it, and fast: a read may map a whole large folio of the page cache (up to 2 MB
+        on recent Linux kernels), not only the page it reads."""
+        if len(self.mapped) > RELEASE_ABOVE_BYTES:
+            self.mapped.madvise(mmap.MADV_DONTNEED)
 
     @property
     def train(self) -> np.ndarray:

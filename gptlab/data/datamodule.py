@@ -88,9 +88,6 @@ def tokens_in_batch(batch: tuple[torch.Tensor, torch.Tensor]) -> int:
     return batch[0].numel()
 
 
-RELEASE_EVERY = 100  # training batches between two releases of the pages read
-
-
 class RandomWindows:
     """An endless stream of training batches: batch_size random windows of block_size + 1
     tokens, x the first block_size, y the same shifted by one (the lecture's get_batch),
@@ -107,7 +104,7 @@ class RandomWindows:
         release: Callable[[], None] | None = None,
     ):
         self.data = data
-        self.release = release  # called every RELEASE_EVERY batches: see PreparedCorpus.release
+        self.release = release  # called after every batch: see PreparedCorpus.release
         self.block_size = block_size
         self.batch_size = batch_size
         self.seed = seed
@@ -116,12 +113,12 @@ class RandomWindows:
         self.offsets = np.arange(block_size + 1)
 
     def batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.release is not None and step % RELEASE_EVERY == 0:
-            self.release()
         generator = torch.Generator().manual_seed(step_seed(self.seed, self.rank, step))
         starts = torch.randint(len(self.data) - self.block_size, (self.batch_size,), generator=generator)
         windows = self.data[starts.numpy()[:, None] + self.offsets]  # (B, block_size + 1), one gather
-        windows = torch.from_numpy(windows.astype(np.int64))
+        windows = torch.from_numpy(windows.astype(np.int64))  # a copy: the pages read can go
+        if self.release is not None:
+            self.release()
         return windows[:, :-1], windows[:, 1:]
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
