@@ -9,11 +9,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from hydra.errors import InstantiationException
-from lightning.fabric.utilities.exceptions import MisconfigurationException
 from omegaconf.errors import MissingMandatoryValue
 
 # what bad input raises: a setting out of range or of the wrong type, a required one not given, a
-# missing or unreadable file, an object the config failed to build, a Trainer argument Lightning refuses
+# missing or unreadable file, an object the config failed to build (a Trainer argument Lightning
+# refuses among them: Hydra's instantiate wraps what the Trainer raises)
 ERRORS = (
     ValueError,
     TypeError,
@@ -21,7 +21,6 @@ ERRORS = (
     OSError,
     MissingMandatoryValue,
     InstantiationException,
-    MisconfigurationException,
 )
 
 

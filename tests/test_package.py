@@ -32,7 +32,7 @@ def test_the_wheel_runs_from_any_folder_with_its_own_configs(tmp_path: Path) -> 
     elsewhere.mkdir()
     env = {"PYTHONPATH": str(site), "PATH": f"{site / 'bin'}:/usr/bin:/bin", "HOME": str(tmp_path)}
     where = subprocess.run(
-        [sys.executable, "-c", "import gptlab.train; print(gptlab.train.__file__)"],
+        [sys.executable, "-c", "import gptlab; print(gptlab.__file__)"],
         cwd=elsewhere,
         env=env,
         capture_output=True,
@@ -89,3 +89,16 @@ def test_a_run_imports_only_what_it_uses(audited_run) -> None:
     imported = audited_run.imported
     assert not {"wandb", "optuna", "sqlalchemy", "submitit"} & set(imported), imported
     assert imported.get("matplotlib", "torchmetrics").startswith("torchmetrics"), imported
+
+
+def test_entry_points_that_train_nothing_start_without_lightning() -> None:
+    """compare reads run directories: it imports neither torch nor Lightning. sample and convert
+    read checkpoints and run the model: torch, without Lightning. (Lightning and what it imports
+    take seconds to import.)"""
+    code = (
+        "import sys; import gptlab.compare; print('torch' in sys.modules, 'lightning' in sys.modules); "
+        "import gptlab.sample, gptlab.convert; print('lightning' in sys.modules)"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["False", "False", "False"]

@@ -1,4 +1,6 @@
-"""Checkpoints people can trust: found from a run directory, loaded as plain data only.
+"""Checkpoints people can trust: found from a run directory, loaded as plain data only (with
+torch alone: sampling, evaluating and converting need no Lightning; the Trainer writes them with
+gptlab.training.checkpoint_io).
 
 A gptlab checkpoint is a Lightning checkpoint whose `hyper_parameters` hold the model config
 (`model`), the optimizer settings (`optim`) and the tokenizer (`tokenizer`, with its type), and whose
@@ -12,9 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from gptlab.atomic import written_whole
 from gptlab.data.tokenizer import Tokenizer, tokenizer_from_dict
 from gptlab.model import GPTConfig, LanguageModel, create_model
 
@@ -56,19 +56,6 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     if not isinstance(checkpoint, dict) or not {"state_dict", "hyper_parameters"} <= checkpoint.keys():
         raise ValueError(f"{path} is not a gptlab checkpoint: it has no state_dict and hyper_parameters")
     return checkpoint
-
-
-class AtomicCheckpointIO(TorchCheckpointIO):
-    """Lightning's checkpoint writer, made atomic on every file system: the checkpoint is written
-    to a partial file beside its target, then renamed over it, so a kill mid-write leaves the
-    previous checkpoint whole. (Lightning's own writer stages in the system's temp directory,
-    which is a copy, not a rename, when that is another file system.)"""
-
-    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None) -> None:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with written_whole(path) as partial:
-            torch.save(checkpoint, partial)
 
 
 def model_from_checkpoint(checkpoint: dict[str, Any]) -> tuple[LanguageModel, Tokenizer]:
