@@ -15,6 +15,19 @@ import pytest
 
 from tests.slurm.cluster import SlurmCluster, missing
 
+# One thread for torch in the tests and every process they start: the suite runs on as many
+# workers as the machine has cores (pytest-xdist), and a run compared with the same run left
+# alone computes the same numbers when both have the same threads
+os.environ["OMP_NUM_THREADS"] = "1"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The SLURM tests first: they are the longest group (one worker runs them all, one after
+    another, on the one cluster) and spend most of it waiting for the cluster, so the other
+    workers' tests fit beside them rather than after."""
+    items.sort(key=lambda item: item.get_closest_marker("xdist_group") is None)
+
+
 if TYPE_CHECKING:
     from omegaconf import DictConfig
 
@@ -162,20 +175,6 @@ def sweep_here(sweep_dir: Path, *overrides: str, env: dict[str, str] | None = No
     return run_here("train", *arguments, env=env, run_dir=sweep_dir)
 
 
-def run_entry(
-    entry: str, *arguments: str, cwd: Path = REPO_ROOT, timeout: float = 300
-) -> subprocess.CompletedProcess:
-    """`python -m gptlab.<entry>` with these arguments and nothing else (a resume, say)."""
-    return subprocess.run(
-        [sys.executable, "-m", f"gptlab.{entry}", *arguments],
-        cwd=cwd,
-        env=offline_env(),
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-
-
 def sweep(sweep_dir: Path, *overrides: str, timeout: float = 300) -> subprocess.CompletedProcess:
     """Runs `python -m gptlab.train -m` (a Hydra multirun) for real, into sweep_dir."""
     command = train_command(sweep_dir, *overrides)
@@ -190,7 +189,7 @@ def trained_run(tmp_path_factory: pytest.TempPathFactory, shakespeare: Path) -> 
     """One run of the tiny model trained for real, made once for the tests that read a run
     directory or its checkpoints and leave them as they are."""
     run_dir = tmp_path_factory.mktemp("trained") / "run"
-    result = train(run_dir, *TINY, "trainer.max_steps=60", "optim.lr=1e-2", "logger=csv")
+    result = train_here(run_dir, *TINY, "trainer.max_steps=60", "optim.lr=1e-2", "logger=csv")
     assert result.returncode == 0, result.stderr
     return run_dir
 

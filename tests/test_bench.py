@@ -2,30 +2,20 @@
 speed goals are the bench's to report (README, Performance), not a test's to time."""
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO_ROOT, SHAKESPEARE, TINY, offline_env
+from tests.conftest import SHAKESPEARE, TINY, Result, run_here
 
 SHORT = ["bench.warmup_steps=2", "bench.rounds=3", "bench.steps_per_round=5", "trainer.log_every_n_steps=5"]
 
 
-def bench(run_dir: Path, *overrides: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    command = [
-        sys.executable,
-        "-m",
-        "gptlab.bench",
-        f"hydra.run.dir={run_dir}",
-        f"data.path={SHAKESPEARE}",
-        *TINY,
-        *SHORT,
-        *overrides,
-    ]
-    return subprocess.run(
-        command, cwd=REPO_ROOT, env=offline_env(), capture_output=True, text=True, timeout=timeout
+def bench(run_dir: Path, *overrides: str) -> Result:
+    """`python -m gptlab.bench` on the tiny model, in this process (the parts that need processes
+    of their own, start-up and growth, start them)."""
+    return run_here(
+        "bench", f"hydra.run.dir={run_dir}", f"data.path={SHAKESPEARE}", *TINY, *SHORT, *overrides
     )
 
 

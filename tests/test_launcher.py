@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from tests.conftest import TINY, read_summary, run_entry, sweep
+from tests.conftest import TINY, read_summary, run_here, sweep
 
 PARALLEL = ["hydra/launcher=parallel", *TINY[4:], "logger=csv"]
 
@@ -42,7 +42,7 @@ def test_a_grid_sweep_runs_its_jobs_side_by_side_each_on_its_own_device(
 
     # compare: the two seeds of n_head=2 are one row, mean and spread; --runs lists them apart
     grouped = json.loads(
-        run_entry("compare", str(sweep_dir), "--json", "--plot", str(tmp_path / "p.png")).stdout
+        run_here("compare", str(sweep_dir), "--json", "--plot", str(tmp_path / "p.png")).stdout
     )
     assert [row["n_seeds"] for row in grouped] == [2, 1, 1]
     losses = [first["best_val_loss"], second["best_val_loss"]]
@@ -50,9 +50,9 @@ def test_a_grid_sweep_runs_its_jobs_side_by_side_each_on_its_own_device(
     assert grouped[0]["best_val_loss_std"] == pytest.approx(statistics.stdev(losses))
     assert "seed=" not in grouped[0]["overrides"]
     assert (tmp_path / "p.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    one_by_one = json.loads(run_entry("compare", str(sweep_dir), "--json", "--runs").stdout)
+    one_by_one = json.loads(run_here("compare", str(sweep_dir), "--json", "--runs").stdout)
     assert len(one_by_one) == 4 and "n_seeds" not in one_by_one[0]
-    table = run_entry("compare", str(sweep_dir)).stdout
+    table = run_here("compare", str(sweep_dir)).stdout
     assert f"{statistics.mean(losses):.4f} ± {statistics.stdev(losses):.4f}" in table
 
 

@@ -15,10 +15,21 @@ from pathlib import Path
 import psutil
 import pytest
 
-from tests.conftest import REPO_ROOT, SHAKESPEARE, TINY, offline_env, read_summary, train
+from tests.conftest import (
+    REPO_ROOT,
+    SHAKESPEARE,
+    TINY,
+    offline_env,
+    read_summary,
+    run_here,
+    train_command,
+)
 from tests.slurm.cluster import SlurmCluster
 from tests.test_cluster import validation_rows
 from tests.test_wandb import wandb_summary
+
+# one cluster, one test at a time: all of them on the same pytest-xdist worker
+pytestmark = pytest.mark.xdist_group("slurm")
 
 CPU_NODE = [
     "hydra/launcher=slurm",
@@ -57,6 +68,18 @@ def start_sweep(slurm: SlurmCluster, sweep_dir: Path, *overrides: str) -> subpro
         command,
         cwd=REPO_ROOT,
         env=offline_env() | slurm.env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def start_training(run_dir: Path, *overrides: str) -> subprocess.Popen:
+    """`python -m gptlab.train` on this machine, outside the cluster, started now."""
+    return subprocess.Popen(
+        train_command(run_dir, *overrides),
+        cwd=REPO_ROOT,
+        env=offline_env(),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -144,27 +167,6 @@ def assert_one_wandb_run_preempted_then_finished(run_dir: Path) -> None:
     assert second["summary"]["best_val_loss"] == pytest.approx(read_summary(run_dir)["best_val_loss"])
 
 
-@pytest.mark.slow
-def test_a_sweep_submits_one_job_per_run_whose_srun_tasks_are_its_ddp_ranks(
-    tmp_path: Path, shakespeare: Path, slurm: SlurmCluster
-) -> None:
-    sweep_dir = tmp_path / "sweep"
-    done = ended(start_sweep(slurm, sweep_dir, *CPU_RUN, *TWO_TASKS, "model.n_layer=1,2"))
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert sorted(p.name for p in sweep_dir.iterdir() if p.name.isdigit()) == ["0", "1"]  # one dir a job
-    for num, job_id in enumerate(job_ids(sweep_dir)):
-        summary = read_summary(sweep_dir / str(num))
-        assert summary["world_size"] == 2 and summary["steps"] == 30
-        assert summary["tokens"] == 30 * 2 * 8 * 16  # both ranks' batches
-        # the second srun task is rank 1 of the job's DDP, not a rank the first one spawned
-        assert "Initializing distributed: GLOBAL_RANK: 1, MEMBER: 2/2" in submitit_log(sweep_dir, job_id, 1)
-        assert not (sweep_dir / str(num) / "1").exists()
-    assert (
-        "n_layer=2" in done.stdout and f"{read_summary(sweep_dir / '1')['best_val_loss']:.4f}" in done.stdout
-    )
-    assert left_on_the_cluster(slurm) == []
-
-
 @pytest.mark.parametrize(
     ("settings", "message"),
     [
@@ -190,11 +192,10 @@ def test_a_sweep_submits_one_job_per_run_whose_srun_tasks_are_its_ddp_ranks(
 def test_settings_a_node_cannot_give_stop_the_sweep_in_one_line_before_anything_is_queued(
     tmp_path: Path, shakespeare: Path, slurm: SlurmCluster, settings: list[str], message: str
 ) -> None:
+    # the driver runs in this process (what it decides needs no process of its own); sinfo and
+    # sbatch are the cluster's
     overrides = ["hydra/launcher=slurm", "hydra.launcher.partition=debug", *settings, *CPU_RUN]
-    command = [sys.executable, "-m", "gptlab.train", "-m", f"hydra.sweep.dir={tmp_path}", *overrides]
-    done = subprocess.run(
-        command, cwd=REPO_ROOT, env=offline_env() | slurm.env, capture_output=True, text=True
-    )
+    done = run_here("train", "-m", f"hydra.sweep.dir={tmp_path}", *overrides, env=slurm.env)
     assert done.returncode == 1
     assert "Traceback" not in done.stderr
     line = done.stderr.strip().splitlines()[-1]
@@ -229,11 +230,12 @@ def test_a_job_signalled_to_its_steps_saves_is_requeued_once_and_ends_as_the_job
 
 
 @pytest.mark.slow
-def test_ddp_tasks_signalled_through_the_batch_shell_or_one_alone_all_stop_requeue_and_resume(
+def test_a_sweep_s_ddp_jobs_signalled_through_the_batch_shell_or_one_rank_alone_requeue_and_resume(
     tmp_path: Path, shakespeare: Path, slurm: SlurmCluster
 ) -> None:
-    left_alone = train(tmp_path / "alone", *LONG_RUN, "trainer.devices=2")
-    assert left_alone.returncode == 0, left_alone.stderr[-3000:]
+    # a sweep of two jobs, one per run, each job's two srun tasks the ranks of its DDP; the same
+    # run on two local processes, meanwhile, is what both must end as
+    left_alone = start_training(tmp_path / "alone", *LONG_RUN, "trainer.devices=2")
     # job 0: a signal for the batch shell alone (scancel --batch, as --signal=B:USR2@N sends it),
     # which it passes on to both tasks; job 1: SIGUSR1 (Lightning's requeue signal) to rank 1 alone
     sweep_dir = tmp_path / "sweep"
@@ -245,10 +247,18 @@ def test_ddp_tasks_signalled_through_the_batch_shell_or_one_alone_all_stop_reque
     task_process(alone, rank=1).send_signal(signal.SIGUSR1)
     done = ended(sweep)
     assert done.returncode == 0, done.stderr[-3000:]
+    assert (left := ended(left_alone)).returncode == 0, left.stderr[-3000:]
+    assert sorted(p.name for p in sweep_dir.iterdir() if p.name.isdigit()) == ["0", "1"]  # one dir a job
     for num, job_id in enumerate((through_batch, alone)):
+        summary = read_summary(sweep_dir / str(num))
+        assert summary["world_size"] == 2 and summary["tokens"] == 400 * 2 * 8 * 16  # both ranks' batches
+        # the second srun task is rank 1 of the job's DDP, not a rank the first one spawned
+        assert "Initializing distributed: GLOBAL_RANK: 1, MEMBER: 2/2" in submitit_log(sweep_dir, job_id, 1)
+        assert not (sweep_dir / str(num) / "1").exists()
         assert_ends_as_left_alone(sweep_dir / str(num), tmp_path / "alone")
         assert_one_wandb_run_preempted_then_finished(sweep_dir / str(num))
         assert restarts(slurm, job_id) == 1
+    assert f"{read_summary(sweep_dir / '1')['best_val_loss']:.4f}" in done.stdout  # the end-of-sweep table
     assert "SIGUSR2: training stops" in submitit_log(sweep_dir, through_batch, rank=1)
     # rank 1 got the signal, rank 0 (which alone requeues) learnt it at the step's end
     assert "SIGUSR1: training stops" in submitit_log(sweep_dir, alone, rank=1)
@@ -260,8 +270,7 @@ def test_ddp_tasks_signalled_through_the_batch_shell_or_one_alone_all_stop_reque
 def test_a_job_preempted_by_a_higher_priority_one_saves_in_its_grace_time_requeues_and_resumes(
     tmp_path: Path, shakespeare: Path, slurm: SlurmCluster
 ) -> None:
-    left_alone = train(tmp_path / "alone", *LONG_RUN)
-    assert left_alone.returncode == 0, left_alone.stderr[-3000:]
+    left_alone = start_training(tmp_path / "alone", *LONG_RUN)  # meanwhile, beside the cluster
     sweep_dir = tmp_path / "sweep"
     sweep = start_sweep(slurm, sweep_dir, *LONG_RUN, *ONE_TASK)
     wait_for(sweep_dir / "0" / "checkpoints" / "last.ckpt", sweep)
@@ -278,6 +287,7 @@ def test_a_job_preempted_by_a_higher_priority_one_saves_in_its_grace_time_requeu
     )
     done = ended(sweep)
     assert done.returncode == 0, done.stderr[-3000:]
+    assert (left := ended(left_alone)).returncode == 0, left.stderr[-3000:]
     assert_ends_as_left_alone(sweep_dir / "0", tmp_path / "alone")
     assert_one_wandb_run_preempted_then_finished(sweep_dir / "0")
     assert restarts(slurm, preempted) == 1
@@ -312,7 +322,7 @@ def test_a_job_past_its_time_limit_is_requeued_until_it_finishes_or_runs_out_of_
     # SLURM counts limits in whole minutes and signals up to a minute early: a 2-minute limit,
     # SIGUSR2 30 to 90 s before it, so 30 to 90 s into each start. A run of about 90 s of training
     # on one core (and start-up) is signalled at least once; the second sweep's, twice as long,
-    # is signalled before it could finish
+    # is signalled before it could finish. The two run side by side, one CPU each
     run = [*LONG_RUN, "trainer.max_steps=9000", "trainer.val_check_interval=4500"]
     limit = [*ONE_TASK, "hydra.launcher.timeout_min=2", "hydra.launcher.signal_delay_s=30"]
     requeued = start_sweep(slurm, tmp_path / "requeued", *run, *limit, "hydra.launcher.max_num_timeout=5")
@@ -320,13 +330,20 @@ def test_a_job_past_its_time_limit_is_requeued_until_it_finishes_or_runs_out_of_
     out_of_requeues = start_sweep(
         slurm, tmp_path / "failed", *longer, *limit, "hydra.launcher.max_num_timeout=0"
     )
-    left_alone = train(tmp_path / "alone", *run, timeout=900, env={"OMP_NUM_THREADS": "1"})  # meanwhile
-    assert left_alone.returncode == 0, left_alone.stderr[-3000:]
     done, failed = ended(requeued, timeout=1200), ended(out_of_requeues, timeout=1200)
     assert done.returncode == 0, done.stderr[-3000:]
     (job_id,) = job_ids(tmp_path / "requeued")
     assert restarts(slurm, job_id) >= 1
-    assert_ends_as_left_alone(tmp_path / "requeued" / "0", tmp_path / "alone")
+    # it went on where it stopped, to its end: each validation once, one wandb run continued at
+    # each start. (That a run requeued this way, by submitit after SIGUSR2, ends with the same
+    # numbers as the run left alone, test_a_job_signalled_to_its_steps... shows.)
+    run_dir = tmp_path / "requeued" / "0"
+    assert read_summary(run_dir)["steps"] == 9000
+    assert [int(row["step"]) + 1 for row in validation_rows(run_dir)] == [4500, 9000]
+    *stopped, finished = wandb_parts(run_dir)
+    assert {part["run_id"] for part in [*stopped, finished]} == {finished["run_id"]}
+    assert stopped and all(part["exit_code"] == 143 for part in stopped)
+    assert finished["exit_code"] == 0 and finished["state"] == "finished"
     assert failed.returncode == 0, failed.stderr[-3000:]
     error = read_summary(tmp_path / "failed" / "0")["error"]
     assert "Job not requeued because: timed-out too many times" in error
