@@ -9,7 +9,6 @@ import os
 
 import pytest
 import torch
-from omegaconf import OmegaConf
 
 from gptlab.data.tokenizer import tokenizer_from_dict
 from gptlab.model import GPTConfig, create_model
@@ -88,7 +87,8 @@ def test_fast_experiment_switches_work_on_cpu(tmp_path) -> None:
         *TINY,
         "model.dropout=0.1",
         timeout=600,
-        env={"TORCH_LOGS": "recompiles"},
+        # compiled in the one process: a pool of compile workers would each import torch first
+        env={"TORCH_LOGS": "recompiles", "TORCHINDUCTOR_COMPILE_THREADS": "1"},
     )
     assert result.returncode == 0, result.stderr
     assert result.stderr.count("Recompiling function") <= 1, result.stderr
@@ -261,52 +261,3 @@ def test_a_job_crashing_mid_training_does_not_end_the_sweep(tmp_path, shakespear
         "Traceback" in (tmp_path / "sweep" / "0" / "train.log").read_text()
     )  # the details, in the job's log
     assert read_summary(tmp_path / "sweep" / "1")["steps"] == 30
-
-
-@pytest.mark.slow
-def test_an_optuna_search_goes_on_past_a_trial_that_fails(tmp_path, shakespeare) -> None:
-    tiny = [o for o in TINY if not o.startswith("model.n_head=")]  # n_embd 32: 3 heads cannot split it
-    proc = sweep_here(
-        tmp_path / "search",
-        "hparams_search=optuna",
-        "hydra.sweeper.n_trials=4",
-        *tiny,
-        "model.n_head=choice(2, 3)",
-        "logger=csv",
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    summaries = [read_summary(tmp_path / "search" / str(job)) for job in range(4)]
-    failed = [s for s in summaries if "error" in s]
-    assert failed and all("not divisible by model.n_head=3" in s["error"] for s in failed)
-    results = OmegaConf.load(tmp_path / "search" / "optimization_results.yaml")
-    assert results.best_params["model.n_head"] == 2
-    assert results.best_value == pytest.approx(min(s["best_val_loss"] for s in summaries if "error" not in s))
-
-
-@pytest.mark.slow
-def test_an_optuna_study_in_a_database_goes_on_where_it_stopped(tmp_path, shakespeare) -> None:
-    import optuna
-
-    storage = f"sqlite:///{tmp_path / 'study.db'}"
-    for launch in ("first", "second"):
-        proc = sweep_here(
-            tmp_path / launch,
-            "hparams_search=optuna",
-            f"hydra.sweeper.storage={storage}",
-            "hydra.sweeper.study_name=resumable",
-            "hydra.sweeper.n_trials=2",
-            *TINY,  # the trials search optim.lr alone
-            "logger=csv",
-        )
-        assert proc.returncode == 0, proc.stderr
-    study = optuna.load_study(study_name="resumable", storage=storage)
-    assert [t.state for t in study.trials] == [optuna.trial.TrialState.COMPLETE] * 4  # 2 + 2: one study
-    first, second = [t.params for t in study.trials[:2]], [t.params for t in study.trials[2:]]
-    assert all(params not in first for params in second)  # new trials, not the first ones again
-    assert study.best_value == pytest.approx(
-        min(
-            read_summary(tmp_path / launch / str(job))["best_val_loss"]
-            for launch in ("first", "second")
-            for job in (0, 1)
-        )
-    )

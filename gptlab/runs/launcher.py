@@ -24,7 +24,6 @@ from typing import Any
 from hydra.core.singleton import Singleton
 from hydra.core.utils import JobReturn, JobStatus, filter_overrides
 from hydra_plugins.hydra_submitit_launcher.submitit_launcher import LocalLauncher
-from lightning.fabric.plugins.environments.lightning import find_free_network_port
 from omegaconf import open_dict
 
 from gptlab.runs import run_directory
@@ -127,6 +126,9 @@ class DevicePoolLauncher(LocalLauncher):
         return [returns[job.num] for job in jobs]
 
     def start(self, executor: Any, job: Job, devices: list[int], threads: int) -> Any:
+        # Lightning here, not at the top: Hydra imports this module in every entry point
+        from lightning.fabric.plugins.environments.lightning import find_free_network_port
+
         log.info(f"\t#{job.num} : {' '.join(filter_overrides(job.overrides))} (devices {devices})")
         # each job's own DDP gets its own port: jobs starting together would otherwise race for one
         setup = [f"export MASTER_PORT={find_free_network_port()}"]
@@ -164,10 +166,10 @@ def failed_job(launcher: Any, num: int, overrides: list[str], reason: str) -> Jo
 
 
 def register_with_hydra() -> None:
-    """Hydra finds launchers by scanning the hydra_plugins package, where the wheel installs
-    ours (hydra_plugins.gptlab); an editable install's import hook hides it from that scan."""
+    """Hydra finds launchers and sweepers by scanning the hydra_plugins package, where the wheel
+    installs ours (hydra_plugins.gptlab); an editable install's import hook hides it from that scan."""
     from hydra.core.plugins import Plugins
-    from hydra_plugins.gptlab import ParallelLauncher, SlurmLauncher
+    from hydra_plugins.gptlab import OptunaSweeper, ParallelLauncher, SlurmLauncher
 
-    Plugins.instance().register(ParallelLauncher)
-    Plugins.instance().register(SlurmLauncher)
+    for plugin in (ParallelLauncher, SlurmLauncher, OptunaSweeper):
+        Plugins.instance().register(plugin)

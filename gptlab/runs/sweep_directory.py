@@ -22,7 +22,7 @@ def study_seed(seed: int, storage: str | None, study_name: str) -> int:
 
     try:
         trials = optuna.load_study(study_name=study_name, storage=storage).trials
-    except KeyError:  # no such study yet
+    except Exception:  # no such study yet, or a storage the sweeper refuses, in one line, next
         return seed
     return seed + len(trials)
 

@@ -1,0 +1,148 @@
+"""hydra/sweeper=optuna (gptlab/runs/optuna_sweeper.py): real Optuna studies, in memory and in
+SQLite, driving real sweeps of the tiny model; the studies read back with Optuna's own API."""
+
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import optuna
+import pytest
+from omegaconf import OmegaConf
+from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+from gptlab.runs.optuna_sweeper import search_space
+from tests.conftest import TINY, read_summary, sweep_here
+
+
+def test_command_line_search_spaces_are_hydra_optuna_sweepers() -> None:
+    space, fixed = search_space(
+        [
+            "optim.lr=tag(log, interval(1e-5, 3e-2))",
+            "optim.warmup_steps=int(interval(0, 100))",
+            "model.dropout=interval(0, 0.5)",
+            "model.n_layer=range(2, 6)",
+            "trainer.max_steps=range(1000, 3000, step=500)",
+            "model.n_embd=choice(96, 192)",
+            "data.batch_size=8,16",
+            "seed=7",
+            "optim.min_lr=choice(0.0, 1e-4)",
+            "optim.min_lr=1e-5",  # a later override of a key replaces the earlier
+        ]
+    )
+    assert space == {
+        "optim.lr": FloatDistribution(1e-5, 3e-2, log=True),
+        "optim.warmup_steps": IntDistribution(0, 100),
+        "model.dropout": FloatDistribution(0.0, 0.5),
+        "model.n_layer": IntDistribution(2, 6),  # both ends included
+        "trainer.max_steps": IntDistribution(1000, 3000, step=500),
+        "model.n_embd": CategoricalDistribution([96, 192]),
+        "data.batch_size": CategoricalDistribution([8, 16]),
+    }
+    assert fixed == {"seed": "7", "optim.min_lr": "1e-05"}
+
+
+@pytest.mark.slow
+def test_an_optuna_search_goes_on_past_a_trial_that_fails(tmp_path: Path, shakespeare: Path) -> None:
+    tiny = [o for o in TINY if not o.startswith("model.n_head=")]  # n_embd 32: 3 heads cannot split it
+    proc = sweep_here(
+        tmp_path / "search",
+        "hparams_search=optuna",
+        "hydra.sweeper.n_trials=4",
+        *tiny,
+        "model.n_head=choice(2, 3)",
+        "logger=csv",
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summaries = [read_summary(tmp_path / "search" / str(job)) for job in range(4)]
+    failed = [s for s in summaries if "error" in s]
+    assert failed and all("not divisible by model.n_head=3" in s["error"] for s in failed)
+    results = OmegaConf.load(tmp_path / "search" / "optimization_results.yaml")
+    assert results.best_params["model.n_head"] == 2
+    assert results.best_value == pytest.approx(min(s["best_val_loss"] for s in summaries if "error" not in s))
+
+
+@pytest.mark.slow
+def test_an_optuna_study_in_a_database_goes_on_where_it_stopped(tmp_path: Path, shakespeare: Path) -> None:
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    for launch in ("first", "second"):
+        proc = sweep_here(
+            tmp_path / launch,
+            "hparams_search=optuna",
+            f"hydra.sweeper.storage={storage}",
+            "hydra.sweeper.study_name=resumable",
+            "hydra.sweeper.n_trials=2",
+            *TINY,  # the trials search optim.lr alone
+            "logger=csv",
+        )
+        assert proc.returncode == 0, proc.stderr
+    study = optuna.load_study(study_name="resumable", storage=storage)
+    assert [t.state for t in study.trials] == [optuna.trial.TrialState.COMPLETE] * 4  # 2 + 2: one study
+    first, second = [t.params for t in study.trials[:2]], [t.params for t in study.trials[2:]]
+    assert all(params not in first for params in second)  # new trials, not the first ones again
+    assert study.best_value == pytest.approx(
+        min(
+            read_summary(tmp_path / launch / str(job))["best_val_loss"]
+            for launch in ("first", "second")
+            for job in (0, 1)
+        )
+    )
+
+
+def test_the_grid_sampler_runs_each_combination_once(tmp_path: Path, shakespeare: Path) -> None:
+    proc = sweep_here(
+        tmp_path / "grid",
+        "hparams_search=optuna",
+        "hydra/sweeper/sampler=grid",
+        "hydra.sweeper.n_trials=10",  # cut to the grid's 2 combinations
+        *TINY,
+        "trainer.max_steps=5",
+        "trainer.val_check_interval=5",
+        "optim.lr=0.01",
+        "model.n_head=choice(2, 4)",
+        "logger=none",
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert sorted(p.name for p in (tmp_path / "grid").iterdir() if p.name.isdigit()) == ["0", "1"]
+    heads = sorted(
+        OmegaConf.load(tmp_path / "grid" / job / ".hydra" / "config.yaml").model.n_head for job in "01"
+    )
+    assert heads == [2, 4]
+
+
+def old_optuna_database(path: Path) -> str:
+    """A study database as Optuna 2.10 left it, by the mark Optuna reads: its schema's version."""
+    storage = f"sqlite:///{path}"
+    optuna.create_study(storage=storage, study_name="old")
+    with sqlite3.connect(path) as db:
+        db.execute("UPDATE alembic_version SET version_num = 'v2.6.0.a'")  # Optuna 2.10's schema
+    return storage
+
+
+@pytest.mark.parametrize(
+    ("storage", "message"),
+    [
+        ("{old}", "holds a study of an older Optuna: upgrade it once with `optuna storage upgrade --storage"),
+        ("nosuchdb://x", "cannot be opened"),
+        ("sqlite:///{tmp}/no/such/folder/study.db", "cannot be opened"),
+    ],
+)
+def test_a_storage_the_study_cannot_use_stops_the_sweep_in_one_line(
+    tmp_path: Path, shakespeare: Path, storage: str, message: str
+) -> None:
+    storage = storage.format(old=old_optuna_database(tmp_path / "old.db"), tmp=tmp_path)
+    proc = sweep_here(tmp_path / "sweep", "hparams_search=optuna", f"hydra.sweeper.storage={storage}", *TINY)
+    assert proc.returncode == 1
+    line = proc.stderr.strip().splitlines()[-1]
+    assert line.startswith(f"error: hydra.sweeper.storage={storage}") and message in line, proc.stderr
+    assert not (tmp_path / "sweep" / "0").exists()  # no trial ran
+
+
+def test_optuna_4_and_sqlalchemy_2_beside_gptlab_with_pip_check_clean() -> None:
+    """The installed environment (a fresh venv in CI) holds gptlab beside current Optuna and
+    SQLAlchemy, and pip finds no requirement of any package unmet."""
+    import sqlalchemy
+
+    assert int(optuna.__version__.split(".")[0]) >= 4 and int(sqlalchemy.__version__.split(".")[0]) >= 2
+    check = subprocess.run([sys.executable, "-m", "pip", "check"], capture_output=True, text=True)
+    assert check.returncode == 0, check.stdout + check.stderr
