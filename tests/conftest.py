@@ -297,14 +297,16 @@ def compose():
 
 @pytest.fixture(scope="session")
 def slurm_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SlurmCluster]:
-    """A real single-node SLURM cluster (tests/slurm/), started once for the test run. Without
+    """A real single-node SLURM cluster (tests/slurm/), started once per test process. Without
     the packages or root its tests are skipped, except in CI (CI=true), where .ci/run installs
     them; a cluster that does not come up fails the run."""
     if reason := missing():
         if os.environ.get("CI") == "true":
             pytest.fail(f"CI needs the SLURM cluster: {reason}")
         pytest.skip(reason)
-    cluster = SlurmCluster(tmp_path_factory.mktemp("slurm"))
+    # under pytest-xdist each worker that runs SLURM tests has a cluster of its own
+    worker = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw"))
+    cluster = SlurmCluster(tmp_path_factory.mktemp("slurm"), first_job_id=1 + 10_000 * worker)
     try:
         cluster.start()
     except RuntimeError as err:

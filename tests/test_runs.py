@@ -130,34 +130,36 @@ def resume(run_dir: Path) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("accumulate", [1, 2])
 def test_a_run_killed_anywhere_and_resumed_by_its_directory_is_the_same_run(
-    tmp_path: Path, shakespeare: Path, accumulate: int
+    tmp_path: Path, shakespeare: Path
 ) -> None:
-    overrides = [*RESUMABLE, f"trainer.accumulate_grad_batches={accumulate}"]
-    whole = train_here(tmp_path / "whole", *overrides)
+    # one batch a step, killed right after a validation (before or after its last.ckpt is written)
+    once = [*RESUMABLE, "trainer.accumulate_grad_batches=1"]
+    whole = train_here(tmp_path / "whole once", *once)
     assert whole.returncode == 0, whole.stderr
-
-    run = tmp_path / "killed"
-    # killed right after a validation (before or after its last.ckpt is written)...
-    kill_when(start(run, *overrides), lambda: 100 in validations(run))
-    resume(run)
-    # ... and, in another run, between two checkpoints, then once more between validations
-    run = tmp_path / "killed twice"
-    kill_when(start(run, *overrides), lambda: last_step(run) >= 30)
-    killed_at = last_step(run)
+    killed_once = tmp_path / "killed once"
+    kill_when(start(killed_once, *once), lambda: 100 in validations(killed_once))
+    resume(killed_once)
+    # two batches a step (so a kill may fall between a step's batches), killed between two
+    # checkpoints, then once more between validations
+    twice = [*RESUMABLE, "trainer.accumulate_grad_batches=2"]
+    whole = train_here(tmp_path / "whole twice", *twice)
+    assert whole.returncode == 0, whole.stderr
+    killed_twice = tmp_path / "killed twice"
+    kill_when(start(killed_twice, *twice), lambda: last_step(killed_twice) >= 30)
+    killed_at = last_step(killed_twice)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "gptlab.train", f"ckpt_path={run}"],
+        [sys.executable, "-m", "gptlab.train", f"ckpt_path={killed_twice}"],
         cwd=REPO_ROOT,
         env=offline_env(),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    kill_when(proc, lambda: last_step(run) >= killed_at + 60)
-    resume(run)
+    kill_when(proc, lambda: last_step(killed_twice) >= killed_at + 60)
+    resume(killed_twice)
 
-    expected = read_summary(tmp_path / "whole")
-    for run in (tmp_path / "killed", tmp_path / "killed twice"):
+    for run, accumulate in ((killed_once, 1), (killed_twice, 2)):
+        expected = read_summary(tmp_path / run.name.replace("killed", "whole"))
         summary = read_summary(run)
         assert summary["steps"] == 200
         assert summary["best_val_loss"] == pytest.approx(expected["best_val_loss"], abs=1e-4)
@@ -165,7 +167,7 @@ def test_a_run_killed_anywhere_and_resumed_by_its_directory_is_the_same_run(
         assert summary["tokens"] == expected["tokens"] == 200 * accumulate * 16 * 32  # summed over the pieces
         assert summary["best_ckpt"] == str(run / "checkpoints" / Path(expected["best_ckpt"]).name)
         # the same validations, each once, in the one metrics.csv
-        got, want = validations(run), validations(tmp_path / "whole")
+        got, want = validations(run), validations(tmp_path / run.name.replace("killed", "whole"))
         assert list(got) == list(want) == [50, 100, 150, 200]
         assert list(got.values()) == pytest.approx(list(want.values()), abs=1e-4)
         logged = [int(r["step"]) for r in metric_rows(run) if r["train_loss"]]

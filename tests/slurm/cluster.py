@@ -47,12 +47,18 @@ class SlurmCluster:
     tasks themselves, and kills the rest only with SIGKILL)."""
 
     def __init__(
-        self, root: Path, kill_wait_s: int = 10, grace_time_s: int = 20, proctrack: str = "linuxproc"
+        self,
+        root: Path,
+        kill_wait_s: int = 10,
+        grace_time_s: int = 20,
+        proctrack: str = "linuxproc",
+        first_job_id: int = 1,
     ):
         self.root = root
         self.proctrack = proctrack
         self.kill_wait_s = kill_wait_s
         self.grace_time_s = grace_time_s
+        self.first_job_id = first_job_id
         self.conf = root / "etc" / "slurm.conf"
         self.munge_socket = root / "munge" / "munge.socket"
         self.processes: list[subprocess.Popen] = []
@@ -119,6 +125,7 @@ class SlurmCluster:
             "proctrack": self.proctrack,
             "kill_wait": self.kill_wait_s,
             "grace_time": self.grace_time_s,
+            "first_job_id": self.first_job_id,
             "cpus": os.cpu_count(),
             "memory_mb": memory_mb,
         }
