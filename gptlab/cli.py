@@ -1,9 +1,11 @@
 """How an entry point fails: a bad setting, file or checkpoint ends the command with one line on
 stderr (`error: ...`, naming the value and what is allowed) and exit status 1; with
-HYDRA_FULL_ERROR=1 the traceback instead, as Hydra's own errors do."""
+HYDRA_FULL_ERROR=1 the traceback instead, as Hydra's own errors do. And how training takes
+Ctrl-C outside its steps (during them, gptlab.training.preemption saves first)."""
 
 import os
 import re
+import signal
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -51,3 +53,35 @@ def errors_in_one_line() -> Iterator[None]:
         if full_error_wanted():
             raise
         sys.exit(f"error: {one_line(err)}")
+
+
+class Interrupted(BaseException):
+    """Ctrl-C before the first step. A BaseException, like KeyboardInterrupt, but not one:
+    Lightning turns a KeyboardInterrupt into a shutdown of its own that exits with status 1."""
+
+
+class CtrlC:
+    """SIGINT outside training (StopWhenPreempted has it during training). While Hydra sets a job
+    up (composes, makes its directory) and while a run closes its records, Ctrl-C is held: the
+    records are finished whole, and a job (a sweep's next) stops as it starts, where its
+    directory is known. From a job's start to its training's, Ctrl-C stops it at once."""
+
+    held = False
+
+    @classmethod
+    def hold(cls) -> None:
+        signal.signal(signal.SIGINT, cls.remember)
+
+    @classmethod
+    def remember(cls, signum: int, frame: object) -> None:
+        cls.held = True
+
+    @classmethod
+    def stop_at_once(cls) -> None:
+        signal.signal(signal.SIGINT, cls.interrupt)
+        if cls.held:
+            raise Interrupted
+
+    @staticmethod
+    def interrupt(signum: int, frame: object) -> None:
+        raise Interrupted

@@ -116,6 +116,7 @@ class TrainSettings:
     seed: int = 1337  # seeds model init and the batch stream (batches depend on seed, rank, step)
     ckpt_path: str | None = None  # resume: a checkpoint, or a run directory (its last.ckpt)
     init_from: str | None = None  # fine-tune: start from this checkpoint's (or run directory's) weights
+    retry_failed: bool = False  # a sweep launched again runs the jobs that failed again, too
     checkpoint: CheckpointSettings = field(default_factory=CheckpointSettings)
     float32_matmul_precision: str = "auto"  # auto: high (TF32) on CUDA GPUs that have it, else highest
     reference_val_loss: float | None = None  # a published figure to compare with (the ladder's)

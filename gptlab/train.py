@@ -22,12 +22,12 @@ from omegaconf import DictConfig
 
 from gptlab import cli
 from gptlab.data.datamodule import TextDataModule
-from gptlab.runs import cluster, launcher, run_directory
+from gptlab.runs import cluster, launcher, run_directory, sweep_directory
 from gptlab.training import build
 from gptlab.training.checkpoint import load_checkpoint
 from gptlab.training.loggers import finish_wandb
 from gptlab.training.module import GPTLitModule
-from gptlab.training.preemption import STOPPED_BY_SIGNAL, StopWhenPreempted
+from gptlab.training.preemption import StopWhenPreempted
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +54,30 @@ def build_run(cfg: DictConfig) -> Run:
 @hydra.main(version_base="1.3", config_path="pkg://gptlab.conf", config_name="config")
 def train(cfg: DictConfig) -> float:
     run_directory.start_job()
+    try:
+        cli.CtrlC.stop_at_once()
+        if sweep_directory.grid_sweep(HydraConfig.get()) and cluster.global_rank() == 0:
+            return grid_sweep_job(cfg)
+        return train_job(cfg)
+    except cli.Interrupted:  # Ctrl-C before the first step
+        if rank_zero_only.rank == 0:
+            run_directory.discard_unstarted(Path(HydraConfig.get().runtime.output_dir))
+        raise
+
+
+def grid_sweep_job(cfg: DictConfig) -> float:
+    """A job of a grid sweep, which may have run in an earlier launch of the sweep: what it did
+    then decides what it does now (gptlab/runs/sweep_directory.py)."""
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    with sweep_directory.run_by_this_launch(run_dir):
+        if (earlier := sweep_directory.earlier_outcome(run_dir, cfg.retry_failed)) is not None:
+            return earlier
+        return train_job(cfg)
+
+
+def train_job(cfg: DictConfig) -> float:
+    """Builds the run, fits it and returns its score. In a sweep, a job that fails leaves its
+    reason and the sweep goes on; a run stopped by a signal exits (stopped_by_signal)."""
     in_sweep = HydraConfig.get().mode == RunMode.MULTIRUN
     with cli.errors_in_one_line():
         try:
@@ -95,13 +119,15 @@ def fit(run: Run) -> StopWhenPreempted:
     finally:
         for signum, handler in replaced.items():
             signal.signal(signum, handler)
-        finish_wandb(trainer, preempted=stop.stopped)
+        cli.CtrlC.hold()
+        finish_wandb(trainer, stop.exit_status() if stop.stopped else None)
     return stop
 
 
 def stopped_by_signal(run: Run, stop: StopWhenPreempted) -> None:
-    """A run stopped by SIGTERM (or a requeue signal) exits as a killed process does (143), with
-    one line saying how it goes on: it is not finished, whatever Lightning's exit status says. A
+    """A run stopped by Ctrl-C, SIGTERM or a requeue signal exits as a process the signal killed
+    does (130, 143), with one line saying how it goes on: it is not finished, whatever Lightning's
+    exit status says. A
     SLURM job stopped by its requeue signal is requeued now, its records closed: submitit's
     requeue ends the process itself. (A process that spawned the ranks does not know the step
     they reached.)"""
@@ -109,16 +135,18 @@ def stopped_by_signal(run: Run, stop: StopWhenPreempted) -> None:
     requeue = stop.requeue_wanted()
     if trainer.is_global_zero:
         where = "" if run.resolved.spawned else f" at step {trainer.global_step}"
-        how = (
-            "the SLURM job is requeued and resumes by itself"
-            if requeue
-            else f"resume with `python -m gptlab.train ckpt_path={run_dir}`"
-        )
+        if requeue:
+            how = "the SLURM job is requeued and resumes by itself"
+        elif sweep_directory.grid_sweep(HydraConfig.get()):
+            how = f"continue the sweep with `python -m gptlab.train -m resume={run_dir.parent}`"
+        else:
+            how = f"resume with `python -m gptlab.train ckpt_path={run_dir}`"
         last = run_dir / "checkpoints" / "last.ckpt"
-        print(f"stopped by a signal{where}, saved in {last}: {how}", file=sys.stderr, flush=True)
+        by = "Ctrl-C" if stop.signal == "SIGINT" else "a signal"
+        print(f"stopped by {by}{where}, saved in {last}: {how}", file=sys.stderr, flush=True)
     if requeue:
         stop.requeue(trainer.is_global_zero)
-    sys.exit(STOPPED_BY_SIGNAL)
+    sys.exit(stop.exit_status())
 
 
 def best_val_loss(trainer: L.Trainer) -> float:
@@ -136,15 +164,21 @@ def best_val_loss(trainer: L.Trainer) -> float:
 
 def main() -> None:
     """`python -m gptlab.train` and `gptlab-train`. Before Hydra names the run directory: a
-    resumed run's command line is completed with the run's own overrides and directory
-    (gptlab.runs), and the ranks of a job a cluster launcher started agree on rank 0's start
-    time, so on one run directory, which only rank 0 records itself in (gptlab.cluster)."""
-    sys.argv[1:] = run_directory.resume_arguments(sys.argv[1:])
+    resumed run's command line is completed with the run's own overrides and directory, and a
+    sweep's `resume=DIR` becomes the command line it was launched with (gptlab.runs); the ranks
+    of a job a cluster launcher started agree on rank 0's start time, so on one run directory,
+    which only rank 0 records itself in (gptlab.cluster). Ctrl-C is held until a job starts."""
+    sys.argv[1:] = run_directory.resume_arguments(sweep_directory.relaunch_arguments(sys.argv[1:]))
     launcher.register_with_hydra()
     cluster.agree_on_start_time()
     if cluster.global_rank() != 0:
         sys.argv.append("hydra.output_subdir=null")
-    train()
+    cli.CtrlC.hold()
+    try:
+        train()
+    except cli.Interrupted:
+        print("stopped by Ctrl-C before the first step: nothing saved", file=sys.stderr)
+        sys.exit(128 + signal.SIGINT)
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -135,16 +136,32 @@ PREEMPTED = [
 
 
 def stopped_after_first_checkpoint(
-    run_dir: Path, signum: signal.Signals, *overrides: str, env: dict[str, str] | None = None
+    run_dir: Path,
+    signum: signal.Signals,
+    *overrides: str,
+    env: dict[str, str] | None = None,
+    twice: bool = False,
 ) -> subprocess.CompletedProcess:
     """Runs `python -m gptlab.train`, sends it signum once it has written last.ckpt at step 200."""
-    return stopped_once_saved(train_command(run_dir, *PREEMPTED, *overrides), run_dir, signum, env)
+    return stopped_once_saved(train_command(run_dir, *PREEMPTED, *overrides), run_dir, signum, env, twice)
+
+
+def wait_until(done: Callable[[], bool], process: subprocess.Popen, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while not done() and process.poll() is None:
+        assert time.monotonic() < deadline, f"not done in {timeout} s"
+        time.sleep(0.05)
 
 
 def stopped_once_saved(
-    command: list[str], run_dir: Path, signum: signal.Signals, env: dict[str, str] | None = None
+    command: list[str],
+    run_dir: Path,
+    signum: signal.Signals,
+    env: dict[str, str] | None = None,
+    twice: bool = False,
 ) -> subprocess.CompletedProcess:
-    """Starts command, sends its process signum once run_dir has a last.ckpt, waits for it."""
+    """Starts command, sends its process signum once run_dir has a last.ckpt (twice: and again
+    10 ms later), waits for it."""
     process = subprocess.Popen(
         command,
         cwd=REPO_ROOT,
@@ -153,11 +170,11 @@ def stopped_once_saved(
         stderr=subprocess.PIPE,
         text=True,
     )
-    deadline = time.monotonic() + 120
-    while not (run_dir / "checkpoints" / "last.ckpt").exists() and process.poll() is None:
-        assert time.monotonic() < deadline, "no last.ckpt in 120 s"
-        time.sleep(0.05)
+    wait_until(lambda: (run_dir / "checkpoints" / "last.ckpt").exists(), process)
     process.send_signal(signum)
+    if twice:
+        time.sleep(0.01)
+        process.send_signal(signum)
     stdout, stderr = process.communicate(timeout=120)  # Lightning's own SIGTERM handling hangs DDP here
     return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
 
@@ -190,6 +207,42 @@ def test_a_preempted_run_saves_the_step_it_reached_and_resumes_to_the_same_val_l
     assert resumed.returncode == 0, resumed.stderr
     assert read_summary(run)["final_val_loss"] == pytest.approx(expected, abs=1e-4)
     assert read_summary(run)["steps"] == 400
+
+    # Ctrl-C, twice (the second while the first is being saved): a stop like SIGTERM's
+    run = tmp_path / "interrupted"
+    result = stopped_after_first_checkpoint(run, signal.SIGINT, twice=True)
+    assert result.returncode == 130, result.stderr[-3000:]
+    line = result.stderr.strip().splitlines()[-1]
+    assert line.startswith("stopped by Ctrl-C at step ")
+    assert line.endswith(f"resume with `python -m gptlab.train ckpt_path={run}`")
+    assert "KeyboardInterrupt" not in result.stderr
+    resumed = run_here("train", f"ckpt_path={run}")
+    assert resumed.returncode == 0, resumed.stderr
+    assert read_summary(run)["final_val_loss"] == pytest.approx(expected, abs=1e-4)
+
+
+@pytest.mark.slow
+def test_ctrl_c_before_the_first_step_stops_at_once_and_leaves_nothing(
+    tmp_path: Path, shakespeare: Path
+) -> None:
+    # the sanity check runs the whole validation split: Ctrl-C comes before or during it
+    run = tmp_path / "run"
+    slow_start = ["trainer.num_sanity_val_steps=-1", "data.val_tokens=null"]
+    process = subprocess.Popen(
+        train_command(run, *PREEMPTED, *slow_start),
+        cwd=REPO_ROOT,
+        env=offline_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    wait_until(lambda: (run / ".hydra" / "config.yaml").exists(), process)
+    process.send_signal(signal.SIGINT)
+    stdout, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr[-3000:]
+    assert stderr.strip().splitlines()[-1] == "stopped by Ctrl-C before the first step: nothing saved"
+    assert "Traceback" not in stderr
+    assert not run.exists()
 
 
 def validation_rows(run_dir: Path) -> list[dict[str, str]]:

@@ -9,11 +9,14 @@ CUDA never starts with another job's devices, and it keeps each job's output und
 .submitit/ in the sweep directory. (hydra-joblib-launcher's workers are reused from job to job,
 so a worker keeps the GPUs its CUDA started with.) What this adds is only the device pool: which job starts
 when, on which devices, with a distinct MASTER_PORT for each job's own DDP and (unless
-OMP_NUM_THREADS is set) each device's process its share of the CPU cores.
+OMP_NUM_THREADS is set) each device's process its share of the CPU cores. Ctrl-C reaches the jobs
+(they save and stop) and the launcher, which starts no further job and says how to continue.
 """
 
 import logging
 import os
+import signal
+import sys
 import time
 from collections import deque
 from collections.abc import Sequence
@@ -26,7 +29,8 @@ from hydra.core.utils import JobReturn, JobStatus, filter_overrides
 from hydra_plugins.hydra_submitit_launcher.submitit_launcher import LocalLauncher
 from omegaconf import open_dict
 
-from gptlab.runs import run_directory
+from gptlab import cli
+from gptlab.runs import run_directory, sweep_directory
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +112,9 @@ class DevicePoolLauncher(LocalLauncher):
         returns: dict[int, JobReturn] = {}
         try:
             while waiting or running:
+                if cli.CtrlC.held and waiting:  # the running jobs got it too: they save and stop
+                    log.info("Ctrl-C: no further job starts; the running ones save and stop")
+                    waiting.clear()
                 # in sweep order: a job that needs more devices than are free waits for them
                 while waiting and waiting[0].devices_needed <= len(free):
                     job = waiting.popleft()
@@ -123,6 +130,13 @@ class DevicePoolLauncher(LocalLauncher):
             for submitted, _ in running.values():  # Ctrl-C or a failure here: no job left behind
                 submitted.cancel(check=False)
             raise
+        if cli.CtrlC.held:
+            print(
+                f"stopped by Ctrl-C, its jobs saved: continue the sweep with "
+                f"`python -m gptlab.train -m resume={sweep_dir}`",
+                file=sys.stderr,
+            )
+            sys.exit(128 + signal.SIGINT)
         return [returns[job.num] for job in jobs]
 
     def start(self, executor: Any, job: Job, devices: list[int], threads: int) -> Any:
@@ -137,18 +151,38 @@ class DevicePoolLauncher(LocalLauncher):
             # them thrash (on a CPU machine, many times slower than one job at a time)
             setup.append(f"export OMP_NUM_THREADS={threads}")
         executor.update_parameters(visible_gpus=devices, gpus_per_node=len(devices), setup=setup)
-        return executor.submit(
-            self, job.overrides, "hydra.sweep.dir", job.num, f"job_id_for_{job.num}", Singleton.get_state()
-        )
+        # the job's submitit controller is started ignoring Ctrl-C, which it would pass on to the
+        # job and then, a second later, SIGKILL it while it saves; the run sets its own handler
+        handler = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        try:
+            state, job_id = Singleton.get_state(), f"job_id_for_{job.num}"
+            return executor.submit(self, job.overrides, "hydra.sweep.dir", job.num, job_id, state)
+        finally:
+            signal.signal(signal.SIGINT, handler)
 
     def job_return(self, submitted: Any, job: Job) -> JobReturn:
         """The job's own JobReturn; for a process that died without one (killed, out of memory), a
-        failed run that names its log."""
+        failed run that names its log, unless it had saved where it stopped (Ctrl-C, SIGTERM, or
+        killed after a checkpoint): launching the sweep again resumes it."""
         try:
             return submitted.result()
         except Exception as err:  # submitit's UncompletedJobError/FailedJobError
+            run_dir = job_dir(self, job.num, job.overrides)
+            if sweep_directory.stopped_job(run_dir):
+                log.info(f"#{job.num} stopped, saved in {run_dir}: launching the sweep again resumes it")
+                return JobReturn(
+                    overrides=job.overrides, status=JobStatus.COMPLETED, _return_value=run_directory.NO_SCORE
+                )
             reason = f"{type(err).__name__} (log: {submitted.paths.stdout})"
             return failed_job(self, job.num, job.overrides, f"the job's process died: {reason}")
+
+
+def job_dir(launcher: Any, num: int, overrides: list[str]) -> Path:
+    """The run directory of a sweep's job, as the job names it."""
+    config = launcher.hydra_context.config_loader.load_sweep_config(launcher.config, overrides)
+    with open_dict(config.hydra.job):
+        config.hydra.job.num = num
+    return Path(str(config.hydra.sweep.dir)) / str(config.hydra.sweep.subdir)
 
 
 def failed_job(launcher: Any, num: int, overrides: list[str], reason: str) -> JobReturn:
@@ -156,10 +190,7 @@ def failed_job(launcher: Any, num: int, overrides: list[str], reason: str) -> Jo
     failed does (gptlab.train): the worst score, its reason in its run directory's summary.json
     (unless the run wrote one), so the end-of-sweep table and gptlab.compare list it as failed."""
     log.error(f"#{num} failed: {reason}")
-    config = launcher.hydra_context.config_loader.load_sweep_config(launcher.config, overrides)
-    with open_dict(config.hydra.job):
-        config.hydra.job.num = num
-    run_dir = Path(str(config.hydra.sweep.dir)) / str(config.hydra.sweep.subdir)
+    run_dir = job_dir(launcher, num, overrides)
     if not (run_dir / "summary.json").exists():
         run_directory.record_failure(run_dir, reason)
     return JobReturn(overrides=overrides, status=JobStatus.COMPLETED, _return_value=run_directory.NO_SCORE)

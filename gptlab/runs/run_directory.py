@@ -8,15 +8,13 @@ the run was started with, and appends to its records.
 
 import json
 import logging
+import shutil
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import psutil
 from omegaconf import DictConfig, OmegaConf
-
-if TYPE_CHECKING:  # gptlab.compare reads run directories without importing Lightning
-    pass
 
 log = logging.getLogger(__name__)
 
@@ -142,6 +140,13 @@ def check_same_settings(cfg: DictConfig, checkpoint: dict[str, Any], overrides: 
 # score, so an Optuna search ranks it last and goes on (hydra-optuna-sweeper stops the whole
 # study at a nan)
 NO_SCORE = float("inf")
+
+
+def discard_unstarted(run_dir: Path) -> None:
+    """Removes the directory of a run stopped before its first step (Ctrl-C), which holds
+    nothing but the records of its start; one that has checkpoints or a summary stays."""
+    if run_dir.is_dir() and not ((run_dir / "checkpoints").exists() or (run_dir / "summary.json").exists()):
+        shutil.rmtree(run_dir, ignore_errors=True)
 
 
 def record_failure(run_dir: Path, message: str) -> float:

@@ -29,7 +29,7 @@ from gptlab.config import check_settings
 from gptlab.data.datamodule import TextDataModule
 from gptlab.data.tokenizer import Tokenizer
 from gptlab.model import GPTConfig, LanguageModel
-from gptlab.runs import cluster, run_directory
+from gptlab.runs import cluster, run_directory, sweep_directory
 from gptlab.training.callbacks import (
     KeepRecordsWithCheckpoints,
     LeaveProcessGroupTogether,
@@ -65,9 +65,11 @@ def resolve(cfg: DictConfig) -> Resolved:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     if HydraConfig.get().runtime.choices.get("experiment") == "finetune" and not cfg.init_from:
         raise ValueError("experiment=finetune needs init_from=<checkpoint file or run directory>")
-    if not cfg.ckpt_path and cluster.restarted():
-        # a requeued SLURM job (or restarted torchrun) is back in its run directory: it goes on
-        # from the last.ckpt it wrote when it was stopped, if it got that far
+    relaunched = sweep_directory.grid_sweep(HydraConfig.get()) and sweep_directory.stopped_job(run_dir)
+    if not cfg.ckpt_path and (cluster.restarted() or relaunched):
+        # a requeued SLURM job (or restarted torchrun), or a sweep's job launched again, is back
+        # in its run directory: it goes on from the last.ckpt it wrote when it was stopped, if it
+        # got that far
         cfg.ckpt_path = "last"
     resolved = Resolved(run_dir, model_config, spawned=spawns_ranks(cfg))
     if cfg.ckpt_path:

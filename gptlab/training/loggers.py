@@ -17,7 +17,6 @@ from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig
 
 from gptlab.runs import cluster, run_directory
-from gptlab.training.preemption import STOPPED_BY_SIGNAL
 
 log = logging.getLogger(__name__)
 
@@ -77,15 +76,15 @@ def wandb_arguments(logger_cfg: DictConfig, resume_id: str | None) -> dict[str, 
     return arguments
 
 
-def finish_wandb(trainer: L.Trainer, preempted: bool = False) -> None:
+def finish_wandb(trainer: L.Trainer, stopped_with: int | None = None) -> None:
     """Ends the wandb run: else the next run in this process (a sweep's next job) logs into it.
-    A preempted one is marked so, and ends with the process's exit status: it continues when
-    the run resumes."""
+    One stopped by a signal is marked preempted, and ends with the process's exit status: it
+    continues when the run resumes."""
     for logger in trainer.loggers:
         if isinstance(logger, WandbLogger):
-            if preempted:
+            if stopped_with is not None:
                 logger.experiment.mark_preempting()
-            logger.experiment.finish(exit_code=STOPPED_BY_SIGNAL if preempted else None)
+            logger.experiment.finish(exit_code=stopped_with)
 
 
 def instantiate_loggers(

@@ -1,5 +1,6 @@
-"""Preemption: a run stopped by SIGTERM or a SLURM requeue signal saves where it stopped, on every
-rank at the same step, and a SLURM job asked to requeue is requeued once its records are closed."""
+"""Preemption: a run stopped by Ctrl-C, SIGTERM or a SLURM requeue signal saves where it stopped,
+on every rank at the same step, and a SLURM job asked to requeue is requeued once its records are
+closed. (Ctrl-C outside training: gptlab.cli.)"""
 
 import logging
 import os
@@ -18,7 +19,8 @@ log = logging.getLogger(__name__)
 
 
 class StopWhenPreempted(L.Callback):
-    """SIGTERM (what SLURM and Kubernetes send before they kill a job) and, in a SLURM job, the
+    """Ctrl-C (SIGINT), SIGTERM (what SLURM and Kubernetes send before they kill a job) and, in a
+    SLURM job, the
     signal SLURM sends ahead of preemption or the time limit (its --signal: SIGUSR1 for
     Lightning's SLURMEnvironment, SIGUSR2 for submitit) stop training at the end of the step, on
     every rank at the same step, whichever rank got the signal: last.ckpt is written there (after
@@ -31,7 +33,8 @@ class StopWhenPreempted(L.Callback):
     handler, which can hang a DDP run, and its requeue one saves an hpc checkpoint in the middle
     of a step, where gptlab does not look."""
 
-    STOP_SIGNALS = ("SIGTERM", "SIGUSR1", "SIGUSR2")
+    # in the order of precedence, last first: ranks that got different signals stop for the last
+    STOP_SIGNALS = ("SIGINT", "SIGTERM", "SIGUSR1", "SIGUSR2")
 
     def __init__(self) -> None:
         self.signal: str | None = None  # the name of the signal that came, if one did
@@ -39,7 +42,8 @@ class StopWhenPreempted(L.Callback):
 
     @staticmethod
     def signals() -> list[signal.Signals]:
-        return [signal.SIGTERM] + ([signal.SIGUSR1, signal.SIGUSR2] if SLURMEnvironment.detect() else [])
+        slurm = [signal.SIGUSR1, signal.SIGUSR2] if SLURMEnvironment.detect() else []
+        return [signal.SIGINT, signal.SIGTERM, *slurm]
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # after Lightning has set its handlers; it puts back the ones before it when fit ends
@@ -47,8 +51,14 @@ class StopWhenPreempted(L.Callback):
             signal.signal(signum, self.remember)
 
     def remember(self, signum: int, frame: Any) -> None:
+        # a second Ctrl-C, while the checkpoint is written, lands here too: it waits for it
         self.signal = signal.Signals(signum).name
         log.info("%s: training stops at the end of this step, saved", self.signal)
+
+    def exit_status(self) -> int:
+        """A stopped run's exit status, as of a process the signal killed: 130 for Ctrl-C, 143
+        for SIGTERM and SLURM's requeue signals alike (the run is not finished either way)."""
+        return 128 + signal.SIGINT if self.signal == "SIGINT" else STOPPED_BY_SIGNAL
 
     def forward_to_spawned_ranks(self, trainer: L.Trainer) -> dict[int, Any]:
         """In the process that spawned the ranks (DDP inside a sweep), which does not train
@@ -93,7 +103,7 @@ class StopWhenPreempted(L.Callback):
         while the job is still running, which is how SLURM starts a preemption's GraceTime (a
         job that ends then has ended, failed, unless it requeues itself). SIGTERM does not once
         the job is cancelled (scancel), past its time limit or being requeued already."""
-        if self.signal is None or not SLURMEnvironment.detect():
+        if self.signal in (None, "SIGINT") or not SLURMEnvironment.detect():
             return False
         if self.signal in ("SIGUSR1", "SIGUSR2"):
             return True
