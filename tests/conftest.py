@@ -2,6 +2,7 @@ import io
 import json
 import logging
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -101,8 +102,9 @@ def train(run_dir: Path, *overrides: str, timeout: float = 300, env: dict[str, s
 def command_line(arguments: list[str], env: dict[str, str], cwd: Path) -> Iterator[None]:
     """sys.argv, the environment and the working directory of a command, for as long as it runs
     in this process; put back after, and so is the logging Hydra sets up for it (its job logging
-    configuration disables, or reroutes, the loggers that exist when it starts)."""
-    saved = sys.argv, dict(os.environ), os.getcwd()
+    configuration disables, or reroutes, the loggers that exist when it starts), and Ctrl-C's
+    handler, which the command sets."""
+    saved = sys.argv, dict(os.environ), os.getcwd(), signal.getsignal(signal.SIGINT)
     loggers = [
         logging.root,
         *(v for v in logging.root.manager.loggerDict.values() if isinstance(v, logging.Logger)),
@@ -119,6 +121,7 @@ def command_line(arguments: list[str], env: dict[str, str], cwd: Path) -> Iterat
         os.environ.clear()
         os.environ.update(saved[1])
         os.chdir(saved[2])
+        signal.signal(signal.SIGINT, saved[3])
         for logger, disabled, level, propagate, handlers in saved_loggers:
             logger.disabled, logger.level, logger.propagate, logger.handlers = (
                 disabled,

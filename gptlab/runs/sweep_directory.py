@@ -80,7 +80,8 @@ class LinkWandbRunsIntoSweep(Callback):
 
 def relaunch_arguments(arguments: list[str]) -> list[str]:
     """`resume=DIR`: the command line the sweep in DIR was launched with (from its
-    multirun.yaml), then the arguments given now (a launcher setting, retry_failed=true)."""
+    multirun.yaml), less what the arguments given now replace (another launcher replaces the
+    first one's settings too), then those arguments (retry_failed=true, a launcher setting)."""
     given = [a for a in arguments if a.startswith("resume=")]
     if not given:
         return arguments
@@ -89,9 +90,17 @@ def relaunch_arguments(arguments: list[str]) -> list[str]:
     if not record.is_file():
         raise SystemExit(f"error: resume={sweep_dir}: not a sweep directory (it has no multirun.yaml)")
     overrides = OmegaConf.load(record).hydra.overrides
-    launched = [o for o in overrides.hydra if not o.startswith(("hydra.mode=", "hydra.sweep.dir="))]
     rest = [a for a in arguments if not a.startswith("resume=") and a not in ("-m", "--multirun")]
-    return ["-m", *launched, *overrides.task, f"hydra.sweep.dir={sweep_dir}", *rest]
+    given = {run_directory.override_key(a) for a in rest} | {"hydra.mode", "hydra.sweep.dir"}
+    if "hydra/launcher" in given:  # another launcher: the first one's settings are not its own
+        given.add("hydra.launcher")
+
+    def replaced(override: str) -> bool:
+        key = run_directory.override_key(override)
+        return any(key == g or key.startswith(f"{g}.") for g in given)
+
+    launched = [o for o in [*overrides.hydra, *overrides.task] if not replaced(o)]
+    return ["-m", *launched, f"hydra.sweep.dir={sweep_dir}", *rest]
 
 
 def jobs_of(config: DictConfig) -> list[list[str]] | None:
