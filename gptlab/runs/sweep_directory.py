@@ -87,6 +87,11 @@ def relaunch_arguments(arguments: list[str]) -> list[str]:
         return arguments
     sweep_dir = Path(given[-1].split("=", 1)[1])
     record = sweep_dir / "multirun.yaml"
+    if (sweep_dir / "optimization_results.yaml").is_file():
+        raise SystemExit(
+            f"error: resume={sweep_dir} is an Optuna search: it goes on through its study, launched "
+            "again with the same hydra.sweeper.storage and hydra.sweeper.study_name"
+        )
     if not record.is_file():
         raise SystemExit(f"error: resume={sweep_dir}: not a sweep directory (it has no multirun.yaml)")
     overrides = OmegaConf.load(record).hydra.overrides
