@@ -55,6 +55,10 @@ def errors_in_one_line() -> Iterator[None]:
         sys.exit(f"error: {one_line(err)}")
 
 
+# the exit status of a command stopped by Ctrl-C, as of a process SIGINT killed
+STOPPED_BY_CTRL_C = 128 + signal.SIGINT
+
+
 class Interrupted(BaseException):
     """Ctrl-C before the first step. A BaseException, like KeyboardInterrupt, but not one:
     Lightning turns a KeyboardInterrupt into a shutdown of its own that exits with status 1."""

@@ -127,10 +127,9 @@ def fit(run: Run) -> StopWhenPreempted:
 def stopped_by_signal(run: Run, stop: StopWhenPreempted) -> None:
     """A run stopped by Ctrl-C, SIGTERM or a requeue signal exits as a process the signal killed
     does (130, 143), with one line saying how it goes on: it is not finished, whatever Lightning's
-    exit status says. A
-    SLURM job stopped by its requeue signal is requeued now, its records closed: submitit's
-    requeue ends the process itself. (A process that spawned the ranks does not know the step
-    they reached.)"""
+    exit status says. A SLURM job stopped by its requeue signal is requeued now, its records
+    closed: submitit's requeue ends the process itself. (A process that spawned the ranks does
+    not know the step they reached.)"""
     trainer, run_dir = run.trainer, run.resolved.run_dir
     requeue = stop.requeue_wanted()
     if trainer.is_global_zero:
@@ -178,7 +177,7 @@ def main() -> None:
         train()
     except cli.Interrupted:
         print("stopped by Ctrl-C before the first step: nothing saved", file=sys.stderr)
-        sys.exit(128 + signal.SIGINT)
+        sys.exit(cli.STOPPED_BY_CTRL_C)
 
 
 if __name__ == "__main__":

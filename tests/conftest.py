@@ -6,7 +6,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, redirect_stderr, redirect_stdout
 from dataclasses import dataclass
 from pathlib import Path
@@ -176,6 +176,30 @@ def sweep_here(sweep_dir: Path, *overrides: str, env: dict[str, str] | None = No
     arguments = train_command(sweep_dir, *overrides)[3:]
     arguments[0:1] = ["-m", f"hydra.sweep.dir={sweep_dir}"]  # in place of hydra.run.dir
     return run_here("train", *arguments, env=env, run_dir=sweep_dir)
+
+
+def started(
+    command: list[str], env: dict[str, str] | None = None, new_session: bool = False
+) -> subprocess.Popen:
+    """A command started now, in a process of its own, its output kept (new_session: it and the
+    processes it starts a group of their own, which a test can signal at once)."""
+    return subprocess.Popen(
+        command,
+        cwd=REPO_ROOT,
+        env=offline_env() | (env or {}),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=new_session,
+    )
+
+
+def wait_until(done: Callable[[], bool], process: subprocess.Popen, timeout: float = 120) -> None:
+    """Waits for done() while the process runs."""
+    deadline = time.monotonic() + timeout
+    while not done() and process.poll() is None:
+        assert time.monotonic() < deadline, f"not done in {timeout} s"
+        time.sleep(0.05)
 
 
 def sweep(sweep_dir: Path, *overrides: str, timeout: float = 300) -> subprocess.CompletedProcess:

@@ -10,21 +10,21 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from gptlab.training.checkpoint import load_checkpoint
 from tests.conftest import (
-    REPO_ROOT,
     SHAKESPEARE,
     TINY,
     offline_env,
     read_summary,
     run_here,
+    started,
     train_command,
     train_here,
+    wait_until,
 )
 
 CPU_RANK = [*TINY, "logger=csv", "trainer.accelerator=cpu", f"data.path={SHAKESPEARE}"]
@@ -146,13 +146,6 @@ def stopped_after_first_checkpoint(
     return stopped_once_saved(train_command(run_dir, *PREEMPTED, *overrides), run_dir, signum, env, twice)
 
 
-def wait_until(done: Callable[[], bool], process: subprocess.Popen, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while not done() and process.poll() is None:
-        assert time.monotonic() < deadline, f"not done in {timeout} s"
-        time.sleep(0.05)
-
-
 def stopped_once_saved(
     command: list[str],
     run_dir: Path,
@@ -162,14 +155,7 @@ def stopped_once_saved(
 ) -> subprocess.CompletedProcess:
     """Starts command, sends its process signum once run_dir has a last.ckpt (twice: and again
     10 ms later), waits for it."""
-    process = subprocess.Popen(
-        command,
-        cwd=REPO_ROOT,
-        env=offline_env() | (env or {}),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    process = started(command, env)
     wait_until(lambda: (run_dir / "checkpoints" / "last.ckpt").exists(), process)
     process.send_signal(signum)
     if twice:
@@ -228,14 +214,7 @@ def test_ctrl_c_before_the_first_step_stops_at_once_and_leaves_nothing(
     # the sanity check runs the whole validation split: Ctrl-C comes before or during it
     run = tmp_path / "run"
     slow_start = ["trainer.num_sanity_val_steps=-1", "data.val_tokens=null"]
-    process = subprocess.Popen(
-        train_command(run, *PREEMPTED, *slow_start),
-        cwd=REPO_ROOT,
-        env=offline_env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    process = started(train_command(run, *PREEMPTED, *slow_start))
     wait_until(lambda: (run / ".hydra" / "config.yaml").exists(), process)
     process.send_signal(signal.SIGINT)
     stdout, stderr = process.communicate(timeout=120)

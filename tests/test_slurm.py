@@ -16,12 +16,11 @@ import psutil
 import pytest
 
 from tests.conftest import (
-    REPO_ROOT,
     SHAKESPEARE,
     TINY,
-    offline_env,
     read_summary,
     run_here,
+    started,
     train_command,
 )
 from tests.slurm.cluster import SlurmCluster
@@ -68,26 +67,12 @@ def start_sweep(
         *overrides,
         f"data.path={SHAKESPEARE}",
     ]
-    return subprocess.Popen(
-        command,
-        cwd=REPO_ROOT,
-        env=offline_env() | slurm.env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    return started(command, slurm.env)
 
 
 def start_training(run_dir: Path, *overrides: str) -> subprocess.Popen:
     """`python -m gptlab.train` on this machine, outside the cluster, started now."""
-    return subprocess.Popen(
-        train_command(run_dir, *overrides),
-        cwd=REPO_ROOT,
-        env=offline_env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    return started(train_command(run_dir, *overrides))
 
 
 def ended(process: subprocess.Popen, timeout: float = 600) -> subprocess.CompletedProcess:

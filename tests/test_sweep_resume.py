@@ -13,16 +13,16 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import (
-    REPO_ROOT,
     TINY,
-    offline_env,
     read_summary,
     run_here,
+    started,
     sweep_here,
     train_command,
     train_here,
+    wait_until,
 )
-from tests.test_cluster import validation_rows, wait_until
+from tests.test_cluster import validation_rows
 from tests.test_runs import metric_rows
 from tests.test_slurm import wandb_parts
 
@@ -43,19 +43,7 @@ def start_sweep(sweep_dir: Path, *overrides: str, new_session: bool = False) -> 
     a group of their own, which a test can kill at once)."""
     command = train_command(sweep_dir, *overrides)
     command[3:4] = ["-m", f"hydra.sweep.dir={sweep_dir}"]  # in place of hydra.run.dir
-    return start(command, new_session)
-
-
-def start(command: list[str], new_session: bool = False) -> subprocess.Popen:
-    return subprocess.Popen(
-        command,
-        cwd=REPO_ROOT,
-        env=offline_env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=new_session,
-    )
+    return started(command, new_session=new_session)
 
 
 def stopped(process: subprocess.Popen, signum: signal.Signals) -> subprocess.CompletedProcess:
@@ -96,7 +84,7 @@ def test_a_sweep_killed_then_stopped_by_ctrl_c_goes_on_where_it_stopped_each_tim
 
     # by its folder alone: job 0 is not trained again, job 1 starts again (or resumes, had it
     # saved), and Ctrl-C stops job 2 where it is, saved
-    second = start([sys.executable, "-m", "gptlab.train", "-m", f"resume={sweep_dir}"])
+    second = started([sys.executable, "-m", "gptlab.train", "-m", f"resume={sweep_dir}"])
     wait_until(lambda: (sweep_dir / "2" / "checkpoints" / "last.ckpt").exists(), second)
     result = stopped(second, signal.SIGINT)
     assert result.returncode == 130, result.stderr[-3000:]

@@ -136,7 +136,7 @@ class DevicePoolLauncher(LocalLauncher):
                 f"`python -m gptlab.train -m resume={sweep_dir}`",
                 file=sys.stderr,
             )
-            sys.exit(128 + signal.SIGINT)
+            sys.exit(cli.STOPPED_BY_CTRL_C)
         return [returns[job.num] for job in jobs]
 
     def start(self, executor: Any, job: Job, devices: list[int], threads: int) -> Any:

@@ -13,6 +13,7 @@ import torch
 from lightning.fabric.plugins.environments import SLURMEnvironment
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+from gptlab import cli
 from gptlab.training.callbacks import LastCheckpoint, validates_after_this_batch
 
 log = logging.getLogger(__name__)
@@ -20,9 +21,8 @@ log = logging.getLogger(__name__)
 
 class StopWhenPreempted(L.Callback):
     """Ctrl-C (SIGINT), SIGTERM (what SLURM and Kubernetes send before they kill a job) and, in a
-    SLURM job, the
-    signal SLURM sends ahead of preemption or the time limit (its --signal: SIGUSR1 for
-    Lightning's SLURMEnvironment, SIGUSR2 for submitit) stop training at the end of the step, on
+    SLURM job, the signal SLURM sends ahead of preemption or the time limit (its --signal: SIGUSR1
+    for Lightning's SLURMEnvironment, SIGUSR2 for submitit) stop training at the end of the step, on
     every rank at the same step, whichever rank got the signal: last.ckpt is written there (after
     the step's validation, if it has one) and Lightning's SIGTERMException ends fit, with no
     summary.json: the run is not finished. Once the run's records are closed, a SLURM job stopped
@@ -58,7 +58,7 @@ class StopWhenPreempted(L.Callback):
     def exit_status(self) -> int:
         """A stopped run's exit status, as of a process the signal killed: 130 for Ctrl-C, 143
         for SIGTERM and SLURM's requeue signals alike (the run is not finished either way)."""
-        return 128 + signal.SIGINT if self.signal == "SIGINT" else STOPPED_BY_SIGNAL
+        return cli.STOPPED_BY_CTRL_C if self.signal == "SIGINT" else STOPPED_BY_SIGNAL
 
     def forward_to_spawned_ranks(self, trainer: L.Trainer) -> dict[int, Any]:
         """In the process that spawned the ranks (DDP inside a sweep), which does not train
