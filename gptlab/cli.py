@@ -3,6 +3,7 @@ stderr (`error: ...`, naming the value and what is allowed) and exit status 1; w
 HYDRA_FULL_ERROR=1 the traceback instead, as Hydra's own errors do. And how training takes
 Ctrl-C outside its steps (during them, gptlab.training.preemption saves first)."""
 
+import importlib.resources
 import os
 import re
 import signal
@@ -53,6 +54,40 @@ def errors_in_one_line() -> Iterator[None]:
         if full_error_wanted():
             raise
         sys.exit(f"error: {one_line(err)}")
+
+
+def check_group_choices(arguments: list[str], config_module: str = "gptlab.conf") -> None:
+    """An option of a config group that does not exist (`model=gtp`, `hydra/sweeper/pruner=medain`)
+    ends the command in one line naming the options, before Hydra composes (whose own message
+    lists its search path over a dozen lines). Options gptlab's conf/ holds are found as files;
+    only for another (Hydra's own, a plugin's) is Hydra's config loader asked."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    conf = importlib.resources.files(config_module)
+    parsed = OverridesParser.create().parse_overrides(
+        [a for a in arguments if "=" in a and not a.startswith("-")]
+    )
+    for override in parsed:
+        key = override.get_key_element().split("@")[0]
+        if override.is_delete() or not conf.joinpath(key).is_dir():
+            continue
+        values = override.sweep_string_iterator() if override.is_sweep_override() else [override.value()]
+        for value in values:
+            if isinstance(value, str) and not conf.joinpath(key, f"{value}.yaml").is_file():
+                folder, _, option = value.rpartition("/")  # experiment=ladder/bigram
+                options = group_options("/".join(filter(None, [key, folder])), config_module)
+                if option not in options:
+                    named = [f"{folder}/{o}" if folder else o for o in options]
+                    raise SystemExit(f"error: {key}={value} is not an option: use one of {named}")
+
+
+def group_options(group: str, config_module: str) -> list[str]:
+    """The options of a config group, from every source Hydra reads (its own and the plugins')."""
+    from hydra import initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
+
+    with initialize_config_module(config_module, version_base="1.3"):
+        return GlobalHydra.instance().config_loader().get_group_options(group)
 
 
 # the exit status of a command stopped by Ctrl-C, as of a process SIGINT killed

@@ -56,8 +56,8 @@ def train(cfg: DictConfig) -> float:
     run_directory.start_job()
     try:
         cli.CtrlC.stop_at_once()
-        if sweep_directory.grid_sweep(HydraConfig.get()) and cluster.global_rank() == 0:
-            return grid_sweep_job(cfg)
+        if sweep_directory.relaunchable(HydraConfig.get()) and cluster.global_rank() == 0:
+            return sweep_job(cfg)
         return train_job(cfg)
     except cli.Interrupted:  # Ctrl-C before the first step
         if rank_zero_only.rank == 0:
@@ -65,9 +65,9 @@ def train(cfg: DictConfig) -> float:
         raise
 
 
-def grid_sweep_job(cfg: DictConfig) -> float:
-    """A job of a grid sweep, which may have run in an earlier launch of the sweep: what it did
-    then decides what it does now (gptlab/runs/sweep_directory.py)."""
+def sweep_job(cfg: DictConfig) -> float:
+    """A job of a sweep (a grid's, or an Optuna search's trial), which may have run in an earlier
+    launch of the sweep: what it did then decides what it does now (gptlab/runs/sweep_directory.py)."""
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     with sweep_directory.run_by_this_launch(run_dir):
         if (earlier := sweep_directory.earlier_outcome(run_dir, cfg.retry_failed)) is not None:
@@ -136,7 +136,7 @@ def stopped_by_signal(run: Run, stop: StopWhenPreempted) -> None:
         where = "" if run.resolved.spawned else f" at step {trainer.global_step}"
         if requeue:
             how = "the SLURM job is requeued and resumes by itself"
-        elif sweep_directory.grid_sweep(HydraConfig.get()):
+        elif sweep_directory.relaunchable(HydraConfig.get()):
             how = f"continue the sweep with `python -m gptlab.train -m resume={run_dir.parent}`"
         else:
             how = f"resume with `python -m gptlab.train ckpt_path={run_dir}`"
@@ -169,6 +169,7 @@ def main() -> None:
     which only rank 0 records itself in (gptlab.cluster). Ctrl-C is held until a job starts."""
     sys.argv[1:] = run_directory.resume_arguments(sweep_directory.relaunch_arguments(sys.argv[1:]))
     launcher.register_with_hydra()
+    cli.check_group_choices(sys.argv[1:])
     cluster.agree_on_start_time()
     if cluster.global_rank() != 0:
         sys.argv.append("hydra.output_subdir=null")

@@ -5,8 +5,11 @@ import json
 import statistics
 from pathlib import Path
 
+import optuna
 import pytest
 from omegaconf import OmegaConf
+from optuna.storages import JournalStorage
+from optuna.storages.journal import JournalFileBackend
 
 from tests.conftest import TINY, read_summary, run_here, sweep
 
@@ -57,26 +60,52 @@ def test_a_grid_sweep_runs_its_jobs_side_by_side_each_on_its_own_device(
 
 
 @pytest.mark.slow
-def test_optuna_trials_run_in_parallel_each_a_ddp_job_on_its_own_devices(
+def test_optuna_trials_run_side_by_side_each_a_ddp_job_and_a_bad_one_is_pruned(
     tmp_path: Path, shakespeare: Path
 ) -> None:
+    """Three trials, two at a time, each a DDP job on two of four slots: a long one and a short
+    one first, and a third (an lr far too small) asked for as soon as the short one ends, while
+    the long one still runs. The median pruner, which needs one finished trial, stops the third at
+    its first validation: on both ranks, saved, summed up as pruned, and PRUNED in the study."""
     sweep_dir = tmp_path / "sweep"
+    sweep_dir.mkdir()
+    study = optuna.create_study(study_name="gptlab", storage=journal(sweep_dir))
+    for lr, steps in ((3e-3, 300), (3e-3, 30), (2e-4, 300)):  # the trials the sampler gives first
+        study.enqueue_trial({"optim.lr": lr, "trainer.max_steps": steps})
     proc = sweep(
         sweep_dir,
         *PARALLEL,
-        *TINY[:4],  # the model fixed: the trials search optim.lr alone
+        *TINY[:4],  # the model fixed: the trials search optim.lr and trainer.max_steps
         "hparams_search=optuna",
-        "hydra.sweeper.n_trials=2",
-        "hydra.sweeper.n_jobs=2",  # trials asked for at once
+        "optim.lr=tag(log, interval(1e-4, 1e-2))",
+        "trainer.max_steps=choice(30, 300)",
+        "hydra.sweeper.n_trials=3",
+        "hydra.sweeper.n_jobs=2",  # trials at once
+        "hydra/sweeper/pruner=median",
+        "hydra.sweeper.pruner.n_startup_trials=1",
         "hydra.launcher.devices=[0,1,2,3]",
         "trainer.devices=2",
         "trainer.accelerator=cpu",
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    trials = [read_summary(sweep_dir / str(n)) for n in range(2)]
-    assert sorted(t["visible_devices"] for t in trials) == ["0,1", "2,3"]
-    assert all(t["world_size"] == 2 for t in trials)  # each its own DDP, side by side
-    assert overlap(*trials)
+    long, short, bad = (read_summary(sweep_dir / str(n)) for n in range(3))
+    assert sorted(t["visible_devices"] for t in (long, short)) == ["0,1", "2,3"]
+    assert all(t["world_size"] == 2 for t in (long, short, bad))  # each its own DDP, side by side
+    assert overlap(long, short)
+
+    trials = optuna.load_study(study_name="gptlab", storage=journal(sweep_dir)).trials
+    State = optuna.trial.TrialState
+    assert [t.state for t in trials] == [State.COMPLETE, State.COMPLETE, State.PRUNED]
+    assert trials[2].datetime_start < trials[0].datetime_complete  # asked for before the long one ended
+    assert bad["pruned"] is True and bad["steps"] == 15 and not long["pruned"]  # at its first validation
+    assert (sweep_dir / "2" / "checkpoints" / "last.ckpt").is_file()
+    assert list(trials[0].intermediate_values) == list(range(15, 301, 15))  # each validation reported
     results = OmegaConf.load(sweep_dir / "optimization_results.yaml")
-    assert results.best_value == pytest.approx(min(t["best_val_loss"] for t in trials))
-    assert set(results.best_params) == {"optim.lr"}
+    assert results.best_value == pytest.approx(min(long["best_val_loss"], short["best_val_loss"]))
+    table = run_here("compare", str(sweep_dir)).stdout
+    assert f"{bad['best_val_loss']:.4f} pruned" in table
+
+
+def journal(sweep_dir: Path) -> JournalStorage:
+    """A sweep's study, where the sweeper keeps it by default."""
+    return JournalStorage(JournalFileBackend(str(sweep_dir / "optuna.journal")))

@@ -1,6 +1,9 @@
-"""hydra/sweeper=optuna (gptlab/runs/optuna_sweeper.py): real Optuna studies, in memory and in
-SQLite, driving real sweeps of the tiny model; the studies read back with Optuna's own API."""
+"""hydra/sweeper=optuna (gptlab/runs/optuna_sweeper.py): real Optuna studies, in journal files
+and in SQLite, driving real sweeps of the tiny model, killed and launched again; the studies read
+back with Optuna's own API. (Parallel trials and pruning: tests/test_launcher.py.)"""
 
+import os
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -10,9 +13,13 @@ import optuna
 import pytest
 from omegaconf import OmegaConf
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+from optuna.storages import JournalStorage
+from optuna.storages.journal import JournalFileBackend
 
 from gptlab.runs.optuna_sweeper import search_space
-from tests.conftest import TINY, read_summary, sweep_here
+from tests.conftest import TINY, read_summary, run_here, sweep_here, wait_until
+from tests.test_cluster import validation_rows
+from tests.test_sweep_resume import start_sweep
 
 
 def test_command_line_search_spaces_are_hydra_optuna_sweepers() -> None:
@@ -62,24 +69,86 @@ def test_an_optuna_search_goes_on_past_a_trial_that_fails(tmp_path: Path, shakes
     assert results.best_value == pytest.approx(min(s["best_val_loss"] for s in summaries if "error" not in s))
 
 
+def study_of(sweep_dir: Path, storage: str | None = None) -> optuna.Study:
+    """The study of a sweep, read with Optuna's own API: in its optuna.journal, or in storage."""
+    if storage is None:
+        storage = JournalStorage(JournalFileBackend(str(sweep_dir / "optuna.journal")))
+    return optuna.load_study(study_name="gptlab", storage=storage)
+
+
+# a search of optim.lr alone (the rest fixed), each trial validated and saved at step 200 of 400
+TRIALS = [*TINY, "trainer.max_steps=400", "trainer.val_check_interval=200", "logger=csv"]
+
+
 @pytest.mark.slow
-def test_an_optuna_study_in_a_database_goes_on_where_it_stopped(tmp_path: Path, shakespeare: Path) -> None:
+@pytest.mark.parametrize("storage", ["journal", "sqlite"])
+def test_a_killed_search_tries_its_running_trial_again_from_its_checkpoint_and_finishes_the_study(
+    tmp_path: Path, shakespeare: Path, storage: str
+) -> None:
+    sweep_dir = tmp_path / "search"
+    database = f"sqlite:///{tmp_path / 'study.db'}"
+    search = ["hparams_search=optuna", "hydra.sweeper.n_trials=3", *TRIALS]
+    if storage == "sqlite":
+        search.append(f"hydra.sweeper.storage={database}")
+    driver = start_sweep(sweep_dir, *search, new_session=True)
+    try:
+        wait_until(lambda: (sweep_dir / "1" / "checkpoints" / "last.ckpt").is_file(), driver)
+    finally:
+        os.killpg(driver.pid, signal.SIGKILL)  # the driver, and the trial it runs, dead at once
+        driver.communicate()
+    study = study_of(sweep_dir, database if storage == "sqlite" else None)
+    State = optuna.trial.TrialState
+    assert [t.state for t in study.trials] == [State.COMPLETE, State.RUNNING]
+
+    relaunched = run_here("train", "-m", f"resume={sweep_dir}")
+    assert relaunched.returncode == 0, relaunched.stderr[-3000:]
+    study = study_of(sweep_dir, database if storage == "sqlite" else None)
+    killed, retry = study.trials[1], study.trials[2]
+    assert killed.state == State.FAIL
+    assert retry.state == State.COMPLETE and retry.params == killed.params
+    assert retry.user_attrs["job"] == 1 and retry.user_attrs["retry_of"] == 1
+    assert [t.state for t in study.trials].count(State.COMPLETE) == 3  # the planned study, finished
+    # the retry resumed the killed trial in its directory: each validation once, none trained twice
+    assert [int(row["step"]) + 1 for row in validation_rows(sweep_dir / "1")] == [200, 400]
+    assert sorted(p.name for p in sweep_dir.iterdir() if p.name.isdigit()) == ["0", "1", "2"]
+
+    finished = run_here("train", "-m", f"resume={sweep_dir}")
+    assert finished.returncode == 0, finished.stderr[-3000:]
+    assert "0 of 3 trials to run" in finished.stdout + finished.stderr
+    assert len(study_of(sweep_dir, database if storage == "sqlite" else None).trials) == 4
+
+    if storage == "journal":  # another search into its directory is refused, and changes nothing
+        before = {str(p): p.stat().st_mtime_ns for p in sweep_dir.rglob("*")}
+        other = [o for o in search if o != "hydra.sweeper.n_trials=3"] + ["optim.lr=choice(0.001, 0.002)"]
+        refused = sweep_here(sweep_dir, *other)
+        assert refused.returncode == 1
+        line = refused.stderr.strip().splitlines()[-1]
+        assert line.startswith(
+            f"error: hydra.sweep.dir={sweep_dir} holds another sweep: its search had `optim.lr="
+        )
+        assert {str(p): p.stat().st_mtime_ns for p in sweep_dir.rglob("*")} == before
+
+
+@pytest.mark.slow
+def test_a_study_in_a_database_shared_by_two_sweeps_counts_the_trials_of_both(
+    tmp_path: Path, shakespeare: Path
+) -> None:
     storage = f"sqlite:///{tmp_path / 'study.db'}"
-    for launch in ("first", "second"):
+    for launch, n_trials in (("first", 2), ("second", 4)):
         proc = sweep_here(
             tmp_path / launch,
             "hparams_search=optuna",
             f"hydra.sweeper.storage={storage}",
-            "hydra.sweeper.study_name=resumable",
-            "hydra.sweeper.n_trials=2",
+            f"hydra.sweeper.n_trials={n_trials}",
             *TINY,  # the trials search optim.lr alone
             "logger=csv",
         )
         assert proc.returncode == 0, proc.stderr
-    study = optuna.load_study(study_name="resumable", storage=storage)
+    study = optuna.load_study(study_name="gptlab", storage=storage)
     assert [t.state for t in study.trials] == [optuna.trial.TrialState.COMPLETE] * 4  # 2 + 2: one study
     first, second = [t.params for t in study.trials[:2]], [t.params for t in study.trials[2:]]
     assert all(params not in first for params in second)  # new trials, not the first ones again
+    assert [t.user_attrs["job"] for t in study.trials] == [0, 1, 0, 1]  # each sweep numbers its own
     assert study.best_value == pytest.approx(
         min(
             read_summary(tmp_path / launch / str(job))["best_val_loss"]

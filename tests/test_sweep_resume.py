@@ -207,9 +207,4 @@ def test_a_relaunch_that_would_run_other_jobs_is_refused_and_changes_nothing(
     assert not_a_sweep.stderr.strip().splitlines()[-1] == (
         f"error: resume={tmp_path}: not a sweep directory (it has no multirun.yaml)"
     )
-    (tmp_path / "optimization_results.yaml").write_text("name: optuna\n")  # as an Optuna search leaves it
-    optuna_search = run_here("train", "-m", f"resume={tmp_path}")
-    assert optuna_search.returncode == 1
-    line = optuna_search.stderr.strip().splitlines()[-1]
-    assert line.startswith(f"error: resume={tmp_path} is an Optuna search"), line
     assert json.loads((sweep_dir / "0" / "summary.json").read_text())["steps"] == 2

@@ -19,7 +19,7 @@ import signal
 import sys
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -85,49 +85,70 @@ class DevicePoolLauncher(LocalLauncher):
         return devices
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
+        """Hydra's interface: a batch of jobs, as many at once as the devices allow."""
+        waiting = deque((initial_job_idx + i, list(overrides)) for i, overrides in enumerate(job_overrides))
+        pool = self.device_pool()
+        for num, overrides in waiting:  # every job fits the pool, before any starts
+            self.job(num, overrides, pool)
+        returns: dict[int, JobReturn] = {}
+        self.launch_as_ready(
+            lambda: waiting.popleft() if waiting else None, returns.__setitem__, at_once=max(1, len(waiting))
+        )
+        return [returns[initial_job_idx + i] for i in range(len(job_overrides))]
+
+    def launch_as_ready(
+        self,
+        next_job: Callable[[], tuple[int, list[str]] | None],
+        ended: Callable[[int, JobReturn], None],
+        at_once: int,
+    ) -> None:
+        """Runs jobs until next_job has none left, asking for the next (its number and overrides)
+        only when fewer than at_once run and the last one asked for has started: an Optuna sweeper
+        asks for a trial as soon as one ends, seeing every result before. Each job that ends is
+        handed to ended."""
         import submitit
 
         assert self.config is not None
         pool = self.device_pool()
-        jobs = [
-            Job(initial_job_idx + i, list(overrides), self.devices_needed(list(overrides)))
-            for i, overrides in enumerate(job_overrides)
-        ]
-        if too_big := [job for job in jobs if job.devices_needed > len(pool)]:
-            raise setting_error(
-                f"trainer.devices={too_big[0].devices_needed} (job #{too_big[0].num}) is more than the "
-                f"{len(pool)} devices of hydra.launcher.devices={pool}"
-            )
         sweep_dir = Path(str(self.config.hydra.sweep.dir))
         sweep_dir.mkdir(parents=True, exist_ok=True)
-        log.info(f"Parallel launcher: {len(jobs)} jobs on devices {pool}, sweep output dir: {sweep_dir}")
+        log.info(f"Parallel launcher: jobs on devices {pool}, sweep output dir: {sweep_dir}")
         executor = submitit.LocalExecutor(folder=self.params["submitit_folder"])
         executor.update_parameters(
             timeout_min=self.params["timeout_min"], stderr_to_stdout=self.params["stderr_to_stdout"]
         )
 
         threads = max(1, (os.cpu_count() or 1) // len(pool))  # for each device's process
-        waiting, free = deque(jobs), list(pool)
-        running: dict[int, tuple[Any, list[int]]] = {}
-        returns: dict[int, JobReturn] = {}
+        free = list(pool)
+        running: dict[int, tuple[Any, list[int], Job]] = {}
+        pending: Job | None = None  # asked for, waiting for devices
+        asking = True
         try:
-            while waiting or running:
-                if cli.CtrlC.held and waiting:  # the running jobs got it too: they save and stop
+            while asking or pending or running:
+                if cli.CtrlC.held and (asking or pending):  # the running jobs got it too: they save and stop
                     log.info("Ctrl-C: no further job starts; the running ones save and stop")
-                    waiting.clear()
-                # in sweep order: a job that needs more devices than are free waits for them
-                while waiting and waiting[0].devices_needed <= len(free):
-                    job = waiting.popleft()
-                    devices, free = free[: job.devices_needed], free[job.devices_needed :]
-                    running[job.num] = (self.start(executor, job, devices, threads), devices)
+                    asking, pending = False, None
+                while True:
+                    if asking and pending is None and len(running) < at_once:
+                        if (asked := next_job()) is None:
+                            asking = False
+                        else:
+                            pending = self.job(*asked, pool)
+                    # a job that needs more devices than are free waits for them
+                    if pending is None or pending.devices_needed > len(free):
+                        break
+                    devices, free = free[: pending.devices_needed], free[pending.devices_needed :]
+                    submitted = self.start(executor, pending, devices, threads)
+                    running[pending.num] = (submitted, devices, pending)
+                    pending = None
                 time.sleep(POLL_SECONDS)
-                for num, (submitted, devices) in list(running.items()):
+                for num, (submitted, devices, job) in list(running.items()):
                     if submitted.done():
                         del running[num]
                         free = sorted(free + devices)
-                        returns[num] = self.job_return(submitted, next(j for j in jobs if j.num == num))
+                        ended(num, self.job_return(submitted, job))
         except BaseException:
-            for submitted, _ in running.values():  # Ctrl-C or a failure here: no job left behind
+            for submitted, _, _ in running.values():  # Ctrl-C or a failure here: no job left behind
                 submitted.cancel(check=False)
             raise
         if cli.CtrlC.held:
@@ -137,7 +158,15 @@ class DevicePoolLauncher(LocalLauncher):
                 file=sys.stderr,
             )
             sys.exit(cli.STOPPED_BY_CTRL_C)
-        return [returns[job.num] for job in jobs]
+
+    def job(self, num: int, overrides: list[str], pool: list[int]) -> Job:
+        job = Job(num, overrides, self.devices_needed(overrides))
+        if job.devices_needed > len(pool):
+            raise setting_error(
+                f"trainer.devices={job.devices_needed} (job #{num}) is more than the {len(pool)} devices "
+                f"of hydra.launcher.devices={pool}"
+            )
+        return job
 
     def start(self, executor: Any, job: Job, devices: list[int], threads: int) -> Any:
         # Lightning here, not at the top: Hydra imports this module in every entry point
@@ -178,7 +207,8 @@ class DevicePoolLauncher(LocalLauncher):
 
 
 def job_dir(launcher: Any, num: int, overrides: list[str]) -> Path:
-    """The run directory of a sweep's job, as the job names it."""
+    """The run directory of a sweep's job, as the job names it (launcher: a launcher or sweeper
+    Hydra has set up)."""
     config = launcher.hydra_context.config_loader.load_sweep_config(launcher.config, overrides)
     with open_dict(config.hydra.job):
         config.hydra.job.num = num

@@ -19,22 +19,46 @@ direction) and its command-line search spaces, in Hydra's override grammar:
 
 A key on the command line replaces the same key of `params`. The study's best trial is written
 to optimization_results.yaml in the sweep directory.
+
+The study survives its sweep: it lives in `storage`, by default Optuna's journal file
+optuna.journal in the sweep directory (a path instead names another journal file, which suits a
+cluster's shared file system; a URL names a database, sqlite:///study.db). Each trial records
+its job's number and sweep directory. Launched again into its directory (`resume=DIR`, or the
+same command with `hydra.sweep.dir=DIR`), a sweep first retries the trials its dead launch left
+RUNNING: each is marked FAIL and asked again with the same parameters, as the same job in the
+same directory, where the job resumes from its last.ckpt if it saved one (gptlab.runs.
+sweep_directory). COMPLETE, PRUNED and finally failed trials count towards `n_trials`, so a
+relaunch finishes the planned study, and a finished one trains nothing (raise n_trials for more).
+
+Trials report each validation's val_loss to the study, where `pruner` (none by default) may stop
+a trial that is doing worse than the others did at that step (gptlab.training.pruning); the run
+ends validated and saved, and the study records it PRUNED.
+
+With the parallel launcher a new trial is asked for as soon as one ends (the launcher's
+launch_as_ready), so the sampler always sees every finished trial; with the basic and slurm
+launchers, `n_jobs` trials are asked for at a time and run as one batch.
 """
 
+import contextlib
+import fcntl
 import functools
+import json
 import logging
 import math
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import IntervalSweep, Override, RangeSweep, Transformer
 from hydra.core.plugins import Plugins
+from hydra.core.utils import JobReturn, JobStatus
 from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf
 
-from gptlab.runs.launcher import setting_error
+from gptlab.runs import sweep_directory
+from gptlab.runs.launcher import job_dir, setting_error
 
 if TYPE_CHECKING:  # imported when a study runs: Hydra imports this module in every entry point
     import optuna
@@ -42,6 +66,7 @@ if TYPE_CHECKING:  # imported when a study runs: Hydra imports this module in ev
 log = logging.getLogger(__name__)
 
 DIRECTIONS = ("minimize", "maximize")
+JOURNAL_FILE = "optuna.journal"  # the study's default storage, in the sweep directory
 
 
 def distribution(override: Override) -> "optuna.distributions.BaseDistribution | None":
@@ -100,14 +125,31 @@ def grid(space: dict[str, Any]) -> dict[str, list[Any]]:
     return values
 
 
-def open_study(storage: str | None, study_name: str | None, sampler: Any, direction: str) -> "optuna.Study":
+def study_storage(storage: str | None, sweep_dir: Path) -> "str | optuna.storages.BaseStorage":
+    """Where the study lives: a database URL as given; a file path, or by default (null) the
+    sweep directory's optuna.journal, as Optuna's journal file storage."""
+    if storage and "://" in storage:
+        return storage
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    path = Path(storage) if storage else sweep_dir / JOURNAL_FILE
+    return JournalStorage(JournalFileBackend(str(path)))
+
+
+def open_study(
+    storage: str | None, sweep_dir: Path, study_name: str | None, direction: str
+) -> "optuna.Study":
     """The study, created or (in a storage that has it) loaded. A storage that cannot be opened,
     or that an older Optuna wrote, stops the sweep in one line before any trial runs."""
     import optuna
 
     try:
         return optuna.create_study(
-            storage=storage, study_name=study_name, sampler=sampler, direction=direction, load_if_exists=True
+            storage=study_storage(storage, sweep_dir),
+            study_name=study_name,
+            direction=direction,
+            load_if_exists=True,
         )
     except RuntimeError as err:
         if "optuna storage upgrade" not in str(err):
@@ -117,23 +159,176 @@ def open_study(storage: str | None, study_name: str | None, sampler: Any, direct
             f"`optuna storage upgrade --storage {storage}` (back it up first), or give another storage"
         ) from None
     except (ImportError, ValueError, OSError) as err:
-        raise setting_error(
-            f"hydra.sweeper.storage={storage} cannot be opened ({' '.join(str(err).split())}): "
-            "give a database URL such as sqlite:///study.db, or null for a study in memory"
-        ) from None
+        raise storage_error(storage, " ".join(str(err).split())) from None
     except Exception as err:  # SQLAlchemy's errors for a URL it cannot use
         if type(err).__module__.startswith("sqlalchemy"):
-            raise setting_error(
-                f"hydra.sweeper.storage={storage} cannot be opened ({type(err).__name__}): "
-                "give a database URL such as sqlite:///study.db, or null for a study in memory"
-            ) from None
+            raise storage_error(storage, type(err).__name__) from None
         raise
+
+
+def storage_error(storage: str | None, reason: str) -> SystemExit:
+    return setting_error(
+        f"hydra.sweeper.storage={storage} cannot be opened ({reason}): give a database URL such as "
+        "sqlite:///study.db, a journal file's path, or null for optuna.journal in the sweep directory"
+    )
+
+
+@contextlib.contextmanager
+def this_launch_only(sweep_dir: Path) -> Iterator[None]:
+    """One launch at a time drives a sweep directory's study: a relaunch fails the trials it
+    finds RUNNING there, which must not be another live launch's."""
+    with open(sweep_dir / ".sweeper.lock", "a") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise setting_error(
+                f"hydra.sweep.dir={sweep_dir}: another launch is running this sweep; wait for it to end "
+                "or stop it (Ctrl-C) before launching it again"
+            ) from None
+        yield
+
+
+def retried(study: "optuna.Study") -> set[int]:
+    """The numbers of the failed trials that are being (or were) tried again."""
+    return {t.user_attrs["retry_of"] for t in study.get_trials(deepcopy=False) if "retry_of" in t.user_attrs}
+
+
+def trials_done(study: "optuna.Study") -> int:
+    """The trials that count towards n_trials: COMPLETE, PRUNED, and FAIL unless tried again."""
+    import optuna
+
+    again = retried(study)
+    finished = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+    return sum(
+        t.state in finished or (t.state == optuna.trial.TrialState.FAIL and t.number not in again)
+        for t in study.get_trials(deepcopy=False)
+    )
+
+
+def retry(study: "optuna.Study", trial: "optuna.trial.FrozenTrial") -> None:
+    """Marks a trial whose run was stopped or killed FAIL and queues it again: the same
+    parameters, the same job and directory (where the run resumes from its last.ckpt)."""
+    import optuna
+
+    if trial.state == optuna.trial.TrialState.RUNNING:
+        study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
+    attrs = {k: trial.user_attrs[k] for k in ("job", "sweep_dir")} | {"retry_of": trial.number}
+    study.enqueue_trial(trial.params, user_attrs=attrs)
+    log.info("trial %d (job %d) was stopped: it is tried again", trial.number, trial.user_attrs["job"])
+
+
+def retry_dead_trials(study: "optuna.Study", sweep_dir: Path) -> None:
+    """The trials a dead launch of this sweep left RUNNING, tried again."""
+    import optuna
+
+    for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        if in_sweep(trial, sweep_dir):
+            retry(study, trial)
+
+
+def in_sweep(trial: "optuna.trial.FrozenTrial", sweep_dir: Path) -> bool:
+    """Whether a trial ran as a job of this sweep directory (a study may be shared by several)."""
+    return trial.user_attrs.get("sweep_dir") == str(sweep_dir)
+
+
+def next_job_number(study: "optuna.Study", sweep_dir: Path) -> int:
+    """After the jobs this sweep directory holds, and those its study knows of."""
+    nums = [int(p.name) for p in sweep_dir.iterdir() if p.name.isdigit()]
+    nums += [t.user_attrs["job"] for t in study.get_trials(deepcopy=False) if in_sweep(t, sweep_dir)]
+    return max(nums, default=-1) + 1
+
+
+class TrialJobs:
+    """A study's trials as a sweep's jobs: next_job asks the study for a trial, ended tells it
+    the job's outcome (read from the job's run directory)."""
+
+    def __init__(
+        self,
+        study: "optuna.Study",
+        space: dict[str, Any],
+        fixed: dict[str, str],
+        sweep_dir: Path,
+        n_trials: int,
+        job_dir: Callable[[int, list[str]], Path],
+    ) -> None:
+        self.study, self.space, self.fixed, self.sweep_dir, self.job_dir = (
+            study,
+            space,
+            fixed,
+            sweep_dir,
+            job_dir,
+        )
+        self.to_ask = n_trials - trials_done(study)
+        self.next_num = next_job_number(study, sweep_dir)
+        self.running: dict[int, tuple[optuna.Trial, list[str]]] = {}
+        self.retried_here: set[int] = set()  # jobs stopped and tried again in this launch: once each
+
+    def next_job(self) -> tuple[int, list[str]] | None:
+        if self.to_ask <= 0:
+            return None
+        self.to_ask -= 1
+        trial = self.study.ask(self.space)
+        num = trial.user_attrs.get("job")
+        if num is None or trial.user_attrs.get("sweep_dir") != str(self.sweep_dir):
+            num, self.next_num = self.next_num, self.next_num + 1
+            trial.set_user_attr("job", num)
+            trial.set_user_attr("sweep_dir", str(self.sweep_dir))
+        overrides = [f"{k}={v}" for k, v in trial.params.items()] + [
+            f"{k}={v}" for k, v in self.fixed.items()
+        ]
+        self.running[num] = (trial, overrides)
+        return num, overrides
+
+    def ended(self, num: int, job: JobReturn) -> None:
+        """Tells the study how the job ended: its value, PRUNED, FAIL (the run failed), or, for
+        a run stopped after saving, FAIL and the trial queued again (once in a launch)."""
+        import optuna
+
+        trial, overrides = self.running.pop(num)
+        run_dir = self.job_dir(num, overrides)
+        summary_file = run_dir / "summary.json"
+        summary = json.loads(summary_file.read_text()) if summary_file.is_file() else None
+        state = optuna.trial.TrialState
+        if summary is None and sweep_directory.stopped_job(run_dir) and num not in self.retried_here:
+            self.retried_here.add(num)
+            retry(self.study, self.study.get_trials(deepcopy=False)[trial.number])
+            self.to_ask += 1
+            return
+        if job.status != JobStatus.COMPLETED or summary is None or "error" in summary:
+            reason = (summary or {}).get("error") or "it ended without a summary.json"
+            log.warning("trial %d (job %d) failed: %s", trial.number, num, reason)
+            told: dict[str, Any] = {"state": state.FAIL}
+        elif summary.get("pruned"):
+            told = {"state": state.PRUNED}
+        else:
+            told = {"values": float(job.return_value)}
+        try:
+            self.study.tell(trial, **told)
+        except RuntimeError as err:
+            # the grid sampler stops the study once its last combination is told, which
+            # ask-and-tell does not allow; Optuna has stored the result before
+            if "Study.stop" not in str(err):
+                raise
+
+
+def consecutive(jobs: list[tuple[int, list[str]]]) -> Iterator[list[tuple[int, list[str]]]]:
+    """Jobs in runs of consecutive numbers, as Launcher.launch numbers a batch (a retried job
+    keeps its own number)."""
+    group: list[tuple[int, list[str]]] = []
+    for job in jobs:
+        if group and job[0] != group[-1][0] + 1:
+            yield group
+            group = []
+        group.append(job)
+    if group:
+        yield group
 
 
 class OptunaStudySweeper(Sweeper):
     def __init__(
         self,
         sampler: Any,
+        pruner: Any,
         direction: str,
         storage: str | None,
         study_name: str | None,
@@ -142,6 +337,7 @@ class OptunaStudySweeper(Sweeper):
         params: DictConfig | None,
     ) -> None:
         self.sampler = sampler
+        self.pruner = pruner
         self.direction = direction
         self.storage = storage
         self.study_name = study_name
@@ -151,6 +347,7 @@ class OptunaStudySweeper(Sweeper):
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
         self.config = config
+        self.hydra_context = hydra_context
         self.launcher = Plugins.instance().instantiate_launcher(
             hydra_context=hydra_context, task_function=task_function, config=config
         )
@@ -165,57 +362,57 @@ class OptunaStudySweeper(Sweeper):
             )
 
     def sweep(self, arguments: list[str]) -> None:
+        self.check_settings()
+        space, fixed = search_space(self.search_arguments(arguments))
+        sweep_dir = Path(str(self.config.hydra.sweep.dir)).absolute()
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        # the sweep's record, as Hydra's basic sweeper writes it: `resume=DIR` launches it again
+        OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
+        with this_launch_only(sweep_dir):
+            study = open_study(self.storage, sweep_dir, self.study_name, self.direction)
+            n_trials = self.set_sampler(study, space)
+            retry_dead_trials(study, sweep_dir)
+            jobs = TrialJobs(study, space, fixed, sweep_dir, n_trials, functools.partial(job_dir, self))
+            log.info(
+                "Optuna study %s (%s): %d of %d trials to run, %d at a time, %s, %s",
+                study.study_name,
+                self.storage or sweep_dir / JOURNAL_FILE,
+                max(jobs.to_ask, 0),
+                n_trials,
+                self.n_jobs,
+                type(study.sampler).__name__,
+                self.direction,
+            )
+            if hasattr(self.launcher, "launch_as_ready"):
+                self.launcher.launch_as_ready(jobs.next_job, jobs.ended, self.n_jobs)
+            else:
+                while batch := [job for _ in range(self.n_jobs) if (job := jobs.next_job()) is not None]:
+                    for group in consecutive(batch):
+                        returns = self.launcher.launch([o for _, o in group], initial_job_idx=group[0][0])
+                        for (num, _), job in zip(group, returns, strict=True):
+                            jobs.ended(num, job)
+            write_results(study, sweep_dir)
+
+    def search_arguments(self, arguments: list[str]) -> list[str]:
+        """The search space's overrides: `params`, then the command line's (retry_failed says
+        how a relaunch treats failed jobs: a trial that failed is a result of the study)."""
+        params = [f"{k}={v}" for k, v in (self.params or {}).items()]
+        return params + [a for a in arguments if not a.startswith("retry_failed=")]
+
+    def set_sampler(self, study: "optuna.Study", space: dict[str, Any]) -> int:
+        """The study's sampler, seeded by the run's seed (or the sampler's own) moved on by the
+        trials the study holds, so a relaunch does not propose its first trials again; and the
+        number of trials to run, which the grid sampler cuts to its grid's size."""
         import optuna
 
-        self.check_settings()
-        space, fixed = search_space([f"{k}={v}" for k, v in (self.params or {}).items()] + arguments)
-        n_trials, sampler = self.n_trials, self.sampler
-        if isinstance(sampler, functools.partial) and sampler.func is optuna.samplers.GridSampler:
-            values = grid(space)
-            sampler = sampler(values)
+        seed = self.sampler.keywords.get("seed")
+        arguments: dict[str, Any] = {"seed": (self.config.seed if seed is None else seed) + len(study.trials)}
+        n_trials = self.n_trials
+        if self.sampler.func is optuna.samplers.GridSampler:
+            arguments["search_space"] = values = grid(space)
             n_trials = min(n_trials, math.prod(len(v) for v in values.values()))
-        study = open_study(self.storage, self.study_name, sampler, self.direction)
-        log.info(
-            "Optuna study %s (%s): %d trials, %d at a time, %s, %s",
-            study.study_name,
-            self.storage or "in memory",
-            n_trials,
-            self.n_jobs,
-            type(sampler).__name__,
-            self.direction,
-        )
-        job_num = 0
-        while job_num < n_trials:
-            trials = [study.ask(space) for _ in range(min(self.n_jobs, n_trials - job_num))]
-            overrides = [
-                [f"{key}={value}" for key, value in trial.params.items()]
-                + [f"{key}={value}" for key, value in fixed.items()]
-                for trial in trials
-            ]
-            returns = self.launcher.launch(overrides, initial_job_idx=job_num)
-            job_num += len(returns)
-            for trial, job in zip(trials, returns, strict=True):
-                tell(study, trial, job)
-        write_results(study, Path(self.config.hydra.sweep.dir))
-
-
-def tell(study: "optuna.Study", trial: "optuna.Trial", job: Any) -> None:
-    """The job's result to the study: its value, or FAIL for a job that raised (gptlab.train
-    returns infinity for a run that failed, which the study ranks last)."""
-    import optuna
-
-    try:
-        told: dict[str, Any] = {"values": float(job.return_value)}
-    except Exception as err:  # the job's own exception, re-raised by its JobReturn
-        log.warning("trial %d failed: %s", trial.number, err)
-        told = {"state": optuna.trial.TrialState.FAIL}
-    try:
-        study.tell(trial, **told)
-    except RuntimeError as err:
-        # the grid sampler stops the study once its last combination is told, which ask-and-tell
-        # does not allow; Optuna has stored the result before
-        if "Study.stop" not in str(err):
-            raise
+        study.sampler = self.sampler(**arguments)
+        return n_trials
 
 
 def write_results(study: "optuna.Study", sweep_dir: Path) -> None:
@@ -227,5 +424,4 @@ def write_results(study: "optuna.Study", sweep_dir: Path) -> None:
     if any(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials):
         results |= {"best_params": study.best_trial.params, "best_value": study.best_value}
         log.info("best value %s with %s", study.best_value, study.best_trial.params)
-    sweep_dir.mkdir(parents=True, exist_ok=True)
     OmegaConf.save(OmegaConf.create(results), sweep_dir / "optimization_results.yaml")

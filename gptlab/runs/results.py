@@ -124,11 +124,12 @@ def runs_table(groups: list[list[dict[str, Any]]], title: str) -> Table:
             continue
         mean, std = best_val_loss(group)
         bpc = group_mean(group, "best_val_bpc")  # none in summaries from before bits per character
-        row = [
-            name,
-            overrides,
-            "not validated" if mean is None else f"{mean:.4f}" + ("" if std is None else f" ± {std:.4f}"),
-        ]
+        val_loss = (
+            "not validated" if mean is None else f"{mean:.4f}" + ("" if std is None else f" ± {std:.4f}")
+        )
+        if pruned(group):
+            val_loss += " pruned"  # its best until the Optuna study stopped it
+        row = [name, overrides, val_loss]
         if with_seeds:
             row.append(str(len(group)))
         row.append("" if bpc is None else f"{bpc:.4f}")
@@ -145,6 +146,11 @@ def runs_table(groups: list[list[dict[str, Any]]], title: str) -> Table:
             row.append("")
         table.add_row(*row)
     return table
+
+
+def pruned(group: list[dict[str, Any]]) -> bool:
+    """Whether an Optuna search's pruner stopped a run of the group early."""
+    return any(run["summary"].get("pruned") for run in group if run["summary"])
 
 
 def group_mean(group: list[dict[str, Any]], field: str) -> float | None:
@@ -217,6 +223,7 @@ def records(groups: list[list[dict[str, Any]]], seeds: bool) -> list[dict[str, A
         if seeds:
             mean, std = best_val_loss(group)
             row |= {"n_seeds": len(group), "best_val_loss_mean": mean, "best_val_loss_std": std}
+        row["pruned"] = pruned(group)
         row["error"] = (first["summary"] or {"error": "no summary.json"}).get("error")
         rows.append(row)
     return rows

@@ -1,6 +1,6 @@
 """What a sweep directory is: the run directories of a multirun's jobs (or an Optuna study's
-trials) side by side, with Hydra's multirun.yaml, a wandb/ folder linking every run's wandb
-records, and the seed an Optuna study continues with.
+trials) side by side, with Hydra's multirun.yaml and a wandb/ folder linking every run's wandb
+records (an Optuna search's study too, by default: gptlab.runs.optuna_sweeper).
 
 A sweep launched again into its own directory (`hydra.sweep.dir=DIR` with the same overrides, or
 `resume=DIR`) goes on where it stopped, with the job numbers and directories of its first launch:
@@ -8,7 +8,9 @@ each job looks at its directory as it starts (earlier_outcome). One that finishe
 again, its result read back; one that was stopped resumes from its last.ckpt (as a requeued
 SLURM job does); one that started but saved nothing starts again, its partial records cleared;
 one that failed stays failed unless the launch says retry_failed=true. How the sweep runs may
-change (the launcher, hydra.sweeper.n_jobs), what it runs may not (RefuseAnotherSweep).
+change (the launcher, hydra.sweeper.n_jobs), what it runs may not (RefuseAnotherSweep). An
+Optuna search's jobs are its trials: a relaunch tries again, as the same job, each trial its dead
+launch left running, and asks for the trials it still lacks.
 """
 
 import contextlib
@@ -29,24 +31,6 @@ from omegaconf import DictConfig, OmegaConf
 from gptlab.runs import run_directory
 
 log = logging.getLogger(__name__)
-
-
-def study_seed(seed: int, storage: str | None, study_name: str) -> int:
-    """The Optuna sampler's seed: the run's seed for a new study. A study kept in a database
-    and launched again gets the seed moved on by the trials it already holds: with the same
-    seed the sampler would propose the very trials it proposed before."""
-    if not storage:
-        return seed
-    import optuna
-
-    try:
-        trials = optuna.load_study(study_name=study_name, storage=storage).trials
-    except Exception:  # no such study yet, or a storage the sweeper refuses, in one line, next
-        return seed
-    return seed + len(trials)
-
-
-OmegaConf.register_new_resolver("gptlab.study_seed", study_seed)
 
 
 def sweep_dir_of(config: DictConfig) -> Path | None:
@@ -87,11 +71,6 @@ def relaunch_arguments(arguments: list[str]) -> list[str]:
         return arguments
     sweep_dir = Path(given[-1].split("=", 1)[1])
     record = sweep_dir / "multirun.yaml"
-    if (sweep_dir / "optimization_results.yaml").is_file():
-        raise SystemExit(
-            f"error: resume={sweep_dir} is an Optuna search: it goes on through its study, launched "
-            "again with the same hydra.sweeper.storage and hydra.sweeper.study_name"
-        )
     if not record.is_file():
         raise SystemExit(f"error: resume={sweep_dir}: not a sweep directory (it has no multirun.yaml)")
     overrides = OmegaConf.load(record).hydra.overrides
@@ -108,32 +87,64 @@ def relaunch_arguments(arguments: list[str]) -> list[str]:
     return ["-m", *launched, f"hydra.sweep.dir={sweep_dir}", *rest]
 
 
-def jobs_of(config: DictConfig) -> list[list[str]] | None:
-    """The jobs of a grid sweep (Hydra's basic sweeper), each its overrides; None for another
-    sweeper, whose jobs are decided as it runs."""
+def grid_jobs(config: DictConfig) -> list[list[str]]:
+    """The jobs of a grid sweep (Hydra's basic sweeper), each its overrides."""
     from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 
-    if not str(config.hydra.sweeper.get("_target_", "")).endswith("BasicSweeper"):
-        return None
-    params = [f"{k}={v}" for k, v in (config.hydra.sweeper.get("params") or {}).items()]
-    # retry_failed says how a relaunch treats its jobs, not which jobs they are
-    task = [o for o in config.hydra.overrides.task if run_directory.override_key(o) != "retry_failed"]
-    overrides = OverridesParser.create().parse_overrides(params + task)
+    overrides = OverridesParser.create().parse_overrides(sweep_arguments(config))
     (jobs,) = BasicSweeper.split_arguments(overrides, max_batch_size=None)
     return [sorted(job) for job in jobs]
 
 
+def search(config: DictConfig) -> list[str]:
+    """What an Optuna search searches, in lines: its study (storage, name, direction), each key's
+    distribution, each fixed value. How it searches (n_trials, sampler, pruner) is not in it."""
+    from gptlab.runs.optuna_sweeper import search_space
+
+    space, fixed = search_space(sweep_arguments(config))
+    study = [
+        f"hydra.sweeper.{k}={config.hydra.sweeper.get(k)}" for k in ("storage", "study_name", "direction")
+    ]
+    return (
+        study
+        + [f"{k}={v!r}" for k, v in sorted(space.items())]
+        + [f"{k}={v}" for k, v in sorted(fixed.items())]
+    )
+
+
+def sweep_arguments(config: DictConfig) -> list[str]:
+    """The sweeper's params and the command line's overrides (less retry_failed, which says how
+    a relaunch treats its failed jobs, not which jobs they are)."""
+    params = [f"{k}={v}" for k, v in (config.hydra.sweeper.get("params") or {}).items()]
+    return params + [
+        o for o in config.hydra.overrides.task if run_directory.override_key(o) != "retry_failed"
+    ]
+
+
 def difference(before: DictConfig, now: DictConfig) -> str | None:
-    """How a relaunch's jobs differ from those its sweep directory was launched with, in words;
-    None when they are the same. (Only grid sweeps write multirun.yaml, which holds the first.)"""
-    jobs_before, jobs_now = jobs_of(before), jobs_of(now)
-    if jobs_before is None or jobs_now is None:
-        return "one of them is not a grid sweep (an Optuna search goes on through its study's storage)"
+    """How a relaunch's sweep differs from the one its sweep directory was launched with (its
+    multirun.yaml), in words; None when they are the same. What may differ is how it runs."""
+    kinds = [str(c.hydra.sweeper._target_).rsplit(".", 1)[-1] for c in (before, now)]
+    if kinds[0] != kinds[1]:
+        return f"it was swept by {kinds[0]}, this launch by {kinds[1]}"
+    if kinds[0] != "BasicSweeper":
+        was, is_now = search(before), search(now)
+        gone, new = [x for x in was if x not in is_now], [x for x in is_now if x not in was]
+        if gone and new:
+            return f"its search had `{gone[0]}` where this launch's has `{new[0]}`"
+        if gone or new:
+            return (
+                f"its search had `{gone[0]}`, this launch's has not"
+                if gone
+                else f"this launch's search has `{new[0]}`, its had not"
+            )
+        return None
+    jobs_before, jobs_now = grid_jobs(before), grid_jobs(now)
     if len(jobs_before) != len(jobs_now):
         return f"it had {len(jobs_before)} jobs, this launch has {len(jobs_now)}"
-    for num, (was, is_now) in enumerate(zip(jobs_before, jobs_now, strict=True)):
-        if was != is_now:
-            return f"its job {num} was `{' '.join(was)}`, this launch's is `{' '.join(is_now)}`"
+    for num, (was_job, job_now) in enumerate(zip(jobs_before, jobs_now, strict=True)):
+        if was_job != job_now:
+            return f"its job {num} was `{' '.join(was_job)}`, this launch's is `{' '.join(job_now)}`"
     return None
 
 
@@ -147,13 +158,6 @@ class RefuseAnotherSweep(Callback):
         record = sweep_dir / "multirun.yaml"
         if not record.is_file() or not any((p / ".hydra").is_dir() for p in sweep_dir.iterdir()):
             return  # no sweep there, or one refused before any job started
-        if str(config.hydra.launcher._target_).endswith("SlurmLauncher"):
-            # its jobs may still be queued or running: they would be submitted twice
-            raise SystemExit(
-                f"error: hydra.sweep.dir={sweep_dir} holds a sweep already, and a SLURM sweep cannot "
-                "be launched again into its directory yet: resume a stopped job with "
-                "`python -m gptlab.train ckpt_path=DIR/N`, or give another hydra.sweep.dir"
-            )
         if reason := difference(OmegaConf.load(record), config):
             raise SystemExit(
                 f"error: hydra.sweep.dir={sweep_dir} holds another sweep: {reason}. Launch it again "
@@ -165,7 +169,7 @@ class RefuseAnotherSweep(Callback):
 
 @contextlib.contextmanager
 def run_by_this_launch(run_dir: Path) -> Iterator[None]:
-    """A grid sweep's job runs in one launch at a time: one still running from an earlier launch
+    """A sweep's job runs in one launch at a time: one still running from an earlier launch
     (its driver killed, its own process left running, as the parallel launcher's may be) is
     waited for, and its outcome read once it has ended. The lock goes with the process that
     holds it, however that ends."""
@@ -181,7 +185,7 @@ def run_by_this_launch(run_dir: Path) -> Iterator[None]:
 
 
 def earlier_outcome(run_dir: Path, retry_failed: bool) -> float | None:
-    """What a grid sweep's job did in an earlier launch, if it ended: its score (the best
+    """What a sweep's job did in an earlier launch, if it ended: its score (the best
     val_loss, or the worst score for a job that failed), and it is not run again; None when it
     is to run: never started, stopped (it resumes from its last.ckpt), started but saved nothing
     (its partial records are cleared), or failed and retried."""
@@ -202,11 +206,12 @@ def earlier_outcome(run_dir: Path, retry_failed: bool) -> float | None:
     return None
 
 
-def grid_sweep(hydra_config: DictConfig) -> bool:
-    """Whether this job is one of a grid sweep's (Hydra's basic sweeper), whose job numbers stand
-    for the same jobs in every launch; an Optuna study's are its trials, decided as it runs."""
+def relaunchable(hydra_config: DictConfig) -> bool:
+    """Whether this job is one of a sweep that goes on when launched again: a grid sweep's (Hydra's
+    basic sweeper), whose job numbers stand for the same jobs in every launch, or an Optuna
+    search's, whose retried trials keep their job numbers."""
     sweeper = str(hydra_config.sweeper._target_)
-    return hydra_config.mode == RunMode.MULTIRUN and sweeper.endswith("BasicSweeper")
+    return hydra_config.mode == RunMode.MULTIRUN and sweeper.endswith(("BasicSweeper", "OptunaSweeper"))
 
 
 def stopped_job(run_dir: Path) -> bool:

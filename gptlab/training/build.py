@@ -41,6 +41,7 @@ from gptlab.training.loggers import instantiate_loggers
 from gptlab.training.module import GPTLitModule
 from gptlab.training.precision import auto_precision, pick_device, resolve_float32_matmul
 from gptlab.training.preemption import StopWhenPreempted
+from gptlab.training.pruning import ReportToTrial, trial_address
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +66,7 @@ def resolve(cfg: DictConfig) -> Resolved:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     if HydraConfig.get().runtime.choices.get("experiment") == "finetune" and not cfg.init_from:
         raise ValueError("experiment=finetune needs init_from=<checkpoint file or run directory>")
-    relaunched = sweep_directory.grid_sweep(HydraConfig.get()) and sweep_directory.stopped_job(run_dir)
+    relaunched = sweep_directory.relaunchable(HydraConfig.get()) and sweep_directory.stopped_job(run_dir)
     if not cfg.ckpt_path and (cluster.restarted() or relaunched):
         # a requeued SLURM job (or restarted torchrun), or a sweep's job launched again, is back
         # in its run directory: it goes on from the last.ckpt it wrote when it was stopped, if it
@@ -173,7 +174,8 @@ def module(cfg: DictConfig, resolved: Resolved, datamodule: TextDataModule) -> G
 
 def callbacks(cfg: DictConfig, resolved: Resolved, tokenizer: Tokenizer) -> list[L.Callback]:
     """The config's callbacks, and those that are not options: every run ends validated, its
-    checkpoints carry its records, and a preempted run saves where it stopped."""
+    checkpoints carry its records, a preempted run saves where it stopped, and a trial of an
+    Optuna search reports to its study."""
     callbacks = [hydra.utils.instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c]
     for callback in callbacks:
         if isinstance(callback, TextSamples):
@@ -182,6 +184,8 @@ def callbacks(cfg: DictConfig, resolved: Resolved, tokenizer: Tokenizer) -> list
             except ValueError as err:
                 raise ValueError(f"callbacks.text_samples.prompt: {err}") from None
     callbacks += [ValidateFinalStep(), KeepRecordsWithCheckpoints(), StopWhenPreempted()]
+    if (trial := trial_address()) is not None:
+        callbacks.append(ReportToTrial(trial))
     if resolved.spawned:
         callbacks.append(LeaveProcessGroupTogether())
     return callbacks

@@ -11,6 +11,7 @@ import torch
 from lightning.pytorch.loggers import WandbLogger
 
 from gptlab.runs import run_directory
+from gptlab.training.pruning import ReportToTrial
 
 
 class RunSummary(L.Callback):
@@ -83,6 +84,8 @@ class RunSummary(L.Callback):
                 (c.last_model_path for c in trainer.checkpoint_callbacks if c.last_model_path), None
             ),
         }
+        if (trial := next((c for c in trainer.callbacks if isinstance(c, ReportToTrial)), None)) is not None:
+            summary["pruned"] = trial.pruned  # stopped by its Optuna study's pruner
         self.path.write_text(json.dumps(summary, indent=2) + "\n")
         for logger in trainer.loggers:
             if isinstance(logger, WandbLogger):  # the run's figures, beside val_loss's minimum
