@@ -5,6 +5,7 @@ requeued, cancelled and killed the way SLURM does it, each compared with the sam
 The node has 2 CPUs and no GPUs: each job here asks for one CPU a task, so two single-task jobs
 run side by side and a two-task (DDP) job has the node to itself."""
 
+import json
 import re
 import signal
 import subprocess
@@ -16,12 +17,15 @@ import psutil
 import pytest
 
 from tests.conftest import (
+    REPO_ROOT,
     SHAKESPEARE,
     TINY,
+    offline_env,
     read_summary,
     run_here,
     started,
     train_command,
+    wait_until,
 )
 from tests.slurm.cluster import SlurmCluster
 from tests.test_cluster import validation_rows
@@ -356,3 +360,42 @@ def test_a_job_past_its_time_limit_is_requeued_until_it_finishes_or_runs_out_of_
     error = read_summary(tmp_path / "failed" / "0")["error"]
     assert "Job not requeued because: timed-out too many times" in error
     assert (tmp_path / "failed" / "0" / "checkpoints" / "last.ckpt").is_file()  # saved all the same
+
+
+@pytest.mark.slow
+def test_a_sweep_launched_again_waits_for_its_jobs_still_on_the_cluster_and_resubmits_only_a_stopped_one(
+    tmp_path: Path, shakespeare: Path, slurm: SlurmCluster
+) -> None:
+    # three jobs of one task on the two-CPU node: two run, the third waits in the queue
+    sweep_dir = tmp_path / "sweep"
+    sweep = start_sweep(slurm, sweep_dir, *LONG_RUN, *ONE_TASK, "seed=1,2,3")
+    for num in (0, 1):
+        wait_for(sweep_dir / str(num) / "checkpoints" / "last.ckpt", sweep)
+    sweep.kill()  # the driver, SIGKILL: its jobs stay on the cluster
+    sweep.communicate()
+    first = job_ids(sweep_dir)
+    slurm.run("scontrol", "hold", first[2])  # queued until the relaunch has seen it there
+    slurm.run("scancel", first[1])  # job 1 saves and stops (SIGTERM, no requeue)
+    log = tmp_path / "relaunch.log"
+    relaunch = [sys.executable, "-m", "gptlab.train", "-m", f"resume={sweep_dir}"]
+    with log.open("w") as output:
+        relaunched = subprocess.Popen(
+            relaunch, cwd=REPO_ROOT, env=offline_env() | slurm.env, stdout=output, stderr=subprocess.STDOUT
+        )
+        waited = f"#2 is still queued or running as SLURM job {first[2]}: waited for"
+        wait_until(lambda: waited in log.read_text(), relaunched)
+        slurm.run("scontrol", "release", first[2])
+        assert relaunched.wait(timeout=600) == 0, log.read_text()[-3000:]
+    after = job_ids(sweep_dir)
+    resubmitted = set(after) - set(first)
+    assert len(after) == 4 and len(resubmitted) == 1  # only job 1 (stopped) was submitted again
+    assert json.loads((sweep_dir / ".submitit" / "slurm_jobs.json").read_text())["1"] == resubmitted.pop()
+    for num in range(3):
+        assert read_summary(sweep_dir / str(num))["steps"] == 400
+        assert [int(row["step"]) + 1 for row in validation_rows(sweep_dir / str(num))] == [200, 400]
+    assert "Restored all states from the checkpoint" in (sweep_dir / "1" / "train.log").read_text()
+    assert left_on_the_cluster(slurm) == []
+
+    finished = ended(started(relaunch, slurm.env))  # a finished sweep: nothing queued
+    assert finished.returncode == 0, finished.stderr[-3000:]
+    assert job_ids(sweep_dir) == after

@@ -15,6 +15,7 @@ What gptlab adds:
   as the reason in its summary.json.
 """
 
+import json
 import logging
 import re
 import shlex
@@ -23,6 +24,7 @@ import subprocess
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from hydra.core.singleton import Singleton
@@ -30,7 +32,9 @@ from hydra.core.utils import JobReturn, JobStatus, filter_overrides
 from hydra_plugins.hydra_submitit_launcher.submitit_launcher import BaseSubmititLauncher
 from omegaconf import OmegaConf
 
-from gptlab.runs.launcher import failed_job, setting_error
+from gptlab.atomic import written_whole
+from gptlab.runs import sweep_directory
+from gptlab.runs.launcher import failed_job, job_dir, setting_error
 
 log = logging.getLogger(__name__)
 
@@ -157,20 +161,71 @@ class SlurmSweepLauncher(BaseSubmititLauncher):
         log.info(f"SLURM launcher: {len(jobs)} jobs, sweep output dir: {self.config.hydra.sweep.dir}")
         for num, overrides in jobs:
             log.info(f"\t#{num} : {' '.join(filter_overrides(overrides))}")
-        arguments = [(o, "hydra.sweep.dir", n, f"job_id_for_{n}", Singleton.get_state()) for n, o in jobs]
+        still_running, ended_before = self.earlier_launch(jobs)
+        to_submit = [(n, o) for n, o in jobs if n not in still_running and n not in ended_before]
+        arguments = [
+            (o, "hydra.sweep.dir", n, f"job_id_for_{n}", Singleton.get_state()) for n, o in to_submit
+        ]
         try:
-            submitted = executor.map_array(self, *zip(*arguments, strict=True))
+            submitted = executor.map_array(self, *zip(*arguments, strict=True)) if arguments else []
         except FailedJobError as err:
             raise setting_error(self.refusal(str(err))) from None
-        log.info(
-            "submitted: "
-            + ", ".join(f"#{n} is SLURM job {j.job_id}" for (n, _), j in zip(jobs, submitted, strict=True))
-        )
-        ended = self.wait(submitted)
-        return [
-            self.job_return(job, ended.get(job.job_id), num, overrides)
-            for job, (num, overrides) in zip(submitted, jobs, strict=True)
-        ]
+        slurm_jobs = still_running | {n: job for (n, _), job in zip(to_submit, submitted, strict=True)}
+        self.record_job_ids({num: job.job_id for num, job in slurm_jobs.items()})
+        if submitted:
+            log.info(
+                "submitted: " + ", ".join(f"#{n} is SLURM job {slurm_jobs[n].job_id}" for n, _ in to_submit)
+            )
+        ended = self.wait(list(slurm_jobs.values()))
+        returns = ended_before | {
+            num: self.job_return(slurm_jobs[num], ended.get(slurm_jobs[num].job_id), num, overrides)
+            for num, overrides in jobs
+            if num in slurm_jobs
+        }
+        return [returns[num] for num, _ in jobs]
+
+    def earlier_launch(
+        self, jobs: list[tuple[int, list[str]]]
+    ) -> tuple[dict[int, Any], dict[int, JobReturn]]:
+        """What an earlier launch of this sweep left of these jobs, by job number: the SLURM jobs
+        of it still queued or running, to be waited for rather than submitted again; and the
+        results of those that ended (finished, or failed unless retry_failed=true), read from
+        their run directories rather than queued for. A job stopped, or never started, is neither:
+        it is submitted (and resumes from its last.ckpt)."""
+        import submitit
+
+        assert self.config is not None
+        record = self.job_record()
+        recorded = json.loads(record.read_text()) if record.is_file() else {}
+        known = {num: recorded[str(num)] for num, _ in jobs if str(num) in recorded}
+        states = job_states(list(known.values())) if known else {}
+        still_running: dict[int, Any] = {}
+        ended_before: dict[int, JobReturn] = {}
+        for num, overrides in jobs:
+            if states.get(known.get(num, ""), "gone") in ACTIVE_STATES:
+                log.info(f"#{num} is still queued or running as SLURM job {known[num]}: waited for")
+                still_running[num] = submitit.SlurmJob(
+                    folder=self.params["submitit_folder"], job_id=known[num]
+                )
+                continue
+            run_dir = job_dir(self, num, overrides)
+            if (score := sweep_directory.earlier_outcome(run_dir, self.config.retry_failed)) is not None:
+                ended_before[num] = JobReturn(
+                    overrides=overrides, status=JobStatus.COMPLETED, _return_value=score
+                )
+        return still_running, ended_before
+
+    def job_record(self) -> Path:
+        """Which SLURM job each of the sweep's jobs is, for a relaunch to find them."""
+        assert self.config is not None
+        return Path(str(self.config.hydra.sweep.dir)) / ".submitit" / "slurm_jobs.json"
+
+    def record_job_ids(self, job_ids: dict[int, str]) -> None:
+        record = self.job_record()
+        recorded = json.loads(record.read_text()) if record.is_file() else {}
+        record.parent.mkdir(parents=True, exist_ok=True)
+        with written_whole(record) as partial:
+            partial.write_text(json.dumps(recorded | {str(n): j for n, j in job_ids.items()}, indent=1))
 
     def executor(self) -> Any:
         params = dict(self.params)
