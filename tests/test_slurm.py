@@ -5,7 +5,6 @@ requeued, cancelled and killed the way SLURM does it, each compared with the sam
 The node has 2 CPUs and no GPUs: each job here asks for one CPU a task, so two single-task jobs
 run side by side and a two-task (DDP) job has the node to itself."""
 
-import json
 import re
 import signal
 import subprocess
@@ -363,39 +362,49 @@ def test_a_job_past_its_time_limit_is_requeued_until_it_finishes_or_runs_out_of_
 
 
 @pytest.mark.slow
-def test_a_sweep_launched_again_waits_for_its_jobs_still_on_the_cluster_and_resubmits_only_a_stopped_one(
+def test_a_sweep_launched_again_waits_for_its_jobs_on_the_cluster_and_ctrl_c_stops_them_saved(
     tmp_path: Path, shakespeare: Path, slurm: SlurmCluster
 ) -> None:
-    # three jobs of one task on the two-CPU node: two run, the third waits in the queue
+    """Three jobs of one task on the two-CPU node (two run, the third queues). The driver is
+    killed; its relaunch waits for the three jobs instead of submitting them again, and is
+    stopped by Ctrl-C, which cancels them (the running ones save); the next relaunch submits them,
+    two resuming, and ends the sweep as if nothing had stopped it; one more trains nothing."""
     sweep_dir = tmp_path / "sweep"
-    sweep = start_sweep(slurm, sweep_dir, *LONG_RUN, *ONE_TASK, "seed=1,2,3")
-    for num in (0, 1):
-        wait_for(sweep_dir / str(num) / "checkpoints" / "last.ckpt", sweep)
+    runs = [*LONG_RUN, "trainer.max_steps=3000", "trainer.val_check_interval=750", *ONE_TASK, "seed=1,2,3"]
+    sweep = start_sweep(slurm, sweep_dir, *runs)
+    wait_for(sweep_dir / "1" / "checkpoints" / "last.ckpt", sweep)
     sweep.kill()  # the driver, SIGKILL: its jobs stay on the cluster
     sweep.communicate()
     first = job_ids(sweep_dir)
-    slurm.run("scontrol", "hold", first[2])  # queued until the relaunch has seen it there
-    slurm.run("scancel", first[1])  # job 1 saves and stops (SIGTERM, no requeue)
+    slurm.run("scontrol", "hold", first[2])  # queued until the relaunch has been stopped
+
     log = tmp_path / "relaunch.log"
     relaunch = [sys.executable, "-m", "gptlab.train", "-m", f"resume={sweep_dir}"]
     with log.open("w") as output:
         relaunched = subprocess.Popen(
             relaunch, cwd=REPO_ROOT, env=offline_env() | slurm.env, stdout=output, stderr=subprocess.STDOUT
         )
-        waited = f"#2 is still queued or running as SLURM job {first[2]}: waited for"
-        wait_until(lambda: waited in log.read_text(), relaunched)
-        slurm.run("scontrol", "release", first[2])
-        assert relaunched.wait(timeout=600) == 0, log.read_text()[-3000:]
-    after = job_ids(sweep_dir)
-    resubmitted = set(after) - set(first)
-    assert len(after) == 4 and len(resubmitted) == 1  # only job 1 (stopped) was submitted again
-    assert json.loads((sweep_dir / ".submitit" / "slurm_jobs.json").read_text())["1"] == resubmitted.pop()
+        waited = [f"#{n} is still queued or running as SLURM job {first[n]}: waited for" for n in range(3)]
+        wait_until(lambda: all(line in log.read_text() for line in waited), relaunched)
+        relaunched.send_signal(signal.SIGINT)
+        assert relaunched.wait(timeout=300) == 130, log.read_text()[-3000:]
+    assert log.read_text().strip().splitlines()[-1] == (
+        "stopped by Ctrl-C, its SLURM jobs cancelled (a running one saved first): continue the sweep "
+        f"with `python -m gptlab.train -m resume={sweep_dir}`"
+    )
+    assert job_ids(sweep_dir) == first  # nothing submitted twice
+    assert not any((sweep_dir / str(n) / "summary.json").exists() for n in range(3))  # stopped, not failed
+
+    done = ended(started(relaunch, slurm.env))
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert len(job_ids(sweep_dir)) == 6  # each job submitted once more
     for num in range(3):
-        assert read_summary(sweep_dir / str(num))["steps"] == 400
-        assert [int(row["step"]) + 1 for row in validation_rows(sweep_dir / str(num))] == [200, 400]
+        assert read_summary(sweep_dir / str(num))["steps"] == 3000
+        validated = [int(row["step"]) + 1 for row in validation_rows(sweep_dir / str(num))]
+        assert validated == [750, 1500, 2250, 3000]  # each once
     assert "Restored all states from the checkpoint" in (sweep_dir / "1" / "train.log").read_text()
     assert left_on_the_cluster(slurm) == []
 
     finished = ended(started(relaunch, slurm.env))  # a finished sweep: nothing queued
     assert finished.returncode == 0, finished.stderr[-3000:]
-    assert job_ids(sweep_dir) == after
+    assert len(job_ids(sweep_dir)) == 6

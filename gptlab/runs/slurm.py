@@ -12,7 +12,10 @@ What gptlab adds:
 - the driver follows each job's state in squeue, which needs no accounting database: a requeued
   job is waited for (its result is the resumed run's), and a job that ends without a result
   (scancel, SIGKILL, out of memory, a node failure) ends the wait as failed, with SLURM's state
-  as the reason in its summary.json.
+  as the reason in its summary.json;
+- Ctrl-C cancels the sweep's jobs (a running one saves first, as SIGTERM makes it) and says how
+  to continue; a sweep launched again into its directory waits for its jobs still on the cluster
+  and submits only those that were stopped or never ran (earlier_launch).
 """
 
 import json
@@ -21,6 +24,7 @@ import re
 import shlex
 import shutil
 import subprocess
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -32,6 +36,7 @@ from hydra.core.utils import JobReturn, JobStatus, filter_overrides
 from hydra_plugins.hydra_submitit_launcher.submitit_launcher import BaseSubmititLauncher
 from omegaconf import OmegaConf
 
+from gptlab import cli
 from gptlab.atomic import written_whole
 from gptlab.runs import sweep_directory
 from gptlab.runs.launcher import failed_job, job_dir, setting_error
@@ -177,6 +182,13 @@ class SlurmSweepLauncher(BaseSubmititLauncher):
                 "submitted: " + ", ".join(f"#{n} is SLURM job {slurm_jobs[n].job_id}" for n, _ in to_submit)
             )
         ended = self.wait(list(slurm_jobs.values()))
+        if cli.CtrlC.held:
+            print(
+                "stopped by Ctrl-C, its SLURM jobs cancelled (a running one saved first): continue the "
+                f"sweep with `python -m gptlab.train -m resume={self.config.hydra.sweep.dir}`",
+                file=sys.stderr,
+            )
+            sys.exit(cli.STOPPED_BY_CTRL_C)
         returns = ended_before | {
             num: self.job_return(slurm_jobs[num], ended.get(slurm_jobs[num].job_id), num, overrides)
             for num, overrides in jobs
@@ -310,7 +322,13 @@ class SlurmSweepLauncher(BaseSubmititLauncher):
         waiting = {job.job_id: job for job in jobs}
         ended_since: dict[str, float] = {}
         ended: dict[str, str] = {}
+        cancelled = False
         while waiting:
+            if cli.CtrlC.held and not cancelled:
+                # SIGTERM to each running job's tasks, which save and stop; queued ones never start
+                log.info("Ctrl-C: the sweep's SLURM jobs are cancelled; a running one saves first")
+                subprocess.run(["scancel", *waiting], check=False)
+                cancelled = True
             states = job_states(list(waiting))
             now = time.monotonic()
             for job_id, job in list(waiting.items()):
