@@ -368,15 +368,19 @@ def test_a_sweep_launched_again_waits_for_its_jobs_on_the_cluster_and_ctrl_c_sto
     """Three jobs of one task on the two-CPU node (two run, the third queues). The driver is
     killed; its relaunch waits for the three jobs instead of submitting them again, and is
     stopped by Ctrl-C, which cancels them (the running ones save); the next relaunch submits them,
-    two resuming, and ends the sweep as if nothing had stopped it; one more trains nothing."""
+    two resuming, and ends the sweep as if nothing had stopped it; one more trains nothing.
+    (SLURM suspends and holds the jobs while the relaunch starts, so none ends before it looks.)"""
     sweep_dir = tmp_path / "sweep"
-    runs = [*LONG_RUN, "trainer.max_steps=3000", "trainer.val_check_interval=750", *ONE_TASK, "seed=1,2,3"]
+    runs = [*LONG_RUN, "trainer.max_steps=1000", "trainer.val_check_interval=250", *ONE_TASK, "seed=1,2,3"]
     sweep = start_sweep(slurm, sweep_dir, *runs)
     wait_for(sweep_dir / "1" / "checkpoints" / "last.ckpt", sweep)
     sweep.kill()  # the driver, SIGKILL: its jobs stay on the cluster
     sweep.communicate()
     first = job_ids(sweep_dir)
-    slurm.run("scontrol", "hold", first[2])  # queued until the relaunch has been stopped
+    # as they are until the relaunch has seen them: two running jobs suspended, one queued held
+    for job_id in first[:2]:
+        slurm.run("scontrol", "suspend", job_id)
+    slurm.run("scontrol", "hold", first[2])
 
     log = tmp_path / "relaunch.log"
     relaunch = [sys.executable, "-m", "gptlab.train", "-m", f"resume={sweep_dir}"]
@@ -386,6 +390,8 @@ def test_a_sweep_launched_again_waits_for_its_jobs_on_the_cluster_and_ctrl_c_sto
         )
         waited = [f"#{n} is still queued or running as SLURM job {first[n]}: waited for" for n in range(3)]
         wait_until(lambda: all(line in log.read_text() for line in waited), relaunched)
+        for job_id in first[:2]:
+            slurm.run("scontrol", "resume", job_id)
         relaunched.send_signal(signal.SIGINT)
         assert relaunched.wait(timeout=300) == 130, log.read_text()[-3000:]
     assert log.read_text().strip().splitlines()[-1] == (
@@ -399,9 +405,9 @@ def test_a_sweep_launched_again_waits_for_its_jobs_on_the_cluster_and_ctrl_c_sto
     assert done.returncode == 0, done.stderr[-3000:]
     assert len(job_ids(sweep_dir)) == 6  # each job submitted once more
     for num in range(3):
-        assert read_summary(sweep_dir / str(num))["steps"] == 3000
+        assert read_summary(sweep_dir / str(num))["steps"] == 1000
         validated = [int(row["step"]) + 1 for row in validation_rows(sweep_dir / str(num))]
-        assert validated == [750, 1500, 2250, 3000]  # each once
+        assert validated == [250, 500, 750, 1000]  # each once
     assert "Restored all states from the checkpoint" in (sweep_dir / "1" / "train.log").read_text()
     assert left_on_the_cluster(slurm) == []
 
