@@ -16,7 +16,7 @@ from omegaconf.errors import MissingMandatoryValue
 
 # what bad input raises: a setting out of range or of the wrong type, a required one not given, a
 # missing or unreadable file, an object the config failed to build (a Trainer argument Lightning
-# refuses among them: Hydra's instantiate wraps what the Trainer raises)
+# refuses among them: Hydra's instantiate wraps what the Trainer raises), an extra not installed
 ERRORS = (
     ValueError,
     TypeError,
@@ -24,6 +24,7 @@ ERRORS = (
     OSError,
     MissingMandatoryValue,
     InstantiationException,
+    ImportError,  # an optional dependency not installed: its message names the extra to install
 )
 
 

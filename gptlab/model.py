@@ -36,7 +36,7 @@ class GPTConfig:
     causal: bool = True  # False: every token sees the whole block (an encoder, not a decoder)
     attn_proj: bool = True  # a linear projection after the heads are concatenated
     mlp: Literal["gpt", "single", "none"] = "gpt"  # gpt: C -> 4C -> C; single: one C -> C layer
-    activation: Literal["gelu", "relu"] = "gelu"
+    activation: Literal["gelu", "gelu_tanh", "relu"] = "gelu"  # gelu_tanh: GPT-2's approximation
     residual: bool = True  # blocks add to the residual stream instead of replacing it
     norm: Literal["layernorm", "none"] = "layernorm"  # pre-norm in each block and before lm_head
     init: Literal["gpt2", "pytorch"] = "gpt2"  # pytorch: each layer's default init (lecture, early steps)
@@ -185,7 +185,9 @@ class MLP(nn.Module):
         super().__init__()
         hidden = 4 * config.n_embd if config.mlp == "gpt" else config.n_embd
         self.c_fc = nn.Linear(config.n_embd, hidden, bias=config.bias)
-        self.act = nn.GELU() if config.activation == "gelu" else nn.ReLU()
+        self.act = {"gelu": nn.GELU(), "gelu_tanh": nn.GELU(approximate="tanh"), "relu": nn.ReLU()}[
+            config.activation
+        ]
         # the lecture's first feed-forward ("single") is one layer and its nonlinearity
         self.c_proj = (
             nn.Linear(hidden, config.n_embd, bias=config.bias) if config.mlp == "gpt" else nn.Identity()

@@ -1,0 +1,306 @@
+"""gptlab models as Hugging Face transformers' GPT-2 (GPT2LMHeadModel), and GPT-2-layout models
+into gptlab, with their tokenizers (`pip install gptlab[hf]`).
+
+gptlab's GPT has GPT-2's parameter names; what differs is the layout of four matrices per block
+(transformers keeps c_attn, attn.c_proj, mlp.c_fc and mlp.c_proj as Conv1D, (in, out): each the
+transpose of an nn.Linear weight) and what GPT-2 always has that a gptlab model may leave out. A
+layer gptlab leaves out becomes one that changes nothing: no bias, zero biases; attn_proj=false,
+an identity projection; mlp=single (one layer and its activation), an inner size of n_embd and
+an identity c_proj; mlp=none, zero weights. The lecture's `heads` attention is the batched one
+with its heads' weights side by side. A model GPT-2 cannot compute (no residual, no LayerNorm, an
+encoder, the bigram model) is refused.
+
+Tokenizers: a BPE is a `tokenizers` object already, saved as it is. A character vocabulary
+becomes one too: each character of the vocabulary (newlines included) its own token, in the
+vocabulary's order, with no normalizer, a split before every character and a decoder that joins
+them without spaces; a character outside the vocabulary makes it raise (tokenizers' "Missing
+[UNK] token"), as gptlab's own character tokenizer refuses it. gptlab models have no special
+tokens: config.json names token 0 as bos and eos (transformers wants ids inside the vocabulary),
+and generation_config.json names none, so generation runs max_new_tokens, as gptlab.sample does.
+"""
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from tokenizers import Regex, decoders, models, pre_tokenizers
+from tokenizers import Tokenizer as HFTokenizer
+
+from gptlab.data.tokenizer import BPETokenizer, CharTokenizer, Tokenizer
+from gptlab.model import GPT, GPTConfig, LanguageModel
+from gptlab.training.checkpoint import gptlab_checkpoint
+
+if TYPE_CHECKING:
+    import transformers
+
+# gptlab's activation -> transformers' name for the same function, and back
+ACTIVATIONS = {"gelu": "gelu", "gelu_tanh": "gelu_new", "relu": "relu"}
+IMPORTED_ACTIVATIONS = {
+    "gelu": "gelu",
+    "gelu_new": "gelu_tanh",
+    "gelu_pytorch_tanh": "gelu_tanh",
+    "relu": "relu",
+}
+LAYER_NORM_EPS = 1e-5  # torch's nn.LayerNorm default, which gptlab's LayerNorms use
+# the per-block matrices transformers keeps as Conv1D, (in, out)
+CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
+# what a GPT-2 config may say that gptlab's GPT does not compute, and the value it must have
+UNSUPPORTED = {
+    "scale_attn_weights": True,
+    "scale_attn_by_inverse_layer_idx": False,
+    "reorder_and_upcast_attn": False,
+    "add_cross_attention": False,
+}
+
+
+def transformers_module() -> Any:
+    try:
+        import transformers
+    except ImportError:
+        raise ImportError(
+            "converting to or from Hugging Face needs transformers and safetensors: pip install 'gptlab[hf]'"
+        ) from None
+    transformers.utils.logging.disable_progress_bar()  # one line of output, as every entry point
+    return transformers
+
+
+def check_exportable(config: GPTConfig) -> None:
+    """A model GPT-2 cannot compute is refused before anything is written."""
+    cannot = {
+        "arch": ("gpt", "the bigram model has no transformer"),
+        "residual": (True, "GPT-2's blocks add to the residual stream"),
+        "norm": ("layernorm", "GPT-2 has LayerNorms"),
+        "causal": (True, "GPT-2 is a decoder: each token sees the ones before it"),
+    }
+    for key, (needed, why) in cannot.items():
+        if getattr(config, key) != needed:
+            raise ValueError(f"model.{key}={getattr(config, key)} has no GPT-2 equivalent ({why})")
+
+
+def mlp_inner_size(config: GPTConfig) -> int:
+    return {"gpt": 4 * config.n_embd, "single": config.n_embd, "none": 1}[config.mlp]
+
+
+def gpt2_config(config: GPTConfig) -> "transformers.GPT2Config":
+    transformers = transformers_module()
+    return transformers.GPT2Config(
+        vocab_size=config.vocab_size,
+        n_positions=config.block_size,
+        n_embd=config.n_embd,
+        n_layer=config.n_layer,
+        n_head=config.n_head,
+        n_inner=mlp_inner_size(config),
+        activation_function=ACTIVATIONS[config.activation],
+        resid_pdrop=config.dropout,
+        embd_pdrop=config.dropout,
+        attn_pdrop=config.dropout,
+        layer_norm_epsilon=LAYER_NORM_EPS,
+        tie_word_embeddings=config.tie_weights,
+        bos_token_id=0,
+        eos_token_id=0,
+        architectures=["GPT2LMHeadModel"],
+    )
+
+
+def gpt2_state_dict(model: GPT) -> dict[str, torch.Tensor]:
+    """The model's weights in GPT2LMHeadModel's names and layout."""
+    config, C = model.config, model.config.n_embd
+    state = {
+        "transformer.wte.weight": model.transformer.wte.weight,
+        "transformer.wpe.weight": model.transformer.wpe.weight,
+        "lm_head.weight": model.lm_head.weight,
+    }
+    linears = {}  # name -> (weight as nn.Linear's (out, in), bias or None)
+    for i, block in enumerate(model.transformer.h):
+        h = f"transformer.h.{i}"
+        for norm in ("ln_1", "ln_2"):
+            state[f"{h}.{norm}.weight"] = getattr(block, norm).weight
+            state[f"{h}.{norm}.bias"] = bias_of(getattr(block, norm), C)
+        if config.attention == "heads":  # each head's query, key and value rows, side by side
+            heads = block.attn.heads
+            qkv = [
+                torch.cat([getattr(head, part).weight for head in heads])
+                for part in ("query", "key", "value")
+            ]
+            biases = [
+                torch.cat([bias_of(getattr(head, part), head.key.out_features) for head in heads])
+                for part in ("query", "key", "value")
+            ]
+            linears[f"{h}.attn.c_attn"] = (torch.cat(qkv), torch.cat(biases))
+            projection = block.attn.proj
+        else:
+            linears[f"{h}.attn.c_attn"] = (block.attn.c_attn.weight, block.attn.c_attn.bias)
+            projection = block.attn.c_proj
+        linears[f"{h}.attn.c_proj"] = linear_or_identity(projection, C)
+        inner = mlp_inner_size(config)
+        if block.mlp is None:  # zero weights: the MLP adds nothing to the residual stream
+            linears[f"{h}.mlp.c_fc"] = (torch.zeros(inner, C), None)
+            linears[f"{h}.mlp.c_proj"] = (torch.zeros(C, inner), None)
+        else:
+            linears[f"{h}.mlp.c_fc"] = (block.mlp.c_fc.weight, block.mlp.c_fc.bias)
+            linears[f"{h}.mlp.c_proj"] = linear_or_identity(block.mlp.c_proj, C)
+    for name, (weight, bias) in linears.items():
+        state[f"{name}.weight"] = weight.t()  # Conv1D: (in, out)
+        state[f"{name}.bias"] = bias if bias is not None else torch.zeros(weight.size(0))
+    state["transformer.ln_f.weight"] = model.transformer.ln_f.weight
+    state["transformer.ln_f.bias"] = bias_of(model.transformer.ln_f, C)
+    return {name: tensor.detach().clone().contiguous() for name, tensor in state.items()}
+
+
+def bias_of(layer: torch.nn.Module, size: int) -> torch.Tensor:
+    return layer.bias if layer.bias is not None else torch.zeros(size)
+
+
+def linear_or_identity(layer: torch.nn.Module, size: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """A Linear's weight and bias; for a layer left out (nn.Identity), the identity matrix."""
+    if isinstance(layer, torch.nn.Identity):
+        return torch.eye(size), None
+    return layer.weight, layer.bias
+
+
+def char_tokenizer(tokenizer: CharTokenizer) -> HFTokenizer:
+    """A `tokenizers` tokenizer with the same ids as a character vocabulary (see the docstring)."""
+    converted = HFTokenizer(models.WordLevel(vocab=dict(tokenizer.stoi), unk_token="[UNK]"))
+    converted.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
+    converted.decoder = decoders.Fuse()
+    return converted
+
+
+def export(model: LanguageModel, tokenizer: Tokenizer, out: Path, card: str) -> None:
+    """Writes a directory transformers loads with AutoModelForCausalLM and AutoTokenizer."""
+    assert isinstance(model, GPT)
+    transformers = transformers_module()
+    hf_model = transformers.GPT2LMHeadModel(gpt2_config(model.config))
+    hf_model.load_state_dict(gpt2_state_dict(model), strict=False)  # strict: no attention-mask buffers
+    hf_model.generation_config = transformers.GenerationConfig(bos_token_id=None, eos_token_id=None)
+    hf_model.save_pretrained(out)
+    backend = tokenizer.tokenizer if isinstance(tokenizer, BPETokenizer) else char_tokenizer(tokenizer)
+    backend.save(str(out / "tokenizer.json"))
+    settings = {
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        "clean_up_tokenization_spaces": False,
+        "model_max_length": model.config.block_size,
+    }
+    (out / "tokenizer_config.json").write_text(json.dumps(settings, indent=2) + "\n")
+    (out / "README.md").write_text(card)
+
+
+def import_model(hf_dir: Path) -> dict[str, Any]:
+    """A gptlab checkpoint of a GPT-2-layout model saved with save_pretrained, and its tokenizer.
+    What gptlab's GPT cannot compute exactly is refused in one line."""
+    transformers = transformers_module()
+    if not (hf_dir / "config.json").is_file():
+        raise FileNotFoundError(f"{hf_dir} has no config.json: not a model saved with save_pretrained")
+    hf_config = transformers.AutoConfig.from_pretrained(hf_dir)
+    config = imported_config(hf_config)
+    tokenizer = import_tokenizer(hf_dir)
+    if tokenizer.vocab_size != config.vocab_size:
+        raise ValueError(
+            f"{hf_dir}: its tokenizer has {tokenizer.vocab_size} tokens and its model {config.vocab_size}: "
+            "gptlab needs one vocabulary for both"
+        )
+    hf_model = transformers.GPT2LMHeadModel.from_pretrained(hf_dir)
+    model = GPT(config)
+    names = model.state_dict().keys()
+    state = {
+        name: tensor.t() if name.endswith(CONV1D) else tensor
+        for name, tensor in hf_model.state_dict().items()
+        if name in names  # not the causal mask some versions keep as a buffer
+    }
+    model.load_state_dict(state)
+    return gptlab_checkpoint(model, tokenizer)
+
+
+def imported_config(hf_config: Any) -> GPTConfig:
+    """gptlab's GPTConfig for a GPT2Config, or one line naming a setting gptlab does not have."""
+    if hf_config.model_type != "gpt2":
+        raise ValueError(f"model_type={hf_config.model_type}: only GPT-2's layout (model_type gpt2) imports")
+    for key, needed in UNSUPPORTED.items():
+        if getattr(hf_config, key, needed) != needed:
+            raise ValueError(f"{key}={getattr(hf_config, key)} is not something gptlab's GPT computes")
+    if hf_config.activation_function not in IMPORTED_ACTIVATIONS:
+        raise ValueError(
+            f"activation_function={hf_config.activation_function} is not one gptlab has: "
+            f"use one of {sorted(IMPORTED_ACTIVATIONS)}"
+        )
+    if hf_config.layer_norm_epsilon != LAYER_NORM_EPS:
+        raise ValueError(
+            f"layer_norm_epsilon={hf_config.layer_norm_epsilon}: gptlab's LayerNorms use {LAYER_NORM_EPS}"
+        )
+    if hf_config.n_inner not in (None, 4 * hf_config.n_embd):
+        raise ValueError(
+            f"n_inner={hf_config.n_inner}: gptlab's MLP is 4 * n_embd = {4 * hf_config.n_embd} wide"
+        )
+    return GPTConfig(
+        block_size=hf_config.n_positions,
+        vocab_size=hf_config.vocab_size,
+        n_layer=hf_config.n_layer,
+        n_head=hf_config.n_head,
+        n_embd=hf_config.n_embd,
+        dropout=hf_config.resid_pdrop,
+        activation=IMPORTED_ACTIVATIONS[hf_config.activation_function],
+        tie_weights=hf_config.tie_word_embeddings,
+    )
+
+
+def import_tokenizer(hf_dir: Path) -> Tokenizer:
+    """The directory's tokenizer: a character vocabulary as gptlab exports it becomes gptlab's
+    character tokenizer, a BPE (GPT-2's, or gptlab's) gptlab's BPE tokenizer."""
+    transformers = transformers_module()
+    if not any((hf_dir / name).is_file() for name in ("tokenizer.json", "vocab.json")):
+        raise ValueError(
+            f"{hf_dir} has no tokenizer (tokenizer.json, or GPT-2's vocab.json and merges.txt): save it "
+            "beside the model with tokenizer.save_pretrained"
+        )
+    try:
+        loaded = transformers.AutoTokenizer.from_pretrained(hf_dir)
+    except (OSError, ValueError, TypeError) as err:
+        raise ValueError(
+            f"{hf_dir} has no tokenizer transformers can load ({' '.join(str(err).split())[:200]})"
+        ) from None
+    backend = getattr(loaded, "backend_tokenizer", None)
+    if backend is None:
+        raise ValueError(f"{hf_dir}: its tokenizer has no `tokenizers` form (tokenizer.json) to import")
+    described = json.loads(backend.to_str())
+    kind = described["model"]["type"]
+    if kind == "WordLevel" and (described.get("pre_tokenizer") or {}).get("type") == "Split":
+        by_id = sorted(described["model"]["vocab"].items(), key=lambda item: item[1])
+        if all(len(token) == 1 for token, _ in by_id):
+            return CharTokenizer("".join(token for token, _ in by_id))
+    if kind != "BPE":
+        raise ValueError(
+            f"{hf_dir}: its tokenizer is a {kind}; gptlab imports BPE tokenizers and its own characters"
+        )
+    return BPETokenizer(backend)
+
+
+def model_card(config: GPTConfig, tokenizer: Tokenizer, summary: dict[str, Any], steps: int) -> str:
+    """A short README.md: what the model is, what it was trained on, how well it did."""
+    settings = {k: v for k, v in asdict(config).items() if k in ("n_layer", "n_head", "n_embd", "block_size")}
+    lines = [
+        "---",
+        "library_name: transformers",
+        "pipeline_tag: text-generation",
+        "---",
+        "",
+        "# A GPT trained with gptlab",
+        "",
+        f"A GPT-2-layout model ({', '.join(f'{k}={v}' for k, v in settings.items())}, "
+        f"{config.vocab_size} {tokenizer.to_dict()['type']} tokens), converted from a gptlab checkpoint.",
+        "",
+        f"- data: {summary.get('data', 'see the run directory')}",
+        f"- training steps: {steps}",
+    ]
+    if summary.get("best_val_loss") is not None:
+        lines.append(f"- best val_loss: {summary['best_val_loss']:.4f} (nats per token)")
+    if summary.get("best_val_bpc") is not None:
+        lines.append(f"- bits per character at it: {summary['best_val_bpc']:.4f}")
+    lines += [
+        "",
+        f"It has position embeddings for {config.block_size} tokens: generation sees at most that many "
+        "tokens of context (gptlab.sample slides its window past them; transformers does not).",
+        "",
+    ]
+    return "\n".join(lines)
