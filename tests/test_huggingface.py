@@ -4,6 +4,7 @@ transformers itself: the exported directory loaded with AutoModelForCausalLM and
 transformers imported, sampled, evaluated and fine-tuned. Nothing downloads."""
 
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -234,3 +235,15 @@ def test_a_model_gptlab_cannot_import_is_refused_in_one_line(
     line = result.stderr.strip()
     assert line.startswith("error: ") and message in line and "\n" not in line, line
     assert not (tmp_path / "out.ckpt").exists()
+
+
+def test_without_the_hf_extra_the_conversion_says_what_to_install(
+    tmp_path: Path, chars: CharTokenizer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ckpt = saved_checkpoint(tmp_path / "model.ckpt", chars)
+    monkeypatch.setitem(sys.modules, "transformers", None)  # as in an environment without it
+    result = run_here("convert", "to_hf", str(ckpt), str(tmp_path / "hf"))
+    assert result.returncode == 1
+    needs = "converting to or from Hugging Face needs transformers and safetensors"
+    assert result.stderr.strip() == f"error: {needs}: pip install 'gptlab[hf]'"
+    assert not (tmp_path / "hf").exists()
