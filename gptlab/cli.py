@@ -63,16 +63,23 @@ def check_group_choices(arguments: list[str], config_module: str = "gptlab.conf"
     lists its search path over a dozen lines). Options gptlab's conf/ holds are found as files;
     only for another (Hydra's own, a plugin's) is Hydra's config loader asked."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
 
     conf = importlib.resources.files(config_module)
-    parsed = OverridesParser.create().parse_overrides(
-        [a for a in arguments if "=" in a and not a.startswith("-")]
-    )
+    try:
+        parsed = OverridesParser.create().parse_overrides(
+            [a for a in arguments if "=" in a and not a.startswith("-")]
+        )
+    except HydraException:
+        return  # an override Hydra cannot parse: Hydra says so, naming it
     for override in parsed:
         key = override.get_key_element().split("@")[0]
         if override.is_delete() or not conf.joinpath(key).is_dir():
             continue
-        values = override.sweep_string_iterator() if override.is_sweep_override() else [override.value()]
+        try:
+            values = override.sweep_string_iterator() if override.is_sweep_override() else [override.value()]
+        except HydraException:  # glob(): its options are Hydra's to find
+            continue
         for value in values:
             if isinstance(value, str) and not conf.joinpath(key, f"{value}.yaml").is_file():
                 folder, _, option = value.rpartition("/")  # experiment=ladder/bigram

@@ -31,6 +31,7 @@ CASES = [
     ("train", ["-m", "hydra.sweep.dir={sweep}", "hydra/launcher=parallel", "hydra.launcher.devices=[0,1]", "trainer.devices=1,3"], "trainer.devices=3 (job #1) is more than the 2 devices of hydra.launcher.devices=[0, 1]"),
     ("train", ["-m", "hydra.sweep.dir={sweep}", "hparams_search=optuna", "hydra/sweeper/pruner=medain"], "hydra/sweeper/pruner=medain is not an option: use one of ['hyperband', 'median', 'none', 'successive_halving']"),
     ("train", ["-m", "hydra.sweep.dir={sweep}", "hparams_search=optuna", "hydra/sweeper/sampler=cmaes"], "hydra/sweeper/sampler=cmaes is not an option: use one of ['grid', 'random', 'tpe']"),
+    ("train", ["-m", "hydra.sweep.dir={sweep}", "hparams_search=optuna", "optim.lr=tag(log, interval(0, 1))"], "optim.lr=tag(log, interval(0, 1)) is not a search space Optuna takes: `low > 0` must hold for `log=True`"),
     ("train", ["model.dropout=abc"], HYDRA + "Value 'abc' of type 'str' could not be converted to Float"),
     ("train", ["model.dropout=1.5"], "model.dropout=1.5 is not allowed: use a number with 0 <= dropout < 1"),
     ("train", ["model.n_head=5"], "model.n_embd=32 is not divisible by model.n_head=5: with n_embd=32 use n_head in [1, 2, 4, 8"),

@@ -158,25 +158,28 @@ def test_a_study_in_a_database_shared_by_two_sweeps_counts_the_trials_of_both(
     )
 
 
-def test_the_grid_sampler_runs_each_combination_once(tmp_path: Path, shakespeare: Path) -> None:
-    proc = sweep_here(
-        tmp_path / "grid",
+def test_the_grid_sampler_runs_each_combination_once_across_launches(
+    tmp_path: Path, shakespeare: Path
+) -> None:
+    grid = [
         "hparams_search=optuna",
         "hydra/sweeper/sampler=grid",
-        "hydra.sweeper.n_trials=10",  # cut to the grid's 2 combinations
         *TINY,
         "trainer.max_steps=5",
         "trainer.val_check_interval=5",
         "optim.lr=0.01",
-        "model.n_head=choice(2, 4)",
+        "model.n_head=choice(1, 2, 4)",
         "logger=none",
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert sorted(p.name for p in (tmp_path / "grid").iterdir() if p.name.isdigit()) == ["0", "1"]
+    ]
+    first = sweep_here(tmp_path / "grid", *grid, "hydra.sweeper.n_trials=1")
+    assert first.returncode == 0, first.stderr[-3000:]
+    rest = sweep_here(tmp_path / "grid", *grid, "hydra.sweeper.n_trials=10")  # cut to the grid's 3
+    assert rest.returncode == 0, rest.stderr[-3000:]
+    assert sorted(p.name for p in (tmp_path / "grid").iterdir() if p.name.isdigit()) == ["0", "1", "2"]
     heads = sorted(
-        OmegaConf.load(tmp_path / "grid" / job / ".hydra" / "config.yaml").model.n_head for job in "01"
+        OmegaConf.load(tmp_path / "grid" / job / ".hydra" / "config.yaml").model.n_head for job in "012"
     )
-    assert heads == [2, 4]
+    assert heads == [1, 2, 4]
 
 
 def old_optuna_database(path: Path) -> str:

@@ -173,7 +173,10 @@ def export(model: LanguageModel, tokenizer: Tokenizer, out: Path, card: str) -> 
     assert isinstance(model, GPT)
     transformers = transformers_module()
     hf_model = transformers.GPT2LMHeadModel(gpt2_config(model.config))
-    hf_model.load_state_dict(gpt2_state_dict(model), strict=False)  # strict: no attention-mask buffers
+    loaded = hf_model.load_state_dict(gpt2_state_dict(model), strict=False)
+    # every weight given (some versions keep the causal mask as a buffer, which is not one)
+    assert not loaded.unexpected_keys
+    assert all(k.endswith(("attn.bias", "attn.masked_bias")) for k in loaded.missing_keys)
     hf_model.generation_config = transformers.GenerationConfig(bos_token_id=None, eos_token_id=None)
     hf_model.save_pretrained(out)
     backend = tokenizer.tokenizer if isinstance(tokenizer, BPETokenizer) else char_tokenizer(tokenizer)
@@ -267,7 +270,8 @@ def import_tokenizer(hf_dir: Path) -> Tokenizer:
     kind = described["model"]["type"]
     if kind == "WordLevel" and (described.get("pre_tokenizer") or {}).get("type") == "Split":
         by_id = sorted(described["model"]["vocab"].items(), key=lambda item: item[1])
-        if all(len(token) == 1 for token, _ in by_id):
+        ids_in_order = [i for _, i in by_id] == list(range(len(by_id)))
+        if ids_in_order and all(len(token) == 1 for token, _ in by_id):
             return CharTokenizer("".join(token for token, _ in by_id))
     if kind != "BPE":
         raise ValueError(

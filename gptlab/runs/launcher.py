@@ -102,10 +102,10 @@ class DevicePoolLauncher(LocalLauncher):
         ended: Callable[[int, JobReturn], None],
         at_once: int,
     ) -> None:
-        """Runs jobs until next_job has none left, asking for the next (its number and overrides)
-        only when fewer than at_once run and the last one asked for has started: an Optuna sweeper
-        asks for a trial as soon as one ends, seeing every result before. Each job that ends is
-        handed to ended."""
+        """Runs jobs until next_job has none left while none runs, asking for the next (its number
+        and overrides) only when fewer than at_once run and the last one asked for has started:
+        an Optuna sweeper asks for a trial as soon as one ends, seeing every result before. Each
+        job that ends is handed to ended."""
         import submitit
 
         assert self.config is not None
@@ -147,6 +147,7 @@ class DevicePoolLauncher(LocalLauncher):
                         del running[num]
                         free = sorted(free + devices)
                         ended(num, self.job_return(submitted, job))
+                        asking = not cli.CtrlC.held  # what ended may have more to ask for (a retry)
         except BaseException:
             for submitted, _, _ in running.values():  # Ctrl-C or a failure here: no job left behind
                 submitted.cancel(check=False)
@@ -192,13 +193,16 @@ class DevicePoolLauncher(LocalLauncher):
     def job_return(self, submitted: Any, job: Job) -> JobReturn:
         """The job's own JobReturn; for a process that died without one (killed, out of memory), a
         failed run that names its log, unless it had saved where it stopped (Ctrl-C, SIGTERM, or
-        killed after a checkpoint): launching the sweep again resumes it."""
+        killed after a checkpoint) or was stopped by Ctrl-C before its first step: launching the
+        sweep again resumes or runs it."""
         try:
             return submitted.result()
         except Exception as err:  # submitit's UncompletedJobError/FailedJobError
             run_dir = job_dir(self, job.num, job.overrides)
-            if sweep_directory.stopped_job(run_dir):
-                log.info(f"#{job.num} stopped, saved in {run_dir}: launching the sweep again resumes it")
+            saved = sweep_directory.stopped_job(run_dir)
+            if saved or (cli.CtrlC.held and not (run_dir / "summary.json").exists()):
+                how = "saved in " + str(run_dir) if saved else "by Ctrl-C before its first step"
+                log.info(f"#{job.num} stopped, {how}: launching the sweep again runs it on")
                 return JobReturn(
                     overrides=job.overrides, status=JobStatus.COMPLETED, _return_value=run_directory.NO_SCORE
                 )

@@ -36,7 +36,8 @@ ends validated and saved, and the study records it PRUNED.
 
 With the parallel launcher a new trial is asked for as soon as one ends (the launcher's
 launch_as_ready), so the sampler always sees every finished trial; with the basic and slurm
-launchers, `n_jobs` trials are asked for at a time and run as one batch.
+launchers, `n_jobs` trials are asked for at a time and run as one batch (a retried trial, which
+keeps its job's number, in a batch of its own).
 """
 
 import contextlib
@@ -53,10 +54,12 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import IntervalSweep, Override, RangeSweep, Transformer
 from hydra.core.plugins import Plugins
 from hydra.core.utils import JobReturn, JobStatus
+from hydra.errors import HydraException
 from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
+from gptlab import cli
 from gptlab.runs import sweep_directory
 from gptlab.runs.launcher import job_dir, setting_error
 
@@ -90,7 +93,7 @@ def distribution(override: Override) -> "optuna.distributions.BaseDistribution |
         if isinstance(value.start, int) and isinstance(value.end, int):
             return IntDistribution(value.start, value.end, log=log_scale)
         return FloatDistribution(value.start, value.end, log=log_scale)
-    raise ValueError(f"{override.input_line}: a search space is interval(), range() or choice()")
+    raise ValueError("use interval(), range() or choice()")
 
 
 def search_space(overrides: list[str]) -> tuple[dict[str, Any], dict[str, str]]:
@@ -102,7 +105,14 @@ def search_space(overrides: list[str]) -> tuple[dict[str, Any], dict[str, str]]:
         key = override.get_key_element()
         space.pop(key, None)
         fixed.pop(key, None)
-        if (searched := distribution(override)) is not None:
+        try:
+            searched = distribution(override)
+        except (ValueError, HydraException) as err:  # Optuna's checks too: a log scale from 0, ...
+            reason = " ".join(str(err).split())
+            raise setting_error(
+                f"{override.input_line} is not a search space Optuna takes: {reason}"
+            ) from None
+        if searched is not None:
             space[key] = searched
         else:
             fixed[key] = override.get_value_element_as_str()
@@ -211,7 +221,7 @@ def retry(study: "optuna.Study", trial: "optuna.trial.FrozenTrial") -> None:
     import optuna
 
     if trial.state == optuna.trial.TrialState.RUNNING:
-        study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
+        tell(study, trial.number, state=optuna.trial.TrialState.FAIL)
     attrs = {k: trial.user_attrs[k] for k in ("job", "sweep_dir")} | {"retry_of": trial.number}
     study.enqueue_trial(trial.params, user_attrs=attrs)
     log.info("trial %d (job %d) was stopped: it is tried again", trial.number, trial.user_attrs["job"])
@@ -289,6 +299,8 @@ class TrialJobs:
         summary_file = run_dir / "summary.json"
         summary = json.loads(summary_file.read_text()) if summary_file.is_file() else None
         state = optuna.trial.TrialState
+        if summary is None and cli.CtrlC.held:  # stopped with the sweep: a relaunch tries it again
+            return
         if summary is None and sweep_directory.stopped_job(run_dir) and num not in self.retried_here:
             self.retried_here.add(num)
             retry(self.study, self.study.get_trials(deepcopy=False)[trial.number])
@@ -302,13 +314,17 @@ class TrialJobs:
             told = {"state": state.PRUNED}
         else:
             told = {"values": float(job.return_value)}
-        try:
-            self.study.tell(trial, **told)
-        except RuntimeError as err:
-            # the grid sampler stops the study once its last combination is told, which
-            # ask-and-tell does not allow; Optuna has stored the result before
-            if "Study.stop" not in str(err):
-                raise
+        tell(self.study, trial, **told)
+
+
+def tell(study: "optuna.Study", trial: "optuna.Trial | int", **told: Any) -> None:
+    """study.tell; the grid sampler stops the study once its last combination is told, which
+    ask-and-tell does not allow (RuntimeError), but Optuna has stored the result before."""
+    try:
+        study.tell(trial, **told)
+    except RuntimeError as err:
+        if "Study.stop" not in str(err):
+            raise
 
 
 def consecutive(jobs: list[tuple[int, list[str]]]) -> Iterator[list[tuple[int, list[str]]]]:
@@ -366,10 +382,12 @@ class OptunaStudySweeper(Sweeper):
         space, fixed = search_space(self.search_arguments(arguments))
         sweep_dir = Path(str(self.config.hydra.sweep.dir)).absolute()
         sweep_dir.mkdir(parents=True, exist_ok=True)
-        # the sweep's record, as Hydra's basic sweeper writes it: `resume=DIR` launches it again
-        OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
         with this_launch_only(sweep_dir):
+            # the sweep's record, as Hydra's basic sweeper writes it: `resume=DIR` launches it again
+            OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
             study = open_study(self.storage, sweep_dir, self.study_name, self.direction)
+            with open_dict(self.config):  # the trials find their study by name, Optuna's if none was given
+                self.config.hydra.sweeper.study_name = study.study_name
             n_trials = self.set_sampler(study, space)
             retry_dead_trials(study, sweep_dir)
             jobs = TrialJobs(study, space, fixed, sweep_dir, n_trials, functools.partial(job_dir, self))
@@ -410,6 +428,9 @@ class OptunaStudySweeper(Sweeper):
         n_trials = self.n_trials
         if self.sampler.func is optuna.samplers.GridSampler:
             arguments["search_space"] = values = grid(space)
+            # the grid's order is drawn from its seed, and its trials name their place in it:
+            # every launch must draw the same order
+            arguments["seed"] = self.config.seed if seed is None else seed
             n_trials = min(n_trials, math.prod(len(v) for v in values.values()))
         study.sampler = self.sampler(**arguments)
         return n_trials

@@ -92,9 +92,27 @@ class ReportToTrial(L.Callback):
             return
         prune = False
         if self.trial is not None and (val_loss := trainer.callback_metrics.get("val_loss")) is not None:
-            self.trial.report(float(val_loss), step=trainer.global_step)
-            prune = self.trial.should_prune()
+            prune = self.report(float(val_loss), trainer.global_step)
         if trainer.strategy.broadcast(prune, src=0):
             log.info("pruned at step %d: this trial does worse than the study allows", trainer.global_step)
             self.pruned = True
             trainer.should_stop = True
+
+    def report(self, val_loss: float, step: int) -> bool:
+        """Reports to the trial, and whether the pruner stops it. A relaunch of the sweep may
+        have failed this job's trial (its driver was dead, this job went on) and asked for it
+        again, as this job: the report goes to that trial then; with none, reports stop."""
+        import optuna
+
+        assert self.trial is not None
+        try:
+            self.trial.report(val_loss, step=step)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            self.trial = find_trial(self.address)
+            if self.trial is None:
+                log.warning(
+                    "job %d: its trial has ended in its study: nothing more is reported", self.address.job
+                )
+                return False
+            self.trial.report(val_loss, step=step)
+        return self.trial.should_prune()
