@@ -86,13 +86,12 @@ class DevicePoolLauncher(LocalLauncher):
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
         """Hydra's interface: a batch of jobs, as many at once as the devices allow."""
-        waiting = deque((initial_job_idx + i, list(overrides)) for i, overrides in enumerate(job_overrides))
         pool = self.device_pool()
-        for num, overrides in waiting:  # every job fits the pool, before any starts
-            self.job(num, overrides, pool)
+        # every job fits the pool, before any starts
+        waiting = deque(self.job(initial_job_idx + i, list(o), pool) for i, o in enumerate(job_overrides))
         returns: dict[int, JobReturn] = {}
-        self.launch_as_ready(
-            lambda: waiting.popleft() if waiting else None, returns.__setitem__, at_once=max(1, len(waiting))
+        self.run_jobs(
+            lambda: waiting.popleft() if waiting else None, returns.__setitem__, max(1, len(waiting)), pool
         )
         return [returns[initial_job_idx + i] for i in range(len(job_overrides))]
 
@@ -106,10 +105,24 @@ class DevicePoolLauncher(LocalLauncher):
         and overrides) only when fewer than at_once run and the last one asked for has started:
         an Optuna sweeper asks for a trial as soon as one ends, seeing every result before. Each
         job that ends is handed to ended."""
+        pool = self.device_pool()
+
+        def next_ready() -> Job | None:
+            asked = next_job()
+            return None if asked is None else self.job(*asked, pool)
+
+        self.run_jobs(next_ready, ended, at_once, pool)
+
+    def run_jobs(
+        self,
+        next_job: Callable[[], Job | None],
+        ended: Callable[[int, JobReturn], None],
+        at_once: int,
+        pool: list[int],
+    ) -> None:
         import submitit
 
         assert self.config is not None
-        pool = self.device_pool()
         sweep_dir = Path(str(self.config.hydra.sweep.dir))
         sweep_dir.mkdir(parents=True, exist_ok=True)
         log.info(f"Parallel launcher: jobs on devices {pool}, sweep output dir: {sweep_dir}")
@@ -130,10 +143,8 @@ class DevicePoolLauncher(LocalLauncher):
                     asking, pending = False, None
                 while True:
                     if asking and pending is None and len(running) < at_once:
-                        if (asked := next_job()) is None:
-                            asking = False
-                        else:
-                            pending = self.job(*asked, pool)
+                        pending = next_job()
+                        asking = pending is not None
                     # a job that needs more devices than are free waits for them
                     if pending is None or pending.devices_needed > len(free):
                         break

@@ -379,7 +379,8 @@ class OptunaStudySweeper(Sweeper):
 
     def sweep(self, arguments: list[str]) -> None:
         self.check_settings()
-        space, fixed = search_space(self.search_arguments(arguments))
+        # `params`, then the command line's overrides (which are `arguments`)
+        space, fixed = search_space(sweep_directory.sweep_arguments(self.config))
         sweep_dir = Path(str(self.config.hydra.sweep.dir)).absolute()
         sweep_dir.mkdir(parents=True, exist_ok=True)
         with this_launch_only(sweep_dir):
@@ -410,12 +411,6 @@ class OptunaStudySweeper(Sweeper):
                         for (num, _), job in zip(group, returns, strict=True):
                             jobs.ended(num, job)
             write_results(study, sweep_dir)
-
-    def search_arguments(self, arguments: list[str]) -> list[str]:
-        """The search space's overrides: `params`, then the command line's (retry_failed says
-        how a relaunch treats failed jobs: a trial that failed is a result of the study)."""
-        params = [f"{k}={v}" for k, v in (self.params or {}).items()]
-        return params + [a for a in arguments if not a.startswith("retry_failed=")]
 
     def set_sampler(self, study: "optuna.Study", space: dict[str, Any]) -> int:
         """The study's sampler, seeded by the run's seed (or the sampler's own) moved on by the

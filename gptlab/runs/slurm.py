@@ -207,8 +207,7 @@ class SlurmSweepLauncher(BaseSubmititLauncher):
         import submitit
 
         assert self.config is not None
-        record = self.job_record()
-        recorded = json.loads(record.read_text()) if record.is_file() else {}
+        recorded = self.recorded_job_ids()
         known = {num: recorded[str(num)] for num, _ in jobs if str(num) in recorded}
         states = job_states(list(known.values())) if known else {}
         still_running: dict[int, Any] = {}
@@ -232,12 +231,16 @@ class SlurmSweepLauncher(BaseSubmititLauncher):
         assert self.config is not None
         return Path(str(self.config.hydra.sweep.dir)) / ".submitit" / "slurm_jobs.json"
 
-    def record_job_ids(self, job_ids: dict[int, str]) -> None:
+    def recorded_job_ids(self) -> dict[str, str]:
         record = self.job_record()
-        recorded = json.loads(record.read_text()) if record.is_file() else {}
+        return json.loads(record.read_text()) if record.is_file() else {}
+
+    def record_job_ids(self, job_ids: dict[int, str]) -> None:
+        recorded = self.recorded_job_ids() | {str(n): j for n, j in job_ids.items()}
+        record = self.job_record()
         record.parent.mkdir(parents=True, exist_ok=True)
         with written_whole(record) as partial:
-            partial.write_text(json.dumps(recorded | {str(n): j for n, j in job_ids.items()}, indent=1))
+            partial.write_text(json.dumps(recorded, indent=1))
 
     def executor(self) -> Any:
         params = dict(self.params)
