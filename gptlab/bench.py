@@ -1,4 +1,5 @@
-"""Speed figures: `python -m gptlab.bench [experiment=... model.*=... bench.*=...]`.
+"""Speed figures: `python -m gptlab.bench [experiment=... model.*=... bench.*=...]`, and muP's
+coordinate check (bench.parts=[coord]).
 
 Each figure is measured side by side with what it is compared to, alternating in rounds so
 that the machine's noise falls on both; the median round is reported.
@@ -18,6 +19,10 @@ that the machine's noise falls on both; the median round is reported.
   `python -m gptlab.prepare` in a fresh process with each tokenizer (seconds, MB/s, peak
   memory); then start-up to the first step and peak memory of `python -m gptlab.train` on
   the largest corpus against data.path itself, runs alternating.
+- coord: muP's coordinate check (Tensor Programs V; the mup package's "coord check"): the mean
+  absolute value of each layer's output after bench.coord.steps AdamW steps at optim.lr, at each
+  of bench.coord.widths, under sp and under mup (model.base_width). Under mup the sizes stay flat
+  across widths; under sp the updates grow with the width, and so do the outputs. A table and a plot.
 """
 
 import json
@@ -52,7 +57,7 @@ from gptlab.training.loggers import finish_wandb
 from gptlab.training.module import GPTLitModule, OptimConfig, adamw
 from gptlab.training.precision import inference_dtype, pick_device
 
-PARTS = ("train", "startup", "generate", "bare", "grow", "corpus")
+PARTS = ("train", "startup", "generate", "bare", "grow", "corpus", "coord")
 CLEAR_REFS = Path("/proc/self/clear_refs")
 STATUS = Path("/proc/self/status")
 
@@ -275,6 +280,85 @@ def bench_bare(cfg: DictConfig) -> dict[str, Any]:
         "tokens_per_second": cfg.data.batch_size * config.block_size / seconds,
         "memory_mb": peak_memory_mb(device) - before_mb,
     }
+
+
+def coordinate_sizes(
+    config: GPTConfig, optim: OptimConfig, windows: RandomWindows, steps: int
+) -> dict[str, float]:
+    """The mean absolute value of the embeddings, each block's attention and MLP outputs and the
+    logits, on the batch after `steps` AdamW steps at a constant optim.lr (no warmup, no decay)."""
+    model = create_model(config)
+    optimizer = adamw(model, optim)
+    for step in range(steps):
+        _, loss = model(*windows.batch(step))
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    layers = {"embedding": model.transformer.drop}
+    for i, block in enumerate(model.transformer.h):
+        layers |= {f"h.{i}.attn": block.attn, f"h.{i}.mlp": block.mlp}
+    sizes: dict[str, float] = {}
+    hooks = [
+        module.register_forward_hook(
+            lambda _m, _i, out, name=name: sizes.__setitem__(name, out.abs().mean().item())
+        )
+        for name, module in layers.items()
+        if module is not None
+    ]
+    model.eval()
+    with torch.no_grad():
+        logits, _ = model(windows.batch(steps)[0])
+    for hook in hooks:
+        hook.remove()
+    return sizes | {"logits": logits.abs().mean().item()}
+
+
+def bench_coord(cfg: DictConfig, out_dir: Path) -> list[dict[str, Any]]:
+    """One row a parametrization and width: each layer's size, a mean over bench.coord.seeds."""
+    datamodule: TextDataModule = hydra.utils.instantiate(cfg.data)
+    datamodule.prepare_data()
+    datamodule.setup("fit")
+    windows = training_windows(datamodule)
+    optim = OptimConfig(**OmegaConf.to_container(cfg.optim, resolve=True))
+    settings = model_settings(cfg) | {"vocab_size": datamodule.tokenizer.vocab_size, "dropout": 0.0}
+    rows = []
+    for parametrization in ("sp", "mup"):
+        for width in cfg.bench.coord.widths:
+            config = GPTConfig(**settings | {"n_embd": width, "parametrization": parametrization})
+            seeds = []
+            for seed in range(cfg.bench.coord.seeds):
+                torch.manual_seed(cfg.seed + seed)
+                seeds.append(coordinate_sizes(config, optim, windows, cfg.bench.coord.steps))
+            sizes = {name: statistics.fmean(s[name] for s in seeds) for name in seeds[0]}
+            rows.append({"parametrization": parametrization, "width": width, "sizes": sizes})
+    if cfg.bench.coord.plot:
+        plot_coordinates(rows, out_dir / cfg.bench.coord.plot, cfg.bench.coord.steps)
+    return rows
+
+
+def plot_coordinates(rows: list[dict[str, Any]], path: Path, steps: int) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, no display needed
+    import matplotlib.pyplot as plt
+
+    fig, panels = plt.subplots(1, 2, figsize=(11, 4.5), sharey=True)
+    for panel, parametrization in zip(panels, ("sp", "mup"), strict=True):
+        chosen = [r for r in rows if r["parametrization"] == parametrization]
+        for name in chosen[0]["sizes"]:
+            panel.plot(
+                [r["width"] for r in chosen], [r["sizes"][name] for r in chosen], marker="o", label=name
+            )
+        panel.set(
+            xscale="log",
+            yscale="log",
+            xlabel="width (n_embd)",
+            title=f"{parametrization}: after {steps} steps",
+        )
+    panels[0].set_ylabel("mean |activation|")
+    panels[1].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
 
 
 def task_overrides(leave_out: tuple[str, ...] = ()) -> list[str]:
@@ -524,6 +608,20 @@ def growth_table(rows: list[dict[str, Any]]) -> Table:
     return table
 
 
+def coordinate_table(rows: list[dict[str, Any]]) -> Table:
+    """Each layer's size at each width, and how much it grew from the narrowest to the widest."""
+    widths = sorted({r["width"] for r in rows})
+    table = Table(title="coordinate check: mean |activation| after a few steps, by width (n_embd)")
+    for column in ("", "layer", *map(str, widths), f"{widths[-1]} / {widths[0]}"):
+        table.add_column(column, justify="right")
+    for parametrization in ("sp", "mup"):
+        by_width = {r["width"]: r["sizes"] for r in rows if r["parametrization"] == parametrization}
+        for name in by_width[widths[0]]:
+            sizes = [by_width[w][name] for w in widths]
+            table.add_row(parametrization, name, *(f"{v:.3g}" for v in sizes), f"{sizes[-1] / sizes[0]:.2f}x")
+    return table
+
+
 def corpus_table(corpus: dict[str, Any]) -> Table:
     table = Table(title="preparing a corpus (data.path repeated), each in a fresh process")
     columns = ("size MB", "tokenizer", "tokens", "tokenizer s", "encoding s", "MB/s", "peak memory MB")
@@ -557,6 +655,8 @@ def print_tables(results: dict[str, Any], console: Console) -> None:
     )
     if rows:
         console.print(growth_table(rows))
+    if coord := results.get("coord"):
+        console.print(coordinate_table(coord))
     if corpus := results.get("corpus"):
         console.print(corpus_table(corpus))
         small, large = corpus["startup"]["data.path"], corpus["startup"]["largest"]
@@ -597,6 +697,7 @@ def main(cfg: DictConfig) -> None:
         "generate": bench_generate,
         "grow": lambda cfg: bench_grow(cfg, out_dir),
         "corpus": lambda cfg: bench_corpus(cfg, out_dir),
+        "coord": lambda cfg: bench_coord(cfg, out_dir),
     }
     results: dict[str, Any] = {"overrides": list(HydraConfig.get().overrides.task)}
     with cli.errors_in_one_line():

@@ -6,6 +6,10 @@ the mean and standard deviation of their best val_loss, and how many seeds.
     --runs            one row a run, seeds not grouped
     --plot runs.png   val_loss curves of every run, and best val_loss against parameters
     --csv / --json    the table for machines, on stdout
+    --best-per KEY    the best run for each value of an override (the best optim.lr per model.n_embd)
+    --fit [bpc]       a scaling law through the runs' best val_loss (or bpc), and IsoFLOP optima
+                      (gptlab/runs/scaling.py); with --plot, the law is drawn instead of the curves
+    --predict N       with --fit: the law's loss at N non-embedding parameters (--tokens D: and D tokens)
 
 Every multirun also prints the table, in job order, when its last job ends (a Hydra callback,
 see conf/hydra/default.yaml).
@@ -18,7 +22,17 @@ import sys
 from pathlib import Path
 
 from gptlab import cli
-from gptlab.runs.results import best_first, console, find_runs, group_seeds, plot, records, runs_table
+from gptlab.runs import scaling
+from gptlab.runs.results import (
+    best_first,
+    best_per,
+    console,
+    find_runs,
+    group_seeds,
+    plot,
+    records,
+    runs_table,
+)
 
 
 def arguments(argv: list[str] | None) -> argparse.Namespace:
@@ -28,6 +42,20 @@ def arguments(argv: list[str] | None) -> argparse.Namespace:
         "--plot", type=Path, metavar="FILE.png", help="draw val_loss curves and best val_loss by size"
     )
     parser.add_argument("--runs", action="store_true", help="one row a run: runs that differ in seed apart")
+    parser.add_argument(
+        "--best-per", metavar="KEY", help="the best run for each value of this override, e.g. model.n_embd"
+    )
+    parser.add_argument(
+        "--fit",
+        nargs="?",
+        const="val_loss",
+        choices=["val_loss", "bpc"],
+        help="fit a scaling law to the best val_loss (or bpc) against non-embedding parameters (and tokens)",
+    )
+    parser.add_argument(
+        "--predict", type=float, metavar="N", help="with --fit: the law's loss at N parameters"
+    )
+    parser.add_argument("--tokens", type=float, metavar="D", help="with --predict: and D tokens")
     output = parser.add_mutually_exclusive_group()
     output.add_argument("--csv", action="store_true", help="print CSV instead of the table")
     output.add_argument("--json", action="store_true", help="print JSON instead of the table")
@@ -42,6 +70,8 @@ def main(argv: list[str] | None = None) -> None:
         runs = find_runs(args.folder)
         if not runs:
             raise ValueError(f"no run directories (with a .hydra/ folder) under {args.folder}")
+        if args.predict is not None and not args.fit:
+            raise ValueError("--predict needs --fit: it asks the fitted law")
     groups = best_first([[run] for run in runs] if args.runs else group_seeds(runs))
     if args.json:
         print(json.dumps(records(groups, seeds=not args.runs), indent=2))
@@ -52,8 +82,33 @@ def main(argv: list[str] | None = None) -> None:
         writer.writerows(rows)
     else:
         console().print(runs_table(groups, title=str(args.folder)))
-    if args.plot:
+    if args.best_per:
+        with cli.errors_in_one_line():
+            console().print(best_per(groups, args.best_per, title=str(args.folder)))
+    if args.fit:
+        with cli.errors_in_one_line():
+            fit(groups, args)
+    elif args.plot:
         plot(groups, args.plot)
+        print(f"wrote {args.plot}", file=sys.stderr)
+
+
+def fit(groups: list, args: argparse.Namespace) -> None:
+    """--fit: the law and its parameters, the IsoFLOP optima, a prediction, the plot."""
+    points = scaling.points(groups, args.fit)
+    law = scaling.fit(points)
+    print(law.describe(args.fit))
+    if rows := scaling.isoflop(points):
+        print(scaling.describe_isoflop(rows))
+    if args.predict is not None:
+        if law.with_tokens and args.tokens is None:
+            raise ValueError("--predict: the law has D (the runs differ in tokens): give --tokens D too")
+        value, error = law.predict(args.predict, args.tokens or 1.0)
+        shown = f"{value:.4f}" + ("" if error is None else f" ± {error:.4f}")
+        tokens = f" and D = {args.tokens:.3g}" if law.with_tokens else ""
+        print(f"predicted best {args.fit} at N = {args.predict:.3g}{tokens}: {shown}")
+    if args.plot:
+        scaling.plot(points, law, rows, args.fit, args.plot)
         print(f"wrote {args.plot}", file=sys.stderr)
 
 

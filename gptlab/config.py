@@ -120,6 +120,9 @@ class TrainSettings:
     checkpoint: CheckpointSettings = field(default_factory=CheckpointSettings)
     float32_matmul_precision: str = "auto"  # auto: high (TF32) on CUDA GPUs that have it, else highest
     reference_val_loss: float | None = None  # a published figure to compare with (the ladder's)
+    # training FLOPs to spend: sets trainer.max_steps, so that runs of any size compare at equal
+    # compute (gptlab.training.build.spend_budget); e.g. 3e13
+    flops_budget: float | None = None
 
 
 @dataclass
@@ -170,6 +173,16 @@ class BenchCorpus:
 
 
 @dataclass
+class BenchCoord:
+    """bench.parts=[coord]: muP's coordinate check, each width under sp and under mup."""
+
+    widths: list[int] = field(default_factory=lambda: [64, 128, 256, 512])  # n_embd
+    steps: int = 3  # AdamW steps at optim.lr (constant: no warmup) before the sizes are measured
+    seeds: int = 3  # the sizes are means over this many initialisations
+    plot: str | None = "coord_check.png"  # drawn in the run directory; null: no plot
+
+
+@dataclass
 class BenchSettings:
     """bench (conf/bench.yaml): what `python -m gptlab.bench` measures, and how long."""
 
@@ -190,6 +203,7 @@ class BenchSettings:
         }
     )
     corpus: BenchCorpus = field(default_factory=BenchCorpus)
+    coord: BenchCoord = field(default_factory=BenchCoord)
 
 
 @dataclass
@@ -248,6 +262,8 @@ def check_settings(cfg: DictConfig) -> GPTConfig:
             "training stream is endless: there are no epochs to take a fraction of), or null to validate "
             "only when training ends"
         )
+    if cfg.flops_budget is not None and not cfg.flops_budget > 0:
+        raise ValueError(f"flops_budget={cfg.flops_budget!r} is not allowed: use a positive number of FLOPs")
     if cfg.ckpt_path and cfg.init_from:
         raise ValueError(
             "ckpt_path and init_from are both set: ckpt_path resumes a run, init_from starts a new one "

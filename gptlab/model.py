@@ -8,6 +8,12 @@ makes them (characters, or byte-level BPE pieces): the model knows only vocab_si
 generating, a KVCache passed to forward keeps every layer's keys and values. The bigram
 baseline the lecture starts from sits at the end, with the same interface.
 
+Under muP (parametrization="mup", Tensor Programs V) a few multipliers follow the width ratio
+m = n_embd / base_width, so that hyperparameters tuned at base_width hold at every width: hidden
+matrices start m^-1/2 smaller (and train at 1/m of the learning rate: the optimizer's part),
+the logits are divided by m, and attention scores scale as 1/head_size instead of
+1/sqrt(head_size). At m = 1 it is the standard parametrization ("sp"), exactly.
+
 No Lightning, Hydra or data code here: the model only knows tensors.
 """
 
@@ -43,6 +49,10 @@ class GPTConfig:
     # nanoGPT's options, for checkpoints converted from it
     bias: bool = True  # biases in the linear layers and LayerNorms (lm_head never has one)
     tie_weights: bool = False  # lm_head shares the token embedding's weights (GPT-2, nanoGPT)
+    # sp: the standard parametrization; mup: muP over width (see the module docstring), which
+    # keeps n_head as the width changes, so that head_size grows with it
+    parametrization: Literal["sp", "mup"] = "sp"
+    base_width: int = 96  # mup: the n_embd the hyperparameters were tuned at (m = n_embd / base_width)
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -63,6 +73,32 @@ class GPTConfig:
             raise ValueError(
                 f"model.dropout={self.dropout!r} is not allowed: use a number with 0 <= dropout < 1"
             )
+        if self.parametrization == "mup":
+            if self.arch == "bigram" or self.init == "pytorch":
+                setting = "model.arch=bigram" if self.arch == "bigram" else "model.init=pytorch"
+                raise ValueError(
+                    f"model.parametrization=mup with {setting} is not allowed: muP scales the GPT's "
+                    "init (model.init=gpt2), use model.parametrization=sp"
+                )
+            if self.base_width % self.n_head:
+                raise ValueError(
+                    f"model.base_width={self.base_width} is not divisible by model.n_head={self.n_head}: "
+                    "muP keeps n_head across widths, so base_width must split into n_head heads too"
+                )
+
+    @property
+    def width_multiplier(self) -> float:
+        """muP's m = n_embd / base_width; 1 under sp."""
+        return self.n_embd / self.base_width if self.parametrization == "mup" else 1.0
+
+    @property
+    def attention_scale(self) -> float:
+        """What attention scores are multiplied by: 1/sqrt(head_size) under sp; under mup 1/head_size,
+        times the constant sqrt(base head_size) that makes it sp's at base_width."""
+        head_size = self.n_embd // self.n_head
+        if self.parametrization == "sp":
+            return head_size**-0.5
+        return head_size**-0.5 * (self.base_width // self.n_head / head_size) ** 0.5
 
 
 class KVCache:
@@ -97,6 +133,7 @@ class CausalSelfAttention(nn.Module):
         self.layer = layer  # which of the KV cache's layers is this one's
         self.n_head = config.n_head
         self.causal = config.causal
+        self.scale = config.attention_scale
         self.use_sdpa = config.attention == "sdpa"
         self.dropout = config.dropout
         self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
@@ -121,13 +158,15 @@ class CausalSelfAttention(nn.Module):
         if kv_cache is not None:  # generating: these positions' queries see every position so far
             k, v = kv_cache.insert(self.layer, k, v)
         causal = self.causal and T > 1  # one new token attends to every position so far: no mask
-        if self.use_sdpa:  # its default scale is head_size**-0.5, as below
+        if self.use_sdpa:
             dropout_p = self.dropout if self.training else 0.0
-            y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=causal)
+            y = F.scaled_dot_product_attention(
+                q, k, v, dropout_p=dropout_p, is_causal=causal, scale=self.scale
+            )
         else:
-            # scale by head_size**-0.5 so that the scores keep unit variance and softmax
+            # scale (sp: head_size**-0.5) so that the scores keep unit variance and softmax
             # stays diffuse at init instead of collapsing onto one token
-            att = (q @ k.transpose(-2, -1)) * k.size(-1) ** -0.5  # (B, n_head, T, T)
+            att = (q @ k.transpose(-2, -1)) * self.scale  # (B, n_head, T, T)
             if causal:
                 att = att.masked_fill(~self.tril[:, :, :T, :T], float("-inf"))
             att = self.attn_dropout(F.softmax(att, dim=-1))
@@ -143,6 +182,7 @@ class Head(nn.Module):
         super().__init__()
         head_size = config.n_embd // config.n_head
         self.causal = config.causal
+        self.scale = config.attention_scale  # sp: head_size**-0.5
         self.key = nn.Linear(config.n_embd, head_size, bias=config.bias)
         self.query = nn.Linear(config.n_embd, head_size, bias=config.bias)
         self.value = nn.Linear(config.n_embd, head_size, bias=config.bias)
@@ -155,7 +195,7 @@ class Head(nn.Module):
         B, T, C = x.shape
         k = self.key(x)  # (B, T, head_size)
         q = self.query(x)
-        wei = q @ k.transpose(-2, -1) * k.size(-1) ** -0.5  # (B, T, T) affinities
+        wei = q @ k.transpose(-2, -1) * self.scale  # (B, T, T) affinities
         if self.causal:
             wei = wei.masked_fill(self.tril[:T, :T] == 0, float("-inf"))
         wei = self.dropout(F.softmax(wei, dim=-1))
@@ -243,6 +283,12 @@ class LanguageModel(nn.Module):
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
+    def non_embedding_parameters(self) -> int:
+        """The parameters less the embeddings' (token and position; a tied lm_head is the token
+        embedding), as scaling laws count a model's size (Kaplan et al. 2020)."""
+        embeddings = [m.weight for m in self.modules() if isinstance(m, nn.Embedding)]
+        return self.num_parameters() - sum(w.numel() for w in embeddings)
+
     def training_flops_per_token(self) -> float:
         """FLOPs of a training step (forward and backward) per token, as nanoGPT (after PaLM,
         appendix B) counts them: 6 per parameter, plus attention's 12 * n_layer * n_embd * T."""
@@ -317,6 +363,10 @@ class GPT(LanguageModel):
             for name, param in self.named_parameters():
                 if name.endswith("proj.weight"):
                     nn.init.normal_(param, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+            if config.parametrization == "mup":  # hidden matrices: init std times m^-1/2
+                with torch.no_grad():
+                    for param in self.hidden_matrices():
+                        param.mul_(config.width_multiplier**-0.5)
 
     def _init_weights(self, module: nn.Module) -> None:
         if isinstance(module, nn.Linear):
@@ -325,6 +375,11 @@ class GPT(LanguageModel):
                 nn.init.zeros_(module.bias)
         elif isinstance(module, nn.Embedding):
             nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+    def hidden_matrices(self) -> list[nn.Parameter]:
+        """The matrices muP scales with the width: every one inside the blocks (n_embd wide on
+        both sides), not the embeddings (a vocabulary or positions in) nor lm_head (a vocabulary out)."""
+        return [p for p in self.transformer.h.parameters() if p.dim() == 2]
 
     def forward(
         self, idx: torch.Tensor, targets: torch.Tensor | None = None, kv_cache: KVCache | None = None
@@ -345,6 +400,8 @@ class GPT(LanguageModel):
         if kv_cache is not None:
             kv_cache.pos += T
         logits = self.lm_head(self.transformer.ln_f(x))  # (B, T, vocab_size)
+        if self.config.parametrization == "mup":
+            logits = logits / self.config.width_multiplier  # the readout shrinks as 1/m
         return logits, None if targets is None else self.loss(logits, targets)
 
     @property

@@ -44,6 +44,7 @@ def build_run(cfg: DictConfig) -> Run:
     resolved = build.resolve(cfg)  # every change to cfg; read-only from here on
     build.set_up(cfg)
     datamodule = build.datamodule(cfg, resolved)
+    build.spend_budget(cfg, resolved, datamodule)
     module = build.module(cfg, resolved, datamodule)
     callbacks = build.callbacks(cfg, resolved, datamodule.tokenizer)
     loggers = build.loggers(cfg, resolved)

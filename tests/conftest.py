@@ -29,6 +29,12 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     items.sort(key=lambda item: item.get_closest_marker("xdist_group") is None)
 
 
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
+    """`-n auto`: a worker per core, and one more for the SLURM tests, which spend most of their
+    time waiting for the cluster's clock (time limits, grace times, requeues)."""
+    return (os.cpu_count() or 1) + 1
+
+
 if TYPE_CHECKING:
     from omegaconf import DictConfig
 

@@ -51,6 +51,12 @@ CASES = [
     ("train", ["seed=abc"], HYDRA + "Value 'abc' of type 'str' could not be converted to Integer"),
     ("train", ["+model.vocab_size=7"], "model.vocab_size is not a model setting"),
     ("train", ["model.vocab_size=7"], HYDRA + "Could not override 'model.vocab_size'"),
+    ("train", ["model.parametrization=mip"], "model.parametrization='mip' is not allowed: use one of ['sp', 'mup']"),
+    ("train", ["model.parametrization=mup", "model.base_width=33"], "model.base_width=33 is not divisible by model.n_head=2: muP keeps n_head across widths"),
+    ("train", ["model.parametrization=mup", "model.init=pytorch"], "model.parametrization=mup with model.init=pytorch is not allowed: muP scales the GPT's init"),
+    ("train", ["model.parametrization=mup", "model.arch=bigram"], "model.parametrization=mup with model.arch=bigram is not allowed"),
+    ("train", ["flops_budget=1e6"], "flops_budget=1e+06 does not pay for one step, which costs"),
+    ("train", ["flops_budget=-1"], "flops_budget=-1.0 is not allowed: use a positive number of FLOPs"),
     ("train", ["data.batch_size=0"], "data.batch_size=0 is not allowed: use a positive integer"),
     ("train", ["data.train_fraction=2"], "data.train_fraction=2.0 is not allowed"),
     ("train", ["data.batch_size=many"], HYDRA + "Value 'many' of type 'str' could not be converted to Integer"),
@@ -101,6 +107,9 @@ CASES = [
     ("eval", ["ckpt_path={empty}"], "is not a readable checkpoint"),
     ("compare", ["{missing}"], "{missing} is not a directory"),
     ("compare", ["{folder}"], "no run directories (with a .hydra/ folder) under {folder}"),
+    ("compare", ["{run}", "--fit"], "--fit: 1 point (sizes with a finished run), and the law E + (N_c/N)^alpha has 3 parameters: give at least 3"),
+    ("compare", ["{run}", "--predict", "1e6"], "--predict needs --fit"),
+    ("compare", ["{run}", "--best-per", "model.dropout"], "--best-per model.dropout: no finished run has the override model.dropout="),
     ("convert", ["from_nanogpt", "{missing}", "{missing}", "{folder}/out.ckpt"], "{missing} not found"),
     ("convert", ["to_nanogpt", "{ckpt}", "{folder}/ckpt.pt", "{folder}/meta.pkl"], "nanoGPT's model has"),
     ("bench", [*TINY, "data.path={shakespeare}", "bench.rounds=0"], "bench.rounds=0 is not allowed: use an integer >= 1"),
@@ -146,6 +155,7 @@ def files(tmp_path_factory, trained_run: Path) -> dict[str, str]:
         "folder": str(folder / "empty-folder"),
         "missing": str(folder / "missing.ckpt"),
         "ckpt": str(trained_run / "checkpoints" / "last.ckpt"),
+        "run": str(trained_run),
         "shakespeare": str(SHAKESPEARE),
         "sweep": str(folder / "sweep"),
     }
@@ -155,7 +165,10 @@ def full_arguments(entry: str, arguments: list[str], run_dir: Path) -> list[str]
     """The arguments as the table's entry point takes them: a training run gets the tiny model,
     into run_dir, on Tiny Shakespeare unless the case names its data."""
     if entry.startswith("train"):
-        common = [f"hydra.run.dir={run_dir}", *(WITH_SAMPLES if entry == "train+samples" else TINY)]
+        tiny = WITH_SAMPLES if entry == "train+samples" else TINY
+        if any(a.startswith("flops_budget=") for a in arguments):  # the budget sets the steps
+            tiny = [o for o in tiny if not o.startswith("trainer.max_steps=")]
+        common = [f"hydra.run.dir={run_dir}", *tiny]
         if not any(a.startswith("data.path=") for a in arguments):
             common.append(f"data.path={SHAKESPEARE}")
         return common + arguments

@@ -8,7 +8,8 @@ layer gptlab leaves out becomes one that changes nothing: no bias, zero biases; 
 an identity projection; mlp=single (one layer and its activation), an inner size of n_embd and
 an identity c_proj; mlp=none, zero weights. The lecture's `heads` attention is the batched one
 with its heads' weights side by side. A model GPT-2 cannot compute (no residual, no LayerNorm, an
-encoder, the bigram model) is refused.
+encoder, the bigram model) is refused. A muP model's multipliers are folded into its weights:
+its logits' 1/m into an untied lm_head, its attention scale into the query weights.
 
 Tokenizers: a BPE is a `tokenizers` object already, saved as it is. A character vocabulary
 becomes one too: each character of the vocabulary (newlines included) its own token, in the
@@ -97,7 +98,7 @@ def gpt2_config(config: GPTConfig) -> "transformers.GPT2Config":
         embd_pdrop=config.dropout,
         attn_pdrop=config.dropout,
         layer_norm_epsilon=LAYER_NORM_EPS,
-        tie_word_embeddings=config.tie_weights,
+        tie_word_embeddings=config.tie_weights and config.width_multiplier == 1,  # muP: lm_head / m
         bos_token_id=0,
         eos_token_id=0,
         architectures=["GPT2LMHeadModel"],
@@ -110,8 +111,10 @@ def gpt2_state_dict(model: GPT) -> dict[str, torch.Tensor]:
     state = {
         "transformer.wte.weight": model.transformer.wte.weight,
         "transformer.wpe.weight": model.transformer.wpe.weight,
-        "lm_head.weight": model.lm_head.weight,
+        "lm_head.weight": model.lm_head.weight / config.width_multiplier,  # muP's readout (sp: 1)
     }
+    # muP's attention scale is GPT-2's 1/sqrt(head_size) times this, which the queries take
+    query_scale = config.attention_scale * (C // config.n_head) ** 0.5
     linears = {}  # name -> (weight as nn.Linear's (out, in), bias or None)
     for i, block in enumerate(model.transformer.h):
         h = f"transformer.h.{i}"
@@ -142,11 +145,20 @@ def gpt2_state_dict(model: GPT) -> dict[str, torch.Tensor]:
             linears[f"{h}.mlp.c_fc"] = (block.mlp.c_fc.weight, block.mlp.c_fc.bias)
             linears[f"{h}.mlp.c_proj"] = linear_or_identity(block.mlp.c_proj, C)
     for name, (weight, bias) in linears.items():
+        if name.endswith("c_attn") and config.parametrization == "mup":  # q's rows come first
+            weight, bias = scaled_rows(weight, C, query_scale), scaled_rows(bias, C, query_scale)
         state[f"{name}.weight"] = weight.t()  # Conv1D: (in, out)
         state[f"{name}.bias"] = bias if bias is not None else torch.zeros(weight.size(0))
     state["transformer.ln_f.weight"] = model.transformer.ln_f.weight
     state["transformer.ln_f.bias"] = bias_of(model.transformer.ln_f, C)
     return {name: tensor.detach().clone().contiguous() for name, tensor in state.items()}
+
+
+def scaled_rows(tensor: torch.Tensor | None, rows: int, factor: float) -> torch.Tensor | None:
+    """The tensor with its first rows multiplied by factor."""
+    if tensor is None:
+        return None
+    return torch.cat([tensor[:rows] * factor, tensor[rows:]])
 
 
 def bias_of(layer: torch.nn.Module, size: int) -> torch.Tensor:

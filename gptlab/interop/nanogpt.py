@@ -66,6 +66,12 @@ def to_nanogpt(checkpoint: dict[str, Any], dataset: str) -> tuple[dict[str, Any]
             "character vocabulary, so only char checkpoints convert (data/tokenizer=char)"
         )
     config = model.config
+    if config.width_multiplier != 1:
+        raise ValueError(
+            f"model.parametrization=mup at n_embd={config.n_embd}, base_width={config.base_width}: its "
+            "logits are lm_head's divided by n_embd/base_width, which nanoGPT's lm_head, tied to the token "
+            "embedding, cannot hold; convert it to_hf instead (an untied, scaled lm_head)"
+        )
     if differs := {k: getattr(config, k) for k, v in NANOGPT_GPT.items() if getattr(config, k) != v}:
         raise ValueError(f"nanoGPT's model has {NANOGPT_GPT}: this checkpoint's differs in {differs}")
     state = dict(model.state_dict())  # with tied weights, both wte and lm_head, as nanoGPT has

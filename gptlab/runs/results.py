@@ -30,11 +30,13 @@ def load_run(run_dir: Path) -> dict[str, Any]:
             summary = json.loads(summary_file.read_text())
         except json.JSONDecodeError as err:
             summary = {"error": f"unreadable summary.json ({err})"}
+    config = OmegaConf.load(hydra_dir / "config.yaml")
     return {
         "dir": run_dir,
         # a resumed run's overrides name its checkpoint: not what tells runs apart
         "overrides": without_ckpt_path(list(OmegaConf.load(hydra_dir / "overrides.yaml"))),
-        "reference_val_loss": OmegaConf.load(hydra_dir / "config.yaml").get("reference_val_loss"),
+        "reference_val_loss": config.get("reference_val_loss"),
+        "flops_budget": config.get("flops_budget"),
         "summary": summary,
     }
 
@@ -145,6 +147,36 @@ def runs_table(groups: list[list[dict[str, Any]]], title: str) -> Table:
         if failures:
             row.append("")
         table.add_row(*row)
+    return table
+
+
+def best_per(groups: list[list[dict[str, Any]]], key: str, title: str) -> Table:
+    """The best row for each value of one override (groups come best first): `--best-per
+    model.n_embd` shows which optim.lr won at each width."""
+    best: dict[str, list[dict[str, Any]]] = {}
+    for group in groups:
+        values = [o.split("=", 1)[1] for o in described(group) if "=" in o and override_key(o) == key]
+        if values and best_val_loss(group)[0] is not None:
+            best.setdefault(values[0], group)
+    if not best:
+        raise ValueError(f"--best-per {key}: no finished run has the override {key}=...")
+    shared = shared_overrides([run for group in groups for run in group])
+    table = Table(title=f"{title}: the best run for each {key}")
+    for column in (key, "run", "overrides", "val_loss"):
+        table.add_column(column, justify="left" if column == "overrides" else "right")
+
+    def order(value: str) -> tuple[int, float | str]:
+        try:
+            return 0, float(value)
+        except ValueError:
+            return 1, value
+
+    for value in sorted(best, key=order):
+        group = best[value]
+        others = " ".join(o for o in described(group) if o not in shared and override_key(o) != key)
+        mean, std = best_val_loss(group)
+        shown = f"{mean:.4f}" + ("" if std is None else f" ± {std:.4f}")
+        table.add_row(value, " ".join(run["dir"].name for run in group), others, shown)
     return table
 
 

@@ -6,6 +6,8 @@ them in this order (gptlab.bench too, with a timer among the callbacks):
                 device's; after it the config is read-only
     set_up      this process: float32 matmul precision and the seed of everything
     datamodule  the corpus prepared, mapped and checked against block_size
+    spend_budget  flops_budget becomes trainer.max_steps (the one change after resolve: it needs
+                the tokenizer's vocabulary)
     module      the LightningModule, with the fine-tuned checkpoint's weights if any
     callbacks   the config's, checked, and those every run has
     loggers     the config's (wandb as gptlab.training.loggers decides it), the run config logged
@@ -23,12 +25,12 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from lightning.pytorch.callbacks import LearningRateMonitor
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, read_write
 
 from gptlab.config import check_settings
 from gptlab.data.datamodule import TextDataModule
 from gptlab.data.tokenizer import Tokenizer
-from gptlab.model import GPTConfig, LanguageModel
+from gptlab.model import GPTConfig, LanguageModel, create_model
 from gptlab.runs import cluster, run_directory, sweep_directory
 from gptlab.training.callbacks import (
     KeepRecordsWithCheckpoints,
@@ -66,6 +68,12 @@ def resolve(cfg: DictConfig) -> Resolved:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     if HydraConfig.get().runtime.choices.get("experiment") == "finetune" and not cfg.init_from:
         raise ValueError("experiment=finetune needs init_from=<checkpoint file or run directory>")
+    given = {run_directory.override_key(o) for o in HydraConfig.get().overrides.task}
+    if cfg.flops_budget is not None and "trainer.max_steps" in given:
+        raise ValueError(
+            f"flops_budget={cfg.flops_budget:g} and trainer.max_steps={cfg.trainer.max_steps} are both "
+            "given: the budget sets the steps, give one of them"
+        )
     relaunched = sweep_directory.relaunchable(HydraConfig.get()) and sweep_directory.stopped_job(run_dir)
     if not cfg.ckpt_path and (cluster.restarted() or relaunched):
         # a requeued SLURM job (or restarted torchrun), or a sweep's job launched again, is back
@@ -92,7 +100,7 @@ def resume(cfg: DictConfig, resolved: Resolved) -> Resolved:
     checkpoint = load_checkpoint(resume_from)  # a missing or broken checkpoint fails here, in one line
     run_directory.check_same_settings(cfg, checkpoint, list(HydraConfig.get().overrides.task))
     step = checkpoint["global_step"]
-    if 0 <= cfg.trainer.max_steps <= step:
+    if cfg.flops_budget is None and 0 <= cfg.trainer.max_steps <= step:  # (spend_budget checks a budget's)
         raise ValueError(
             f"ckpt_path={cfg.ckpt_path} is at step {step}, and trainer.max_steps="
             f"{cfg.trainer.max_steps}: give a larger trainer.max_steps to train further"
@@ -156,6 +164,49 @@ def datamodule(cfg: DictConfig, resolved: Resolved) -> TextDataModule:
     datamodule.prepare_data()  # before any DDP process starts, so only one prepares
     datamodule.setup("fit")
     return datamodule
+
+
+def spend_budget(cfg: DictConfig, resolved: Resolved, datamodule: TextDataModule) -> None:
+    """flops_budget: trainer.max_steps becomes the steps it pays for, at the model's training
+    FLOPs per token (6 a parameter, and attention's) times the tokens a step sees on every device
+    (batch, block, gradient accumulation, devices and nodes). optim.decay_steps follows max_steps
+    unless it is set, so the lr schedule ends with the budget; trainer.max_time may still end the
+    run first (summary.json's train_flops says what was spent)."""
+    if cfg.flops_budget is None:
+        return
+    with torch.device("meta"):  # the shapes, not the weights
+        model = create_model(replace(resolved.model, vocab_size=datamodule.tokenizer.vocab_size))
+    trainer = cfg.trainer
+    tokens = datamodule.batch_size * datamodule.block_size * trainer.accumulate_grad_batches
+    tokens *= devices_per_node(trainer.devices, trainer.accelerator) * trainer.num_nodes
+    step_flops = model.training_flops_per_token() * tokens
+    steps = int(cfg.flops_budget // step_flops)
+    if steps < 1:
+        raise ValueError(
+            f"flops_budget={cfg.flops_budget:g} does not pay for one step, which costs {step_flops:.3g} "
+            f"FLOPs ({tokens} tokens): give at least that"
+        )
+    if steps <= resolved.resumed_step:
+        raise ValueError(
+            f"ckpt_path={cfg.ckpt_path} is at step {resolved.resumed_step}, and flops_budget="
+            f"{cfg.flops_budget:g} pays for {steps} steps: give a larger flops_budget to train further"
+        )
+    with read_write(cfg):
+        trainer.max_steps = steps
+    log.info(
+        "flops_budget=%g: %d steps of %.3g FLOPs (%d tokens)", cfg.flops_budget, steps, step_flops, tokens
+    )
+
+
+def devices_per_node(devices: Any, accelerator: str) -> int:
+    """How many devices trainer.devices asks for on each node, as Lightning reads it: a count, a
+    list or a comma-separated string of ids; auto or -1, every GPU (one CPU process)."""
+    if devices in ("auto", -1, "-1"):
+        device = pick_device(accelerator, key="trainer.accelerator")
+        return torch.cuda.device_count() if device.type == "cuda" else 1
+    if isinstance(devices, str):
+        return len(devices.strip(",").split(",")) if "," in devices else int(devices)
+    return devices if isinstance(devices, int) else len(devices)
 
 
 def module(cfg: DictConfig, resolved: Resolved, datamodule: TextDataModule) -> GPTLitModule:

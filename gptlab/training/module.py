@@ -26,12 +26,31 @@ def warmup_cosine(step: int, *, lr: float, min_lr: float, warmup_steps: int, dec
 
 def adamw(model: torch.nn.Module, optim: OptimConfig) -> torch.optim.AdamW:
     """nanoGPT's AdamW: weight decay on matrices (linear and embedding weights), none on biases
-    and LayerNorm gains. fused: one kernel for all parameters (CUDA and CPU) instead of a loop."""
+    and LayerNorm gains. fused: one kernel for all parameters (CUDA and CPU) instead of a loop.
+
+    Under muP the hidden matrices are a group of their own at lr / m (m = n_embd / base_width),
+    with weight_decay * m: AdamW shrinks a weight by lr * weight_decay a step, which so stays the
+    same at every width (as the mup package's MuAdamW does it)."""
     params = [p for p in model.parameters() if p.requires_grad]  # a tied weight once
-    groups = [  # named: LearningRateMonitor logs lr/decay and lr/no_decay
-        {"params": [p for p in params if p.dim() >= 2], "weight_decay": optim.weight_decay, "name": "decay"},
+    m = model.config.width_multiplier
+    hidden = {id(p) for p in model.hidden_matrices()} if model.config.parametrization == "mup" else set()
+    groups = [  # named: LearningRateMonitor logs lr/decay and lr/no_decay (and lr/hidden)
+        {
+            "params": [p for p in params if p.dim() >= 2 and id(p) not in hidden],
+            "weight_decay": optim.weight_decay,
+            "name": "decay",
+        },
         {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0, "name": "no_decay"},
     ]
+    if hidden:
+        groups.append(
+            {
+                "params": [p for p in params if id(p) in hidden],
+                "lr": optim.lr / m,
+                "weight_decay": optim.weight_decay * m,
+                "name": "hidden",
+            }
+        )
     return torch.optim.AdamW(groups, lr=optim.lr, betas=tuple(optim.betas), fused=optim.fused)
 
 
