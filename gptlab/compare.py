@@ -22,7 +22,6 @@ import sys
 from pathlib import Path
 
 from gptlab import cli
-from gptlab.runs import scaling
 from gptlab.runs.results import (
     best_first,
     best_per,
@@ -95,6 +94,8 @@ def main(argv: list[str] | None = None) -> None:
 
 def fit(groups: list, args: argparse.Namespace) -> None:
     """--fit: the law and its parameters, the IsoFLOP optima, a prediction, the plot."""
+    from gptlab.runs import scaling  # SciPy, only when fitting
+
     points = scaling.points(groups, args.fit)
     law = scaling.fit(points)
     print(law.describe(args.fit))

@@ -10,14 +10,11 @@ import json
 import logging
 import shutil
 import time
-from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
 import psutil
 from omegaconf import DictConfig, OmegaConf
-
-from gptlab.model import GPTConfig
 
 log = logging.getLogger(__name__)
 
@@ -115,9 +112,7 @@ def check_same_settings(cfg: DictConfig, checkpoint: dict[str, Any], overrides: 
     override that changes one of them is refused. optim.decay_steps is compared only when given:
     it follows trainer.max_steps, which a resume may extend, and the run keeps its own."""
     saved = {
-        # a setting newer than the checkpoint was trained at its default (parametrization: sp)
-        "model": {f.name: f.default for f in fields(GPTConfig)}
-        | checkpoint["hyper_parameters"].get("model", {}),
+        "model": checkpoint["hyper_parameters"].get("model", {}),
         "optim": checkpoint["hyper_parameters"].get("optim", {}),
         "data": checkpoint.get("datamodule_hyper_parameters", {}),  # none before gptlab 0.1's resume
     }

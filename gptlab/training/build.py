@@ -15,7 +15,7 @@ them in this order (gptlab.bench too, with a timer among the callbacks):
 """
 
 import logging
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -98,6 +98,9 @@ def resume(cfg: DictConfig, resolved: Resolved) -> Resolved:
     if resume_from is None:
         return resolved
     checkpoint = load_checkpoint(resume_from)  # a missing or broken checkpoint fails here, in one line
+    # a model setting newer than the checkpoint was trained at its default (parametrization: sp)
+    saved_model = checkpoint["hyper_parameters"].get("model", {})
+    checkpoint["hyper_parameters"]["model"] = {f.name: f.default for f in fields(GPTConfig)} | saved_model
     run_directory.check_same_settings(cfg, checkpoint, list(HydraConfig.get().overrides.task))
     step = checkpoint["global_step"]
     if cfg.flops_budget is None and 0 <= cfg.trainer.max_steps <= step:  # (spend_budget checks a budget's)
