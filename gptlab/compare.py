@@ -101,15 +101,21 @@ def fit(groups: list, args: argparse.Namespace) -> None:
     print(law.describe(args.fit))
     if rows := scaling.isoflop(points):
         print(scaling.describe_isoflop(rows))
+    predicted = None
     if args.predict is not None:
         if law.with_tokens and args.tokens is None:
             raise ValueError("--predict: the law has D (the runs differ in tokens): give --tokens D too")
+        if not law.with_tokens and args.tokens is not None:
+            raise ValueError(
+                "--tokens: the law has no D (every run saw the same tokens): give --predict N alone"
+            )
         value, error = law.predict(args.predict, args.tokens or 1.0)
+        predicted = (args.predict, value)
         shown = f"{value:.4f}" + ("" if error is None else f" ± {error:.4f}")
         tokens = f" and D = {args.tokens:.3g}" if law.with_tokens else ""
         print(f"predicted best {args.fit} at N = {args.predict:.3g}{tokens}: {shown}")
     if args.plot:
-        scaling.plot(points, law, rows, args.fit, args.plot)
+        scaling.plot(points, law, rows, args.fit, args.plot, predicted)
         print(f"wrote {args.plot}", file=sys.stderr)
 
 

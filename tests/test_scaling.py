@@ -69,9 +69,11 @@ def test_an_isoflop_sweep_finds_each_budget_s_compute_optimal_size() -> None:
     for r in rows:
         assert r["n_opt"] == pytest.approx(expected[r["budget"]], rel=0.1)
     _, exponent = optimal_size_trend(rows)
-    assert exponent == pytest.approx(
-        BETA / (ALPHA + BETA), abs=0.03
-    )  # Chinchilla's a = beta / (alpha + beta)
+    # Chinchilla's a = beta / (alpha + beta)
+    assert exponent == pytest.approx(BETA / (ALPHA + BETA), abs=0.03)
+    # sizes that all lie above the optimum: no minimum, and which side needs another size
+    (edge,) = isoflop([p for p in found if p.budget == 1e17 and p.n >= expected[1e17]])
+    assert edge["n_opt"] is None and edge["short_of"] == "smaller"
 
 
 @pytest.mark.slow

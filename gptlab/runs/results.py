@@ -219,6 +219,8 @@ def best_first(groups: list[list[dict[str, Any]]]) -> list[list[dict[str, Any]]]
     by_bpc = all(group_mean(g, "best_val_bpc") is not None for g in finished)
 
     def key(group: list[dict[str, Any]]) -> float:
+        if best_val_loss(group)[0] is None:  # failed, unfinished (still running) or never validated
+            return math.inf
         best = group_mean(group, "best_val_bpc") if by_bpc else best_val_loss(group)[0]
         return math.inf if best is None else best
 

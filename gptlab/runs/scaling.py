@@ -13,8 +13,8 @@ covariance, and there is none when there are exactly as many runs as parameters 
 passes through every point).
 
 IsoFLOP: runs of several sizes at each of two or more flops_budget values give, for each budget,
-a parabola of loss against log N whose minimum is the compute-optimal size (Hoffmann et al.'s
-second approach), and across budgets N_opt = k C^a.
+a parabola of loss against log N around its best size, whose minimum is the compute-optimal size
+(Hoffmann et al.'s second approach), and across budgets N_opt = k C^a.
 """
 
 import math
@@ -170,27 +170,32 @@ def fit(found: list[Point]) -> Law:
 
 
 def isoflop(found: list[Point]) -> list[dict[str, Any]]:
-    """For each budget with three sizes or more: the parabola of loss against log N, and its
-    minimum (None where the sizes do not bracket one)."""
+    """For each budget with three sizes or more: a parabola of loss against log N through its
+    best size and up to two neighbours on each side (the curve is no parabola far from its
+    minimum), and the parabola's minimum; none where the best size is the smallest or largest
+    (`short_of` says which side needs another size)."""
     rows = []
     for budget in sorted({p.budget for p in found if p.budget is not None}):
-        at = [p for p in found if p.budget == budget]
-        if len({p.n for p in at}) < 3:
+        at = sorted((p for p in found if p.budget == budget), key=lambda p: p.n)
+        if len(at) < 3:
             continue
-        curve = np.polyfit(np.log([p.n for p in at]), [p.loss for p in at], 2)
-        log_n = -curve[1] / (2 * curve[0]) if curve[0] > 0 else None
-        inside = log_n is not None and min(math.log(p.n) for p in at) <= log_n <= max(
-            math.log(p.n) for p in at
-        )
-        rows.append(
-            {
-                "budget": budget,
-                "curve": curve,
-                "sizes": len(at),
-                "n_opt": math.exp(log_n) if inside else None,
-                "loss_opt": float(np.polyval(curve, log_n)) if inside else None,
-            }
-        )
+        best = min(range(len(at)), key=lambda i: at[i].loss)
+        near = at[max(0, best - 2) : best + 3]
+        curve = np.polyfit(np.log([p.n for p in near]), [p.loss for p in near], 2)
+        row = {
+            "budget": budget,
+            "curve": curve,
+            "sizes": len(at),
+            "fitted": near,
+            "n_opt": None,
+            "loss_opt": None,
+        }
+        if best in (0, len(at) - 1):
+            row["short_of"] = "smaller" if best == 0 else "larger"
+        else:
+            log_n = -curve[1] / (2 * curve[0])
+            row |= {"n_opt": math.exp(log_n), "loss_opt": float(np.polyval(curve, log_n))}
+        rows.append(row)
     return rows
 
 
@@ -204,12 +209,13 @@ def optimal_size_trend(rows: list[dict[str, Any]]) -> tuple[float, float] | None
 
 
 def describe_isoflop(rows: list[dict[str, Any]]) -> str:
-    lines = ["IsoFLOP: the compute-optimal size at each budget (a parabola in log N through its runs)"]
+    lines = ["IsoFLOP: the compute-optimal size at each budget (a parabola in log N around its best run)"]
     for r in rows:
         found = (
-            f"N_opt = {r['n_opt']:.3g}, loss {r['loss_opt']:.4f}"
+            f"N_opt = {r['n_opt']:.3g}, loss {r['loss_opt']:.4f} (from {len(r['fitted'])} sizes)"
             if r["n_opt"] is not None
-            else "no minimum inside its sizes: add a smaller or larger one"
+            else f"its best run is its {'smallest' if r['short_of'] == 'smaller' else 'largest'} size: add a "
+            f"{r['short_of']} one"
         )
         lines.append(f"  C = {r['budget']:.3g} FLOPs ({r['sizes']} sizes): {found}")
     if (trend := optimal_size_trend(rows)) is not None:
@@ -217,29 +223,45 @@ def describe_isoflop(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def plot(found: list[Point], law: Law, rows: list[dict[str, Any]], metric: str, path: Path) -> None:
-    """The runs and the law (one curve per token count when it has D); the IsoFLOP parabolas."""
+def plot(
+    found: list[Point],
+    law: Law,
+    rows: list[dict[str, Any]],
+    metric: str,
+    path: Path,
+    predicted: tuple[float, float] | None = None,
+) -> None:
+    """The runs and the law L(N) with a predicted point (N, loss), or the law L(N, D) against each
+    run; the IsoFLOP parabolas."""
     import matplotlib
 
     matplotlib.use("Agg")  # files only, no display needed
     import matplotlib.pyplot as plt
 
     fig, panels = plt.subplots(1, 2 if rows else 1, figsize=(13 if rows else 7, 5), squeeze=False)
-    sizes = panels[0][0]
-    n = np.geomspace(min(p.n for p in found) / 2, max(p.n for p in found) * 2, 100)
-    for d in sorted({p.d for p in found}) if law.with_tokens else [found[0].d]:
-        at = [p for p in found if p.d == d or not law.with_tokens]
-        label = f"D = {d:.3g}" if law.with_tokens else "runs"
-        (line,) = sizes.plot([p.n for p in at], [p.loss for p in at], "o", label=label)
-        sizes.plot(n, law(n, d), "-", color=line.get_color())
-    sizes.set(xscale="log", xlabel="non-embedding parameters N", ylabel=f"best {metric}", title="fitted law")
-    sizes.legend(fontsize=7)
+    fitted = panels[0][0]
+    if law.with_tokens:  # a curve per token count would be one per run: the law against each run
+        measured = [p.loss for p in found]
+        fitted.plot(measured, [float(law(p.n, p.d)) for p in found], "o", label="runs")
+        fitted.plot([min(measured), max(measured)], [min(measured), max(measured)], "-", label="law = run")
+        fitted.set(xlabel=f"best {metric}", ylabel=f"the law's {metric}", title="fitted law L(N, D)")
+    else:
+        largest = max([p.n for p in found] + ([predicted[0]] if predicted else []))
+        n = np.geomspace(min(p.n for p in found) / 2, largest * 2, 100)
+        fitted.plot([p.n for p in found], [p.loss for p in found], "o", label="runs")
+        fitted.plot(n, law(n), "-", label="law")
+        if predicted is not None:
+            fitted.plot(*predicted, "x", markersize=10, color="black", label="predicted")
+        fitted.set(
+            xscale="log", xlabel="non-embedding parameters N", ylabel=f"best {metric}", title="fitted law"
+        )
+    fitted.legend(fontsize=7)
     if rows:
         iso = panels[0][1]
         for r in rows:
             at = [p for p in found if p.budget == r["budget"]]
             (line,) = iso.plot([p.n for p in at], [p.loss for p in at], "o", label=f"C = {r['budget']:.3g}")
-            grid = np.geomspace(min(p.n for p in at), max(p.n for p in at), 100)
+            grid = np.geomspace(r["fitted"][0].n, r["fitted"][-1].n, 100)
             iso.plot(grid, np.polyval(r["curve"], np.log(grid)), "-", color=line.get_color())
             if r["n_opt"] is not None:
                 iso.plot(r["n_opt"], r["loss_opt"], "*", markersize=14, color=line.get_color())
