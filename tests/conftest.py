@@ -23,7 +23,7 @@ os.environ["OMP_NUM_THREADS"] = "1"
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """The SLURM tests first (pyproject.toml keeps pytest-xdist from reordering groups): their three
+    """The SLURM tests first (pyproject.toml keeps pytest-xdist from reordering groups): their two
     groups are the longest and spend most of their time waiting for the cluster, so each starts on
     a worker of its own at once and the other tests fit beside them rather than after."""
     items.sort(key=lambda item: item.get_closest_marker("xdist_group") is None)

@@ -30,9 +30,10 @@ from tests.slurm.cluster import SlurmCluster
 from tests.test_cluster import validation_rows
 from tests.test_wandb import wandb_summary
 
-# one cluster, one test at a time, on one pytest-xdist worker; the longest tests, which mostly wait
-# for the cluster (requeues, relaunches, time limits), in two more groups, each on its own worker
-# and cluster (a cluster a worker: tests/conftest.py's slurm_cluster), beside the first
+# one cluster, one test at a time, on one pytest-xdist worker; the time-limit test, which waits
+# minutes for SLURM's clock, in a group of its own, on another worker and its cluster (a cluster a
+# worker: tests/conftest.py's slurm_cluster). (A third group, with the requeue and relaunch tests
+# apart, was slower on 2 cores, and its jobs' requeues raced the load.)
 pytestmark = pytest.mark.xdist_group("slurm")
 
 CPU_NODE = [
@@ -200,7 +201,6 @@ def test_settings_a_node_cannot_give_stop_the_sweep_in_one_line_before_anything_
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("slurm-requeue")
 def test_a_job_signalled_to_its_steps_saves_is_requeued_once_and_ends_as_the_job_left_alone(
     tmp_path: Path, shakespeare: Path, slurm: SlurmCluster
 ) -> None:
@@ -366,7 +366,6 @@ def test_a_job_past_its_time_limit_is_requeued_until_it_finishes_or_runs_out_of_
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("slurm-requeue")
 def test_a_sweep_launched_again_waits_for_its_jobs_on_the_cluster_and_ctrl_c_stops_them_saved(
     tmp_path: Path, shakespeare: Path, slurm: SlurmCluster
 ) -> None:
