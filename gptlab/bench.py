@@ -676,6 +676,15 @@ def check_bench_settings(cfg: DictConfig) -> None:
         value, least = cfg.bench[key], 0 if key == "warmup_steps" else 1
         if value < least:
             raise ValueError(f"bench.{key}={value!r} is not allowed: use an integer >= {least}")
+    if "coord" in cfg.bench.parts:
+        coord = cfg.bench.coord
+        if coord.seeds < 1 or coord.steps < 0 or len(coord.widths) < 2:
+            raise ValueError(
+                f"bench.coord: seeds={coord.seeds}, steps={coord.steps}, widths={list(coord.widths)} is not "
+                "allowed: use seeds >= 1, steps >= 0 and two widths or more"
+            )
+        for width in coord.widths:  # each width as a model of its own, before any is trained
+            GPTConfig(**model_settings(cfg) | {"n_embd": width, "parametrization": "mup"})
     if "train" in cfg.bench.parts:
         if cfg.trainer.devices != 1 or cfg.trainer.num_nodes != 1:
             raise ValueError(

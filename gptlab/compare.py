@@ -18,6 +18,7 @@ see conf/hydra/default.yaml).
 import argparse
 import csv
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -71,6 +72,13 @@ def main(argv: list[str] | None = None) -> None:
             raise ValueError(f"no run directories (with a .hydra/ folder) under {args.folder}")
         if args.predict is not None and not args.fit:
             raise ValueError("--predict needs --fit: it asks the fitted law")
+        if args.tokens is not None and args.predict is None:
+            raise ValueError("--tokens goes with --predict: the tokens of the size predicted")
+        for flag, value in (("--predict", args.predict), ("--tokens", args.tokens)):
+            if value is not None and not (math.isfinite(value) and value > 0):
+                raise ValueError(f"{flag} {value:g} is not allowed: give a positive number")
+        if (args.json or args.csv) and (args.fit or args.best_per):
+            raise ValueError("--json and --csv print the runs table alone: leave out --fit and --best-per")
     groups = best_first([[run] for run in runs] if args.runs else group_seeds(runs))
     if args.json:
         print(json.dumps(records(groups, seeds=not args.runs), indent=2))

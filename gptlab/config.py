@@ -8,6 +8,7 @@ What a type cannot say (ranges, relations between settings) is checked by the ch
 here, before any work. Choice fields are plain strings: checkpoints keep them so.
 """
 
+import math
 from dataclasses import dataclass, field, fields, make_dataclass
 from typing import Any, Literal, get_origin
 
@@ -262,7 +263,7 @@ def check_settings(cfg: DictConfig) -> GPTConfig:
             "training stream is endless: there are no epochs to take a fraction of), or null to validate "
             "only when training ends"
         )
-    if cfg.flops_budget is not None and not cfg.flops_budget > 0:
+    if cfg.flops_budget is not None and not (math.isfinite(cfg.flops_budget) and cfg.flops_budget > 0):
         raise ValueError(f"flops_budget={cfg.flops_budget!r} is not allowed: use a positive number of FLOPs")
     if cfg.ckpt_path and cfg.init_from:
         raise ValueError(

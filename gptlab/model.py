@@ -284,8 +284,8 @@ class LanguageModel(nn.Module):
         return sum(p.numel() for p in self.parameters())
 
     def non_embedding_parameters(self) -> int:
-        """The parameters less the embeddings' (token and position; a tied lm_head is the token
-        embedding), as scaling laws count a model's size (Kaplan et al. 2020)."""
+        """The parameters less the embeddings' (token and position), as scaling laws count a
+        model's size (Kaplan et al. 2020). An untied lm_head counts; a tied one is the token embedding."""
         embeddings = [m.weight for m in self.modules() if isinstance(m, nn.Embedding)]
         return self.num_parameters() - sum(w.numel() for w in embeddings)
 

@@ -57,6 +57,7 @@ CASES = [
     ("train", ["model.parametrization=mup", "model.arch=bigram"], "model.parametrization=mup with model.arch=bigram is not allowed"),
     ("train", ["flops_budget=1e6"], "flops_budget=1e+06 does not pay for one step, which costs"),
     ("train", ["flops_budget=-1"], "flops_budget=-1.0 is not allowed: use a positive number of FLOPs"),
+    ("train", ["flops_budget=inf"], "flops_budget=inf is not allowed: use a positive number of FLOPs"),
     ("train", ["data.batch_size=0"], "data.batch_size=0 is not allowed: use a positive integer"),
     ("train", ["data.train_fraction=2"], "data.train_fraction=2.0 is not allowed"),
     ("train", ["data.batch_size=many"], HYDRA + "Value 'many' of type 'str' could not be converted to Integer"),
@@ -109,6 +110,9 @@ CASES = [
     ("compare", ["{folder}"], "no run directories (with a .hydra/ folder) under {folder}"),
     ("compare", ["{run}", "--fit"], "--fit: 1 point (sizes with a finished run), and the law E + (N_c/N)^alpha has 3 parameters: give at least 3"),
     ("compare", ["{run}", "--predict", "1e6"], "--predict needs --fit"),
+    ("compare", ["{run}", "--fit", "--predict", "-5"], "--predict -5 is not allowed: give a positive number"),
+    ("compare", ["{run}", "--fit", "--tokens", "1e6"], "--tokens goes with --predict"),
+    ("compare", ["{run}", "--fit", "--json"], "--json and --csv print the runs table alone: leave out --fit and --best-per"),
     ("compare", ["{run}", "--best-per", "model.dropout"], "--best-per model.dropout: no finished run has the override model.dropout="),
     ("convert", ["from_nanogpt", "{missing}", "{missing}", "{folder}/out.ckpt"], "{missing} not found"),
     ("convert", ["to_nanogpt", "{ckpt}", "{folder}/ckpt.pt", "{folder}/meta.pkl"], "nanoGPT's model has"),
@@ -116,6 +120,8 @@ CASES = [
     ("bench", [*TINY, "data.path={shakespeare}", "bench.parts=[train,fast]"], "bench.parts has 'fast': use any of"),
     ("bench", [*TINY, "data.path={shakespeare}", "trainer.precision=16-mixed"], "trainer.precision=16-mixed is not benchmarked: use 32-true or bf16-mixed"),
     ("bench", [*TINY, "data.path={shakespeare}", "trainer.devices=2"], "trainer.devices=2 is not benchmarked: the bench measures one device"),
+    ("bench", [*TINY, "data.path={shakespeare}", "bench.parts=[coord]", "bench.coord.seeds=0"], "bench.coord: seeds=0, steps=3, widths=[64, 128, 256, 512] is not allowed: use seeds >= 1"),
+    ("bench", [*TINY, "data.path={shakespeare}", "bench.parts=[coord]", "bench.coord.widths=[64,65]"], "model.n_embd=65 is not divisible by model.n_head=2"),
     ("bench", [*TINY, "data.path={shakespeare}", "bench.rounds=some"], HYDRA + "Value 'some' of type 'str' could not be converted to Integer"),
 ]  # fmt: skip
 

@@ -73,7 +73,13 @@ def test_an_isoflop_sweep_finds_each_budget_s_compute_optimal_size() -> None:
     assert exponent == pytest.approx(BETA / (ALPHA + BETA), abs=0.03)
     # sizes that all lie above the optimum: no minimum, and which side needs another size
     (edge,) = isoflop([p for p in found if p.budget == 1e17 and p.n >= expected[1e17]])
-    assert edge["n_opt"] is None and edge["short_of"] == "smaller"
+    assert (
+        edge["n_opt"] is None and edge["why_none"] == "its best run is its smallest size: add a smaller one"
+    )
+    # noise that bends the parabola the other way: its vertex is a maximum, not an optimum
+    sizes, losses = [1e4, 2e4, 4e4, 8e4, 1.6e5], [3.0, 3.2, 2.9, 3.2, 3.0]
+    (bent,) = isoflop([Point(n, 1e6, loss, 1e15) for n, loss in zip(sizes, losses, strict=True)])
+    assert bent["n_opt"] is None and "no parabola with a minimum" in bent["why_none"]
 
 
 @pytest.mark.slow

@@ -113,8 +113,10 @@ def scaled(error: float | None) -> float | None:
 
 
 def points(groups: list[list[dict[str, Any]]], metric: str) -> list[Point]:
-    """A point for each size and token count: its best setting's runs (seeds averaged), so that a
-    learning-rate sweep at each size gives the size's best."""
+    """A point for each size and token count: its best group of runs (seeds averaged unless
+    compare --runs keeps them apart), so that a learning-rate sweep at each size gives the size's
+    best. Runs with no size to fit (the bigram model has no parameters but its embedding) or a
+    loss that is not finite (diverged) are left out."""
     best: dict[tuple[float, float], Point] = {}
     for group in groups:
         if best_val_loss(group)[0] is None:
@@ -127,6 +129,8 @@ def points(groups: list[list[dict[str, Any]]], metric: str) -> list[Point]:
             )
         loss = best_val_loss(group)[0] if metric == "val_loss" else group_mean(group, "best_val_bpc")
         point = Point(summary["non_embedding_params"], summary["tokens"], loss, group[0]["flops_budget"])
+        if not (point.n > 0 and point.d > 0 and loss is not None and math.isfinite(loss)):
+            continue
         if (key := (point.n, point.d)) not in best or point.loss < best[key].loss:
             best[key] = point
     return sorted(best.values(), key=lambda p: (p.n, p.d))
@@ -172,8 +176,8 @@ def fit(found: list[Point]) -> Law:
 def isoflop(found: list[Point]) -> list[dict[str, Any]]:
     """For each budget with three sizes or more: a parabola of loss against log N through its
     best size and up to two neighbours on each side (the curve is no parabola far from its
-    minimum), and the parabola's minimum; none where the best size is the smallest or largest
-    (`short_of` says which side needs another size)."""
+    minimum), and the parabola's minimum; none (`why_none` says why) where the best size is the
+    smallest or largest, or where noise bends the parabola the other way."""
     rows = []
     for budget in sorted({p.budget for p in found if p.budget is not None}):
         at = sorted((p for p in found if p.budget == budget), key=lambda p: p.n)
@@ -190,10 +194,13 @@ def isoflop(found: list[Point]) -> list[dict[str, Any]]:
             "n_opt": None,
             "loss_opt": None,
         }
+        log_n = -curve[1] / (2 * curve[0]) if curve[0] > 0 else None
         if best in (0, len(at) - 1):
-            row["short_of"] = "smaller" if best == 0 else "larger"
+            side, other = ("smallest", "smaller") if best == 0 else ("largest", "larger")
+            row["why_none"] = f"its best run is its {side} size: add a {other} one"
+        elif log_n is None or not math.log(near[0].n) <= log_n <= math.log(near[-1].n):
+            row["why_none"] = "the runs around its best make no parabola with a minimum among them (noise)"
         else:
-            log_n = -curve[1] / (2 * curve[0])
             row |= {"n_opt": math.exp(log_n), "loss_opt": float(np.polyval(curve, log_n))}
         rows.append(row)
     return rows
@@ -214,8 +221,7 @@ def describe_isoflop(rows: list[dict[str, Any]]) -> str:
         found = (
             f"N_opt = {r['n_opt']:.3g}, loss {r['loss_opt']:.4f} (from {len(r['fitted'])} sizes)"
             if r["n_opt"] is not None
-            else f"its best run is its {'smallest' if r['short_of'] == 'smaller' else 'largest'} size: add a "
-            f"{r['short_of']} one"
+            else r["why_none"]
         )
         lines.append(f"  C = {r['budget']:.3g} FLOPs ({r['sizes']} sizes): {found}")
     if (trend := optimal_size_trend(rows)) is not None:

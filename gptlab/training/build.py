@@ -174,7 +174,9 @@ def spend_budget(cfg: DictConfig, resolved: Resolved, datamodule: TextDataModule
     FLOPs per token (6 a parameter, and attention's) times the tokens a step sees on every device
     (batch, block, gradient accumulation, devices and nodes). optim.decay_steps follows max_steps
     unless it is set, so the lr schedule ends with the budget; trainer.max_time may still end the
-    run first (summary.json's train_flops says what was spent)."""
+    run first (summary.json's train_flops says what was spent). A budget refused here (less than a
+    step, or a resume already past it) is refused after the corpus is prepared, which the count
+    needs; no step has run."""
     if cfg.flops_budget is None:
         return
     with torch.device("meta"):  # the shapes, not the weights
