@@ -23,16 +23,11 @@ os.environ["OMP_NUM_THREADS"] = "1"
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """The SLURM tests first (pyproject.toml keeps pytest-xdist from reordering groups): their two
-    groups are the longest and spend most of their time waiting for the cluster, so each starts on
-    a worker of its own at once and the other tests fit beside them rather than after."""
+    """The SLURM tests first (pyproject.toml keeps pytest-xdist from reordering its groups by size):
+    they are the longest group (one worker runs them all, one after another, on the one cluster)
+    and spend most of it waiting for the cluster, so the other worker's tests fit beside them
+    rather than after."""
     items.sort(key=lambda item: item.get_closest_marker("xdist_group") is None)
-
-
-def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
-    """`-n auto`: a worker per core, and one more, so that the SLURM groups, which mostly wait for
-    the cluster's clock (time limits, grace times, requeues), each have a worker."""
-    return (os.cpu_count() or 1) + 1
 
 
 if TYPE_CHECKING:

@@ -30,10 +30,7 @@ from tests.slurm.cluster import SlurmCluster
 from tests.test_cluster import validation_rows
 from tests.test_wandb import wandb_summary
 
-# one cluster, one test at a time, on one pytest-xdist worker; the time-limit test, which waits
-# minutes for SLURM's clock, in a group of its own, on another worker and its cluster (a cluster a
-# worker: tests/conftest.py's slurm_cluster). (A third group, with the requeue and relaunch tests
-# apart, was slower on 2 cores, and its jobs' requeues raced the load.)
+# one cluster, one test at a time: all of them on the same pytest-xdist worker
 pytestmark = pytest.mark.xdist_group("slurm")
 
 CPU_NODE = [
@@ -312,7 +309,6 @@ def test_a_job_that_ends_without_a_result_ends_the_wait_as_failed_with_its_reaso
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("slurm-clock")
 def test_a_job_past_its_time_limit_is_requeued_until_it_finishes_or_runs_out_of_requeues(
     tmp_path: Path, shakespeare: Path, slurm: SlurmCluster
 ) -> None:
