@@ -147,6 +147,14 @@ def bare_loop(cfg: DictConfig, model: LanguageModel, optim: OptimConfig, windows
     )
 
 
+def prepared_datamodule(cfg: DictConfig) -> TextDataModule:
+    """The run's data, prepared and set up for training, outside a Trainer."""
+    datamodule: TextDataModule = hydra.utils.instantiate(cfg.data)
+    datamodule.prepare_data()
+    datamodule.setup("fit")
+    return datamodule
+
+
 def training_windows(datamodule: TextDataModule) -> RandomWindows:
     """The batches rank 0 of a run trains on, from its first step."""
     return RandomWindows(
@@ -261,9 +269,7 @@ def bench_bare(cfg: DictConfig) -> dict[str, Any]:
     """The bare loop alone: step time, and the memory that training adds to the process
     (parameters, gradients, AdamW's state, activations)."""
     device = pick_device(cfg.trainer.accelerator, key="trainer.accelerator")
-    datamodule: TextDataModule = hydra.utils.instantiate(cfg.data)
-    datamodule.prepare_data()
-    datamodule.setup("fit")
+    datamodule = prepared_datamodule(cfg)
     config = GPTConfig(**model_settings(cfg), vocab_size=datamodule.tokenizer.vocab_size)
     before_mb = current_memory_mb(device)
     reset_peak_memory(device)
@@ -315,9 +321,7 @@ def coordinate_sizes(
 
 def bench_coord(cfg: DictConfig, out_dir: Path) -> list[dict[str, Any]]:
     """One row a parametrization and width: each layer's size, a mean over bench.coord.seeds."""
-    datamodule: TextDataModule = hydra.utils.instantiate(cfg.data)
-    datamodule.prepare_data()
-    datamodule.setup("fit")
+    datamodule = prepared_datamodule(cfg)
     windows = training_windows(datamodule)
     optim = OptimConfig(**OmegaConf.to_container(cfg.optim, resolve=True))
     settings = model_settings(cfg) | {"vocab_size": datamodule.tokenizer.vocab_size, "dropout": 0.0}

@@ -272,12 +272,18 @@ def val_loss_curve(run_dir: Path) -> tuple[list[int], list[float]]:
     return [int(row["step"]) + 1 for row in rows], [float(row["val_loss"]) for row in rows]
 
 
-def plot(groups: list[list[dict[str, Any]]], path: Path) -> None:
+def pyplot() -> Any:
+    """matplotlib.pyplot, drawing to files only (no display needed); imported when a plot is asked for."""
     import matplotlib
 
-    matplotlib.use("Agg")  # files only, no display needed
+    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def plot(groups: list[list[dict[str, Any]]], path: Path) -> None:
+    plt = pyplot()
     runs = [run for group in groups for run in group]
     shared = shared_overrides(runs)
     done = [group for group in groups if best_val_loss(group)[0] is not None]

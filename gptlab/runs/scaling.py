@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 from scipy.optimize import OptimizeWarning, curve_fit
 
-from gptlab.runs.results import best_val_loss, group_mean
+from gptlab.runs.results import best_val_loss, group_mean, pyplot
 
 
 @dataclass(frozen=True)
@@ -239,11 +239,7 @@ def plot(
 ) -> None:
     """The runs and the law L(N) with a predicted point (N, loss), or the law L(N, D) against each
     run; the IsoFLOP parabolas."""
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only, no display needed
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig, panels = plt.subplots(1, 2 if rows else 1, figsize=(13 if rows else 7, 5), squeeze=False)
     fitted = panels[0][0]
     if law.with_tokens:  # a curve per token count would be one per run: the law against each run
