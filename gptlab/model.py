@@ -157,7 +157,9 @@ class CausalSelfAttention(nn.Module):
         v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
         if kv_cache is not None:  # generating: these positions' queries see every position so far
             k, v = kv_cache.insert(self.layer, k, v)
-        causal = self.causal and T > 1  # one new token attends to every position so far: no mask
+        # one new token after the cached ones attends to every position so far: no mask. Without
+        # a cache this stays a plain bool, which torch.compile needs when T is a dynamic size
+        causal = self.causal and (kv_cache is None or T > 1)
         if self.use_sdpa:
             dropout_p = self.dropout if self.training else 0.0
             y = F.scaled_dot_product_attention(
