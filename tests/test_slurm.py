@@ -262,9 +262,12 @@ def test_a_sweep_s_ddp_jobs_signalled_through_the_batch_shell_or_one_rank_alone_
 def test_a_job_preempted_by_a_higher_priority_one_saves_in_its_grace_time_requeues_and_resumes(
     tmp_path: Path, shakespeare: Path, slurm: SlurmCluster
 ) -> None:
-    left_alone = start_training(tmp_path / "alone", *LONG_RUN)  # meanwhile, beside the cluster
+    # steps enough after the first checkpoint that SLURM preempts the job before it ends: its
+    # scheduler may take seconds to act on the urgent job
+    run = [*LONG_RUN, "trainer.max_steps=1000", "trainer.val_check_interval=500"]
+    left_alone = start_training(tmp_path / "alone", *run)  # meanwhile, beside the cluster
     sweep_dir = tmp_path / "sweep"
-    sweep = start_sweep(slurm, sweep_dir, *LONG_RUN, *ONE_TASK)
+    sweep = start_sweep(slurm, sweep_dir, *run, *ONE_TASK)
     wait_for(sweep_dir / "0" / "checkpoints" / "last.ckpt", sweep)
     (preempted,) = job_ids(sweep_dir)
     # a job of the urgent partition needs the whole node: SLURM sends ours SIGTERM (every
