@@ -29,7 +29,9 @@ def test_kv_cache_gives_the_uncached_tokens_on_the_gpu() -> None:
 
 
 @pytest.mark.slow
-def test_fast_switches_train_on_the_gpu_and_the_checkpoint_serves_gpu_and_cpu(tmp_path: Path) -> None:
+def test_fast_switches_train_on_the_gpu_and_the_checkpoint_serves_gpu_and_cpu(
+    tmp_path: Path, shakespeare: Path
+) -> None:
     run = tmp_path / "run"
     result = train_here(run, *TINY, *FAST, "trainer.max_steps=60", "logger=csv")
     assert result.returncode == 0, result.stderr
