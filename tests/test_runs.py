@@ -10,7 +10,9 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
+import lightning as L
 import pytest
 import torch
 
@@ -175,6 +177,33 @@ def test_a_run_killed_anywhere_and_resumed_by_its_directory_is_the_same_run(
         # one wandb run, continued by each resume (offline: one folder per process, one run id)
         ids = {p.name.rsplit("-", 1)[1] for p in (run / "wandb").glob("offline-run-*")}
         assert len(ids) == 1 and len(list((run / "wandb").glob("offline-run-*"))) >= 2
+
+
+class SignalDuringStep(L.Callback):
+    """Sends this process SIGTERM during one step (0-based), as a scheduler would, once."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
+        if trainer.global_step == self.step + 1:  # the step's optimizer step is done
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
+@pytest.mark.slow
+def test_a_run_stopped_at_a_logging_step_keeps_that_step_s_row(tmp_path: Path, shakespeare: Path) -> None:
+    # step 9 is a logging step (trainer.log_every_n_steps=10) without a validation: its train_loss
+    # reaches the loggers after the callbacks' on_train_batch_end, where the stop is decided
+    run, settings = tmp_path / "run", [*TINY, "logger=csv"]
+    signalled = f"+callbacks.signal={{_target_: {__name__}.SignalDuringStep, step: 9}}"
+    stopped = train_here(run, *settings, signalled)
+    assert stopped.returncode == 143, stopped.stderr[-3000:]
+    assert load_checkpoint(run / "checkpoints" / "last.ckpt")["global_step"] == 10
+    assert [int(r["step"]) for r in metric_rows(run) if r.get("train_loss")] == [9]
+
+    resumed = train_here(run, *settings, f"ckpt_path={run}")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert [int(r["step"]) for r in metric_rows(run) if r.get("train_loss")] == [9, 19, 29]  # each once
 
 
 @pytest.mark.slow

@@ -92,6 +92,10 @@ class StopWhenPreempted(L.Callback):
         if came is None or validates_after_this_batch(trainer):
             return
         self.signal = came  # (a signal that came during the reduction counts at the next step)
+        # this step's logged values reach the loggers only after on_train_batch_end, in Lightning's
+        # loop: hand them over now, as it would, or a stop at a logging step loses that step's row
+        trainer._logger_connector.on_batch_end()
+        trainer._logger_connector.update_train_step_metrics()
         last = next(c for c in trainer.checkpoint_callbacks if isinstance(c, LastCheckpoint))
         last.write_last(trainer)
         self.stopped = True
