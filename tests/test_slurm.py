@@ -262,13 +262,14 @@ def test_a_sweep_s_ddp_jobs_signalled_through_the_batch_shell_or_one_rank_alone_
 def test_a_job_preempted_by_a_higher_priority_one_saves_in_its_grace_time_requeues_and_resumes(
     tmp_path: Path, shakespeare: Path, slurm: SlurmCluster
 ) -> None:
-    # steps enough after the first checkpoint that SLURM preempts the job before it ends: its
-    # scheduler may take seconds to act on the urgent job
-    run = [*LONG_RUN, "trainer.max_steps=1000", "trainer.val_check_interval=500"]
+    # SLURM may take seconds to act on the urgent job, and the tiny model's steps take
+    # milliseconds: the urgent job comes as soon as ours trains (its first metrics are on disk at
+    # step 100), with thousands of steps to go
+    run = [*LONG_RUN, "trainer.max_steps=4000", "trainer.val_check_interval=2000"]
     left_alone = start_training(tmp_path / "alone", *run)  # meanwhile, beside the cluster
     sweep_dir = tmp_path / "sweep"
     sweep = start_sweep(slurm, sweep_dir, *run, *ONE_TASK)
-    wait_for(sweep_dir / "0" / "checkpoints" / "last.ckpt", sweep)
+    wait_for(sweep_dir / "0" / "csv" / "metrics.csv", sweep)
     (preempted,) = job_ids(sweep_dir)
     # a job of the urgent partition needs the whole node: SLURM sends ours SIGTERM (every
     # process of its steps) and grants it GraceTime; a job that ends then has failed, unless it
