@@ -52,6 +52,7 @@ from gptlab.config import model_settings
 from gptlab.data.corpus import character_start
 from gptlab.data.datamodule import RandomWindows, TextDataModule
 from gptlab.model import GPTConfig, LanguageModel, create_model, use_decoding_layout
+from gptlab.runs.results import pyplot
 from gptlab.training import build
 from gptlab.training.loggers import finish_wandb
 from gptlab.training.module import GPTLitModule, OptimConfig, adamw
@@ -341,11 +342,7 @@ def bench_coord(cfg: DictConfig, out_dir: Path) -> list[dict[str, Any]]:
 
 
 def plot_coordinates(rows: list[dict[str, Any]], path: Path, steps: int) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only, no display needed
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig, panels = plt.subplots(1, 2, figsize=(11, 4.5), sharey=True)
     for panel, parametrization in zip(panels, ("sp", "mup"), strict=True):
         chosen = [r for r in rows if r["parametrization"] == parametrization]
