@@ -65,8 +65,9 @@ def self_attention(
 def batched_to_heads(state_dict: dict[str, torch.Tensor], n_head: int) -> dict[str, torch.Tensor]:
     """The weights of a GPT with batched attention (sdpa or manual) as the same GPT with
     attention="heads". c_attn stacks [q; k; v] by rows, each n_embd rows of n_head blocks of
-    head_size rows: head h's query is rows h*hs:(h+1)*hs of the q part, and so on. Works on
-    gradients too, which share the parameters' shapes."""
+    head_size rows: head h's query is rows h*hs:(h+1)*hs of the q part, and so on. The q and k
+    norms (qk_norm), which the batched attention shares across heads, become each head's own.
+    Works on gradients too, which share the parameters' shapes (but for those norms' gains)."""
     converted = {}
     for name, tensor in state_dict.items():
         if ".attn.c_attn." in name:
@@ -74,6 +75,10 @@ def batched_to_heads(state_dict: dict[str, torch.Tensor], n_head: int) -> dict[s
             for part, per_head in zip(("query", "key", "value"), tensor.chunk(3), strict=True):
                 for h, head_tensor in enumerate(per_head.chunk(n_head)):
                     converted[f"{prefix}.heads.{h}.{part}.{kind}"] = head_tensor
+        elif ".attn.q_norm." in name or ".attn.k_norm." in name:
+            prefix, norm = name.split(".attn.")
+            for h in range(n_head):
+                converted[f"{prefix}.attn.heads.{h}.{norm}"] = tensor
         else:
             converted[name.replace(".attn.c_proj.", ".attn.proj.")] = tensor
     return converted

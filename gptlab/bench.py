@@ -48,14 +48,15 @@ from rich.console import Console
 from rich.table import Table
 
 from gptlab import cli
-from gptlab.config import model_settings
+from gptlab.config import OptimConfig, model_settings
 from gptlab.data.corpus import character_start
 from gptlab.data.datamodule import RandomWindows, TextDataModule
 from gptlab.model import GPTConfig, LanguageModel, create_model, use_decoding_layout
 from gptlab.runs.results import pyplot
 from gptlab.training import build
 from gptlab.training.loggers import finish_wandb
-from gptlab.training.module import GPTLitModule, OptimConfig, adamw
+from gptlab.training.module import GPTLitModule
+from gptlab.training.optimizer import adamw
 from gptlab.training.precision import inference_dtype, pick_device
 
 PARTS = ("train", "startup", "generate", "bare", "grow", "corpus", "coord")
@@ -714,7 +715,8 @@ def main(cfg: DictConfig) -> None:
         check_bench_settings(cfg)
         # the train part's run lasts its rounds; trainer.precision=auto is decided as gptlab.train does
         cfg.trainer.max_steps = cfg.bench.warmup_steps + cfg.bench.rounds * cfg.bench.steps_per_round + 1
-        build.fit_precision_to_device(cfg, pick_device(cfg.trainer.accelerator, key="trainer.accelerator"))
+        vocab_size = prepared_datamodule(cfg).tokenizer.vocab_size
+        build.choose_precision(cfg, GPTConfig(**model_settings(cfg), vocab_size=vocab_size))
         for part in cfg.bench.parts:
             results[part] = measure[part](cfg)
     print_tables(results, Console())

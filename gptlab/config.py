@@ -41,24 +41,58 @@ ModelSettings = make_dataclass(
 )
 
 
+OPTIMIZERS = ("adamw", "muon")
+SCHEDULES = ("cosine", "wsd")
+MUON_LR_ADJUSTMENTS = ("original", "match_rms_adamw")
+
+
 @dataclass
 class OptimConfig:
-    """optim: AdamW, linear warmup to lr, then cosine decay to min_lr (check_optim: its ranges)."""
+    """optim (conf/optim/: adamw, muon): the optimizer and its lr schedule, built by
+    gptlab/training/optimizer.py; check_optim checks their ranges."""
 
-    lr: float = 5.9e-3
-    min_lr: float = 1.0e-4
-    weight_decay: float = 0.1  # on weight matrices only; biases and LayerNorm gains are not decayed
+    name: str = "adamw"  # adamw, or muon: Muon on the blocks' matrices and AdamW on the rest
+    lr: float = 5.9e-3  # AdamW's (under muon: the embeddings', lm_head's, gains' and biases')
+    min_lr: float = 1.0e-4  # where the schedule ends
+    min_lr_ratio: float | None = None  # the schedule ends at this fraction of each lr instead; null: min_lr
+    weight_decay: float = 0.1  # AdamW's, on weight matrices only; biases and norm gains are not decayed
     betas: list[float] = field(default_factory=lambda: [0.9, 0.99])
     warmup_steps: int = 50
     fused: bool = False  # one fused kernel updates all parameters (CUDA, and CPU); none before it had
     decay_steps: int = "${trainer.max_steps}"  # type: ignore[assignment]  (set it when max_steps is -1)
+    schedule: str = "cosine"  # cosine: warmup, cosine decay; wsd: warmup, stable, linear warmdown
+    warmdown_fraction: float = 0.2  # wsd: the last fraction of decay_steps, over which the lr falls
+    # optim=muon: torch.optim.Muon's settings for the matrices inside the blocks
+    muon_lr: float = 0.02
+    muon_momentum: float = 0.95
+    muon_nesterov: bool = True
+    muon_weight_decay: float = 0.0
+    muon_ns_steps: int = 5  # Newton-Schulz iterations that orthogonalise each update
+    # original: lr * sqrt(max(1, rows / columns)); match_rms_adamw: lr * 0.2 * sqrt(max(rows, columns))
+    muon_adjust_lr: str = "original"
 
 
 def check_optim(optim: OptimConfig) -> None:
+    for key, allowed in (
+        ("name", OPTIMIZERS),
+        ("schedule", SCHEDULES),
+        ("muon_adjust_lr", MUON_LR_ADJUSTMENTS),
+    ):
+        if getattr(optim, key) not in allowed:
+            raise ValueError(
+                f"optim.{key}={getattr(optim, key)!r} is not allowed: use one of {list(allowed)}"
+            )
     if not optim.lr > 0:
         raise ValueError(f"optim.lr={optim.lr!r} is not allowed: use a positive learning rate")
-    if not 0 <= optim.min_lr <= optim.lr:
-        raise ValueError(f"optim.min_lr={optim.min_lr!r} is not allowed: use 0 <= min_lr <= lr ({optim.lr})")
+    if optim.min_lr_ratio is None and not 0 <= optim.min_lr <= optim.lr:
+        raise ValueError(
+            f"optim.min_lr={optim.min_lr!r} is not allowed: use 0 <= min_lr <= lr ({optim.lr}), "
+            "or a floor that follows the lr (optim.min_lr_ratio=0.1, say)"
+        )
+    if optim.min_lr_ratio is not None and not 0 <= optim.min_lr_ratio <= 1:
+        raise ValueError(
+            f"optim.min_lr_ratio={optim.min_lr_ratio!r} is not allowed: use 0 <= min_lr_ratio <= 1"
+        )
     if optim.weight_decay < 0:
         raise ValueError(f"optim.weight_decay={optim.weight_decay!r} is not allowed: use 0 or more")
     if len(optim.betas) != 2 or not all(0 <= b < 1 for b in optim.betas):
@@ -70,6 +104,18 @@ def check_optim(optim: OptimConfig) -> None:
             f"optim.decay_steps={optim.decay_steps!r} is not allowed: use a positive number of steps "
             "(it follows trainer.max_steps: set it when max_steps is -1)"
         )
+    if not 0 < optim.warmdown_fraction <= 1:
+        raise ValueError(
+            f"optim.warmdown_fraction={optim.warmdown_fraction!r} is not allowed: use a fraction in (0, 1]"
+        )
+    if not optim.muon_lr > 0:
+        raise ValueError(f"optim.muon_lr={optim.muon_lr!r} is not allowed: use a positive learning rate")
+    if not 0 <= optim.muon_momentum < 1:
+        raise ValueError(f"optim.muon_momentum={optim.muon_momentum!r} is not allowed: use 0 <= momentum < 1")
+    if optim.muon_weight_decay < 0:
+        raise ValueError(f"optim.muon_weight_decay={optim.muon_weight_decay!r} is not allowed: use 0 or more")
+    if not 1 <= optim.muon_ns_steps < 100:
+        raise ValueError(f"optim.muon_ns_steps={optim.muon_ns_steps!r} is not allowed: use 1 to 99 steps")
 
 
 @dataclass
@@ -250,6 +296,16 @@ def check_settings(cfg: DictConfig) -> GPTConfig:
         )
     optim = OptimConfig(**OmegaConf.to_container(cfg.optim, resolve=True))
     check_optim(optim)
+    if optim.name == "muon" and model_config.arch == "bigram":
+        raise ValueError(
+            "optim=muon with model.arch=bigram is not allowed: the bigram is one table, with no "
+            "matrices inside blocks for Muon; use optim=adamw"
+        )
+    if optim.name == "muon" and model_config.parametrization == "mup":
+        raise ValueError(
+            "optim=muon with model.parametrization=mup is not allowed: gptlab's muP scales AdamW's "
+            "learning rates with the width, not Muon's; use optim=adamw or model.parametrization=sp"
+        )
     if optim.fused and str(trainer.precision).startswith("16") and trainer.gradient_clip_val:
         raise ValueError(
             f"optim.fused=true with trainer.precision={trainer.precision} cannot clip gradients (the "

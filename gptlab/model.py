@@ -8,6 +8,12 @@ makes them (characters, or byte-level BPE pieces): the model knows only vocab_si
 generating, a KVCache passed to forward keeps every layer's keys and values. The bigram
 baseline the lecture starts from sits at the end, with the same interface.
 
+What small GPTs train with today (nanochat, the modded-nanogpt speedrun, Llama) is a few
+switches away, each off by default: rotary position embeddings on q and k instead of a
+position table (position="rope"), RMSNorm instead of LayerNorm (norm="rmsnorm"), an RMSNorm of
+each head's q and k (qk_norm), a squared ReLU (activation="relu2") or a SiLU-gated MLP
+(mlp="swiglu"), and tanh soft-capped logits (logit_softcap).
+
 Under muP (parametrization="mup", Tensor Programs V) a few multipliers follow the width ratio
 m = n_embd / base_width, so that hyperparameters tuned at base_width hold at every width: hidden
 matrices start m^-1/2 smaller (and train at 1/m of the learning rate: the optimizer's part),
@@ -20,11 +26,14 @@ No Lightning, Hydra or data code here: the model only knows tensors.
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass, fields
+from functools import partial
 from typing import Literal, get_args, get_origin
 
 import torch
 import torch.nn as nn
 from torch.nn import functional as F
+
+RMS_NORM_EPS = 1e-6  # every RMSNorm's (Llama's and Qwen3's rms_norm_eps, so that exports match)
 
 
 @dataclass(frozen=True)
@@ -41,11 +50,21 @@ class GPTConfig:
     attention: Literal["sdpa", "manual", "heads"] = "sdpa"  # one math, three implementations
     causal: bool = True  # False: every token sees the whole block (an encoder, not a decoder)
     attn_proj: bool = True  # a linear projection after the heads are concatenated
-    mlp: Literal["gpt", "single", "none"] = "gpt"  # gpt: C -> 4C -> C; single: one C -> C layer
-    activation: Literal["gelu", "gelu_tanh", "relu"] = "gelu"  # gelu_tanh: GPT-2's approximation
+    # gpt: C -> 4C -> C; swiglu: SiLU(gate) * up, C -> 8C/3 -> C (activation unused); single: one C -> C layer
+    mlp: Literal["gpt", "swiglu", "single", "none"] = "gpt"
+    # the MLP's inner width; null: 4 n_embd (gpt), 8/3 n_embd up to a multiple of 8 (swiglu)
+    mlp_hidden: int | None = None
+    # gelu_tanh: GPT-2's approximation; relu2: ReLU squared (modded-nanogpt, nanochat)
+    activation: Literal["gelu", "gelu_tanh", "relu", "relu2"] = "gelu"
     residual: bool = True  # blocks add to the residual stream instead of replacing it
-    norm: Literal["layernorm", "none"] = "layernorm"  # pre-norm in each block and before lm_head
+    norm: Literal["layernorm", "rmsnorm", "none"] = "layernorm"  # pre-norm in each block and before lm_head
     init: Literal["gpt2", "pytorch"] = "gpt2"  # pytorch: each layer's default init (lecture, early steps)
+    # Today's small GPTs: rotary positions instead of a learned table, RMSNorm of each head's q and
+    # k, tanh soft-capped logits
+    position: Literal["learned", "rope"] = "learned"  # rope: q and k rotated by position, no wpe table
+    rope_base: float = 10000.0  # rope: the base of the rotation frequencies (Llama's rope_theta)
+    qk_norm: bool = False  # RMSNorm of each head's q and k before attention (and before rope)
+    logit_softcap: float | None = None  # logits become cap * tanh(logits / cap) (Gemma 2, nanochat)
     # nanoGPT's options, for checkpoints converted from it
     bias: bool = True  # biases in the linear layers and LayerNorms (lm_head never has one)
     tie_weights: bool = False  # lm_head shares the token embedding's weights (GPT-2, nanoGPT)
@@ -61,7 +80,7 @@ class GPTConfig:
                 raise ValueError(
                     f"model.{f.name}={value!r} is not allowed: use one of {list(get_args(f.type))}"
                 )
-            if f.type is int and value < 1:
+            if int in (f.type, *get_args(f.type)) and value is not None and value < 1:
                 raise ValueError(f"model.{f.name}={value!r} is not allowed: use a positive integer")
         if self.n_embd % self.n_head:
             divisors = [h for h in range(1, self.n_embd + 1) if self.n_embd % h == 0]
@@ -72,6 +91,21 @@ class GPTConfig:
         if not 0 <= self.dropout < 1:
             raise ValueError(
                 f"model.dropout={self.dropout!r} is not allowed: use a number with 0 <= dropout < 1"
+            )
+        if self.position == "rope" and self.head_size % 2:
+            raise ValueError(
+                f"model.position=rope with a head size of {self.head_size} (n_embd / n_head) is not allowed: "
+                "rotary embeddings turn pairs of channels, so use n_embd and n_head with an even head size"
+            )
+        if not (math.isfinite(self.rope_base) and self.rope_base > 1):
+            raise ValueError(f"model.rope_base={self.rope_base!r} is not allowed: use a number above 1")
+        cap = self.logit_softcap
+        if cap is not None and not (math.isfinite(cap) and cap > 0):
+            raise ValueError(f"model.logit_softcap={cap!r} is not allowed: use a positive number, or null")
+        if self.mlp_hidden is not None and self.mlp not in ("gpt", "swiglu"):
+            raise ValueError(
+                f"model.mlp_hidden={self.mlp_hidden} with model.mlp={self.mlp} is not allowed: only "
+                "mlp=gpt and mlp=swiglu have an inner width, use mlp_hidden=null"
             )
         if self.parametrization == "mup":
             if self.arch == "bigram" or self.init == "pytorch":
@@ -87,6 +121,18 @@ class GPTConfig:
                 )
 
     @property
+    def head_size(self) -> int:
+        return self.n_embd // self.n_head
+
+    @property
+    def mlp_width(self) -> int:
+        """The MLP's inner width: mlp_hidden, or 4 n_embd (gpt); for swiglu 8/3 n_embd (the same
+        parameters in three matrices as gpt's in two) rounded up to a multiple of 8."""
+        if self.mlp_hidden is not None:
+            return self.mlp_hidden
+        return {"gpt": 4 * self.n_embd, "swiglu": -(-8 * self.n_embd // 24) * 8}.get(self.mlp, self.n_embd)
+
+    @property
     def width_multiplier(self) -> float:
         """muP's m = n_embd / base_width; 1 under sp."""
         return self.n_embd / self.base_width if self.parametrization == "mup" else 1.0
@@ -95,21 +141,19 @@ class GPTConfig:
     def attention_scale(self) -> float:
         """What attention scores are multiplied by: 1/sqrt(head_size) under sp; under mup 1/head_size,
         times the constant sqrt(base head_size) that makes it sp's at base_width."""
-        head_size = self.n_embd // self.n_head
         if self.parametrization == "sp":
-            return head_size**-0.5
-        return head_size**-0.5 * (self.base_width // self.n_head / head_size) ** 0.5
+            return self.head_size**-0.5
+        return self.head_size**-0.5 * (self.base_width // self.n_head / self.head_size) ** 0.5
 
 
 class KVCache:
     """Every layer's keys and values of the positions seen so far, while generating: with it,
     forward runs the model on the new positions only, whose queries attend to the cached keys and
-    values before them. It takes several positions at once only while empty (the prompt), then
-    one at a time; it holds block_size positions, as the position embedding does."""
+    values before them (a chunk of several new positions, each also to those before it in the
+    chunk). It holds block_size positions, as the position embedding does."""
 
     def __init__(self, config: GPTConfig, batch_size: int, device: torch.device, dtype: torch.dtype):
-        head_size = config.n_embd // config.n_head
-        shape = (config.n_layer, batch_size, config.n_head, config.block_size, head_size)
+        shape = (config.n_layer, batch_size, config.n_head, config.block_size, config.head_size)
         self.k = torch.zeros(shape, device=device, dtype=dtype)
         self.v = torch.zeros(shape, device=device, dtype=dtype)
         self.pos = 0  # positions cached: the next ones go here
@@ -121,6 +165,37 @@ class KVCache:
         self.k[layer, :, :, self.pos : end] = k
         self.v[layer, :, :, self.pos : end] = v
         return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
+
+
+class Rotary(nn.Module):
+    """Rotary position embeddings (RoFormer; Llama's layout): channel i of a head and channel
+    i + head_size/2 are a pair, turned by the angle position * rope_base^(-2i/head_size). Rotating
+    q and k makes each score depend on the two tokens' distance alone, not on where they are."""
+
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        half = torch.arange(0, config.head_size, 2, dtype=torch.int64).float() / config.head_size
+        frequencies = 1.0 / (config.rope_base**half)  # (head_size / 2,)
+        angles = torch.outer(torch.arange(config.block_size).float(), frequencies)
+        angles = torch.cat((angles, angles), dim=-1)  # (block_size, head_size): each pair's angle twice
+        # computed from the config, not learned: kept out of the state dict
+        self.register_buffer("cos", angles.cos(), persistent=False)
+        self.register_buffer("sin", angles.sin(), persistent=False)
+
+    def forward(self, start: int, T: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos and sin (T, head_size) of positions start .. start + T - 1."""
+        return self.cos[start : start + T], self.sin[start : start + T]
+
+
+def rotate(x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    """x (..., T, head_size) with each channel pair turned by its position's angle."""
+    cos, sin = (t.to(x.dtype) for t in rope)
+    x1, x2 = x.chunk(2, dim=-1)
+    return x * cos + torch.cat((-x2, x1), dim=-1) * sin
+
+
+# the rotary angles of the positions a forward pass runs on, for every layer; None under learned positions
+Rope = tuple[torch.Tensor, torch.Tensor] | None
 
 
 class CausalSelfAttention(nn.Module):
@@ -137,40 +212,52 @@ class CausalSelfAttention(nn.Module):
         self.use_sdpa = config.attention == "sdpa"
         self.dropout = config.dropout
         self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
+        self.q_norm = nn.RMSNorm(config.head_size, eps=RMS_NORM_EPS) if config.qk_norm else None
+        self.k_norm = nn.RMSNorm(config.head_size, eps=RMS_NORM_EPS) if config.qk_norm else None
         self.c_proj = (
             nn.Linear(config.n_embd, config.n_embd, bias=config.bias) if config.attn_proj else nn.Identity()
         )
         self.attn_dropout = nn.Dropout(config.dropout)
         self.resid_dropout = nn.Dropout(config.dropout)
-        if not self.use_sdpa:
-            tril = torch.tril(torch.ones(config.block_size, config.block_size, dtype=torch.bool))
-            self.register_buffer(
-                "tril", tril.view(1, 1, config.block_size, config.block_size), persistent=False
-            )
+        # which keys each query sees: row t of this mask is position t's (the KV cache's chunks
+        # after a prefix need it with sdpa too)
+        tril = torch.tril(torch.ones(config.block_size, config.block_size, dtype=torch.bool))
+        self.register_buffer("tril", tril.view(1, 1, config.block_size, config.block_size), persistent=False)
 
-    def forward(self, x: torch.Tensor, kv_cache: KVCache | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, rope: Rope = None, kv_cache: KVCache | None = None) -> torch.Tensor:
         B, T, C = x.size()  # batch, time (sequence length), channels (n_embd)
         q, k, v = self.c_attn(x).split(C, dim=2)
         # (B, T, C) -> (B, n_head, T, head_size): heads become a batch dimension
         q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
         k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
         v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        if rope is not None:
+            q, k = rotate(q, rope), rotate(k, rope)
+        start = 0
         if kv_cache is not None:  # generating: these positions' queries see every position so far
+            start = kv_cache.pos
             k, v = kv_cache.insert(self.layer, k, v)
-        # one new token after the cached ones attends to every position so far: no mask. Without
-        # a cache this stays a plain bool, which torch.compile needs when T is a dynamic size
+        # Queries at positions start .. start + T - 1 see the keys up to their own position. One
+        # new token after cached ones sees them all: no mask. Without a cache, causal stays a plain
+        # bool, which torch.compile needs when T is a dynamic size. A chunk after cached positions
+        # takes rows start .. start + T - 1 of the causal mask (sdpa's is_causal would align its
+        # mask to the top left of the scores, as if the chunk were the first positions).
         causal = self.causal and (kv_cache is None or T > 1)
+        mask = self.tril[:, :, start : start + T, : start + T] if causal and start > 0 else None
         if self.use_sdpa:
             dropout_p = self.dropout if self.training else 0.0
+            is_causal = causal and mask is None
             y = F.scaled_dot_product_attention(
-                q, k, v, dropout_p=dropout_p, is_causal=causal, scale=self.scale
+                q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=is_causal, scale=self.scale
             )
         else:
             # scale (sp: head_size**-0.5) so that the scores keep unit variance and softmax
             # stays diffuse at init instead of collapsing onto one token
-            att = (q @ k.transpose(-2, -1)) * self.scale  # (B, n_head, T, T)
+            att = (q @ k.transpose(-2, -1)) * self.scale  # (B, n_head, T, start + T)
             if causal:
-                att = att.masked_fill(~self.tril[:, :, :T, :T], float("-inf"))
+                att = att.masked_fill(~self.tril[:, :, start : start + T, : start + T], float("-inf"))
             att = self.attn_dropout(F.softmax(att, dim=-1))
             y = att @ v  # (B, n_head, T, head_size)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # re-assemble the heads side by side
@@ -182,21 +269,27 @@ class Head(nn.Module):
 
     def __init__(self, config: GPTConfig):
         super().__init__()
-        head_size = config.n_embd // config.n_head
+        head_size = config.head_size
         self.causal = config.causal
         self.scale = config.attention_scale  # sp: head_size**-0.5
         self.key = nn.Linear(config.n_embd, head_size, bias=config.bias)
         self.query = nn.Linear(config.n_embd, head_size, bias=config.bias)
         self.value = nn.Linear(config.n_embd, head_size, bias=config.bias)
+        self.q_norm = nn.RMSNorm(head_size, eps=RMS_NORM_EPS) if config.qk_norm else None
+        self.k_norm = nn.RMSNorm(head_size, eps=RMS_NORM_EPS) if config.qk_norm else None
         self.register_buffer(
             "tril", torch.tril(torch.ones(config.block_size, config.block_size)), persistent=False
         )
         self.dropout = nn.Dropout(config.dropout)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, rope: Rope = None) -> torch.Tensor:
         B, T, C = x.shape
         k = self.key(x)  # (B, T, head_size)
         q = self.query(x)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        if rope is not None:
+            q, k = rotate(q, rope), rotate(k, rope)
         wei = q @ k.transpose(-2, -1) * self.scale  # (B, T, T) affinities
         if self.causal:
             wei = wei.masked_fill(self.tril[:T, :T] == 0, float("-inf"))
@@ -215,33 +308,54 @@ class MultiHeadAttention(nn.Module):
         )
         self.dropout = nn.Dropout(config.dropout)
 
-    def forward(self, x: torch.Tensor, kv_cache: KVCache | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, rope: Rope = None, kv_cache: KVCache | None = None) -> torch.Tensor:
         # (no KV cache: the GPT generates without one with these heads, and refuses one)
-        return self.dropout(self.proj(torch.cat([head(x) for head in self.heads], dim=-1)))
+        return self.dropout(self.proj(torch.cat([head(x, rope) for head in self.heads], dim=-1)))
+
+
+class ReLUSquared(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu(x).square()
+
+
+ACTIVATIONS = {
+    "gelu": nn.GELU,
+    "gelu_tanh": partial(nn.GELU, approximate="tanh"),
+    "relu": nn.ReLU,
+    "relu2": ReLUSquared,
+}
 
 
 class MLP(nn.Module):
-    """The per-token feed-forward network: each position thinks on what it gathered."""
+    """The per-token feed-forward network: each position thinks on what it gathered. swiglu
+    (Shazeer 2020, Llama) multiplies one projection, through SiLU, with another: c_fc makes both
+    in one matmul, the gate first."""
 
     def __init__(self, config: GPTConfig):
         super().__init__()
-        hidden = 4 * config.n_embd if config.mlp == "gpt" else config.n_embd
-        self.c_fc = nn.Linear(config.n_embd, hidden, bias=config.bias)
-        self.act = {"gelu": nn.GELU(), "gelu_tanh": nn.GELU(approximate="tanh"), "relu": nn.ReLU()}[
-            config.activation
-        ]
+        self.gated = config.mlp == "swiglu"
+        hidden = config.mlp_width
+        self.c_fc = nn.Linear(config.n_embd, 2 * hidden if self.gated else hidden, bias=config.bias)
+        self.act = nn.SiLU() if self.gated else ACTIVATIONS[config.activation]()
         # the lecture's first feed-forward ("single") is one layer and its nonlinearity
         self.c_proj = (
-            nn.Linear(hidden, config.n_embd, bias=config.bias) if config.mlp == "gpt" else nn.Identity()
+            nn.Linear(hidden, config.n_embd, bias=config.bias) if config.mlp != "single" else nn.Identity()
         )
         self.dropout = nn.Dropout(config.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.gated:
+            gate, up = self.c_fc(x).chunk(2, dim=-1)
+            return self.dropout(self.c_proj(self.act(gate) * up))
         return self.dropout(self.c_proj(self.act(self.c_fc(x))))
 
 
 def norm_layer(config: GPTConfig) -> nn.Module:
-    return nn.LayerNorm(config.n_embd, bias=config.bias) if config.norm == "layernorm" else nn.Identity()
+    if config.norm == "layernorm":
+        return nn.LayerNorm(config.n_embd, bias=config.bias)
+    if config.norm == "rmsnorm":  # no mean subtracted, no bias: a gain on x / rms(x)
+        return nn.RMSNorm(config.n_embd, eps=RMS_NORM_EPS)
+    return nn.Identity()
 
 
 class Block(nn.Module):
@@ -262,11 +376,11 @@ class Block(nn.Module):
         self.ln_2 = norm_layer(config)
         self.mlp = MLP(config) if config.mlp != "none" else None
 
-    def forward(self, x: torch.Tensor, kv_cache: KVCache | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, rope: Rope = None, kv_cache: KVCache | None = None) -> torch.Tensor:
         if not self.residual:
-            x = self.attn(self.ln_1(x), kv_cache)
+            x = self.attn(self.ln_1(x), rope, kv_cache)
             return x if self.mlp is None else self.mlp(self.ln_2(x))
-        x = x + self.attn(self.ln_1(x), kv_cache)
+        x = x + self.attn(self.ln_1(x), rope, kv_cache)
         if self.mlp is not None:
             x = x + self.mlp(self.ln_2(x))
         return x
@@ -345,15 +459,13 @@ class GPT(LanguageModel):
     def __init__(self, config: GPTConfig):
         super().__init__()
         self.config = config
-        self.transformer = nn.ModuleDict(
-            dict(
-                wte=nn.Embedding(config.vocab_size, config.n_embd),  # token embedding
-                wpe=nn.Embedding(config.block_size, config.n_embd),  # position embedding
-                drop=nn.Dropout(config.dropout),
-                h=nn.ModuleList([Block(config, layer) for layer in range(config.n_layer)]),
-                ln_f=norm_layer(config),
-            )
-        )
+        self.transformer = nn.ModuleDict(dict(wte=nn.Embedding(config.vocab_size, config.n_embd)))  # tokens
+        if config.position == "learned":
+            self.transformer.wpe = nn.Embedding(config.block_size, config.n_embd)  # position embedding
+        self.transformer.drop = nn.Dropout(config.dropout)
+        self.transformer.h = nn.ModuleList([Block(config, layer) for layer in range(config.n_layer)])
+        self.transformer.ln_f = norm_layer(config)
+        self.rotary = Rotary(config) if config.position == "rope" else None
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         if config.tie_weights:
             self.transformer.wte.weight = self.lm_head.weight  # one (vocab_size, n_embd) matrix
@@ -395,15 +507,22 @@ class GPT(LanguageModel):
             )
         if kv_cache is not None and not self.caches_keys_and_values:
             raise ValueError("this model has no KV cache (attention='heads', or causal=false)")
-        pos = torch.arange(start, start + T, dtype=torch.long, device=idx.device)
-        x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))  # (B, T, C)
+        x = self.transformer.wte(idx)  # (B, T, C)
+        rope = None
+        if self.rotary is None:
+            x = x + self.transformer.wpe(torch.arange(start, start + T, dtype=torch.long, device=idx.device))
+        else:  # the positions go into each layer's q and k instead
+            rope = self.rotary(start, T)
+        x = self.transformer.drop(x)
         for block in self.transformer.h:
-            x = block(x, kv_cache)
+            x = block(x, rope, kv_cache)
         if kv_cache is not None:
             kv_cache.pos += T
         logits = self.lm_head(self.transformer.ln_f(x))  # (B, T, vocab_size)
         if self.config.parametrization == "mup":
             logits = logits / self.config.width_multiplier  # the readout shrinks as 1/m
+        if (cap := self.config.logit_softcap) is not None:  # smoothly bounded to (-cap, cap), in float32
+            logits = cap * torch.tanh(logits.float() / cap)
         return logits, None if targets is None else self.loss(logits, targets)
 
     @property
@@ -421,9 +540,10 @@ class GPT(LanguageModel):
         use_cache: bool = True,
     ) -> Iterator[torch.Tensor]:
         """With the KV cache, each new token runs the model on that token alone, attending to
-        the keys and values cached for the positions before it. Learned absolute positions
-        cannot slide inside a full cache: past block_size, every new token recomputes the
-        cropped window, exactly as generation without a cache does."""
+        the keys and values cached for the positions before it. Past block_size, every new token
+        recomputes the cropped window, exactly as generation without a cache does: learned
+        absolute positions cannot slide inside a full cache (rotary ones could, but then the
+        tokens would part from uncached generation's)."""
         if not (use_cache and self.caches_keys_and_values):
             yield from super().stream(idx, max_new_tokens, temperature, top_k)
             return

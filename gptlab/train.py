@@ -9,7 +9,7 @@ Hydra's sweepers can minimise it. `ckpt_path=<run dir>` continues a run in its o
 import logging
 import signal
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import hydra
@@ -44,6 +44,7 @@ def build_run(cfg: DictConfig) -> Run:
     resolved = build.resolve(cfg)  # every change to cfg; read-only from here on
     build.set_up(cfg)
     datamodule = build.datamodule(cfg, resolved)
+    build.choose_precision(cfg, replace(resolved.model, vocab_size=datamodule.tokenizer.vocab_size))
     build.spend_budget(cfg, resolved, datamodule)
     module = build.module(cfg, resolved, datamodule)
     callbacks = build.callbacks(cfg, resolved, datamodule.tokenizer)

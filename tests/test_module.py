@@ -11,7 +11,8 @@ import torch
 from gptlab.config import OptimConfig
 from gptlab.data.datamodule import TextDataModule
 from gptlab.model import GPT, GPTConfig
-from gptlab.training.module import GPTLitModule, adamw, warmup_cosine
+from gptlab.training.module import GPTLitModule
+from gptlab.training.optimizer import adamw, learning_rate
 
 SCHEDULE = {"lr": 1e-3, "min_lr": 1e-4, "warmup_steps": 10, "decay_steps": 110}
 OPTIM = {
@@ -25,7 +26,7 @@ OPTIM = {
 
 
 def test_warmup_then_cosine_decay_to_min_lr() -> None:
-    lrs = [warmup_cosine(step, **SCHEDULE) for step in range(130)]
+    lrs = [learning_rate(step, **SCHEDULE) for step in range(130)]
     assert lrs[0] == pytest.approx(1e-4)  # (step + 1) / warmup_steps of lr
     assert lrs[9] == pytest.approx(1e-3)  # the warmup's last step reaches lr
     assert lrs[10] == pytest.approx(1e-3)  # the decay starts from lr

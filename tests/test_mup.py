@@ -15,7 +15,7 @@ from gptlab.config import OptimConfig
 from gptlab.data.datamodule import RandomWindows, TextDataModule
 from gptlab.model import GPTConfig, create_model
 from gptlab.training.checkpoint import load_checkpoint, model_from_checkpoint
-from gptlab.training.module import adamw
+from gptlab.training.optimizer import adamw
 from tests.conftest import TINY, read_summary, run_here, train_here
 
 SMALL = dict(n_layer=2, n_head=4, n_embd=32, block_size=16, vocab_size=65)

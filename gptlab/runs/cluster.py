@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from datetime import datetime, timedelta
 
 from lightning.fabric.plugins.environments import (
@@ -23,8 +24,8 @@ from omegaconf import OmegaConf
 
 log = logging.getLogger(__name__)
 
-# how long the ranks of a job wait for rank 0 to hand out its start time
-START_TIME_TIMEOUT = timedelta(minutes=5)
+# how long the ranks of a job wait for rank 0 to hand out a value (its start time, say)
+RANK_ZERO_TIMEOUT = timedelta(minutes=5)
 START_TIME_KEY = "gptlab/start_time"
 # where the agreed start time is kept, for this process and those it starts
 START_TIME_VARIABLE = "GPTLAB_START_TIME"
@@ -84,12 +85,18 @@ def shield_wandb_service() -> None:
 
 def agreed_start_time() -> str:
     """Rank 0's local time (ISO format) on every rank of a job a launcher started, whatever each
-    node's clock or time zone says: rank 0 hands it out through a TCPStore at the job's main
-    address (torchrun's own store, which its agent keeps; for other launchers one that rank 0
-    holds until every rank has read it, before the process group is set up on that port)."""
+    node's clock or time zone says."""
+    return from_rank_zero(START_TIME_KEY, lambda: datetime.now().isoformat())
+
+
+def from_rank_zero(key: str, value: Callable[[], str]) -> str:
+    """value() as rank 0 computes it, on every rank of a job a launcher started (computed here
+    when no launcher did). Rank 0 hands it out through a TCPStore at the job's main address
+    (torchrun's own store, which its agent keeps; for other launchers one that rank 0 holds until
+    every rank has read it, before the process group is set up on that port)."""
     environment = launcher_environment()
     if environment is None or environment.world_size() == 1:
-        return datetime.now().isoformat()
+        return value()
     from torch.distributed import TCPStore
 
     rank, world_size = environment.global_rank(), environment.world_size()
@@ -99,19 +106,16 @@ def agreed_start_time() -> str:
         environment.main_port,
         world_size=None if agent_store else world_size,
         is_master=rank == 0 and not agent_store,
-        timeout=START_TIME_TIMEOUT,
+        timeout=RANK_ZERO_TIMEOUT,
         wait_for_workers=False,
     )
-    if rank == 0:
-        # the first to set it wins: a torchrun restart reads the time of the job's first start
-        started = store.compare_set(START_TIME_KEY, "", datetime.now().isoformat()).decode()
-    else:
-        started = store.get(START_TIME_KEY).decode()
+    # the first value set wins: a torchrun restart reads the one of the job's first start
+    agreed = store.compare_set(key, "", value()).decode() if rank == 0 else store.get(key).decode()
     if not agent_store:  # the store dies with rank 0's: it waits until every rank has read
-        store.add(f"{START_TIME_KEY}/read", 1)
-        while rank == 0 and store.add(f"{START_TIME_KEY}/read", 0) < world_size:
+        store.add(f"{key}/read", 1)
+        while rank == 0 and store.add(f"{key}/read", 0) < world_size:
             time.sleep(0.05)
-    return started
+    return agreed
 
 
 def agree_on_start_time() -> None:

@@ -1,21 +1,23 @@
 """From a composed train config to the objects of a run, one step per concern. gptlab.train calls
 them in this order (gptlab.bench too, with a timer among the callbacks):
 
-    resolve     every change the config gets: a restarted job resumes, a resume keeps its lr
-                schedule, a fine-tune its checkpoint's architecture, auto precision becomes this
-                device's; after it the config is read-only
+    resolve     every change the config gets but the two below: a restarted job resumes, a resume
+                keeps its lr schedule, a fine-tune its checkpoint's architecture; after it the
+                config is read-only
     set_up      this process: float32 matmul precision and the seed of everything
     datamodule  the corpus prepared, mapped and checked against block_size
-    spend_budget  flops_budget becomes trainer.max_steps (the one change after resolve: it needs
-                the tokenizer's vocabulary)
+    choose_precision  trainer.precision=auto becomes what this device computes fastest (on a CPU,
+                measured with the model, which needs the tokenizer's vocabulary)
+    spend_budget  flops_budget becomes trainer.max_steps (it needs the vocabulary too)
     module      the LightningModule, with the fine-tuned checkpoint's weights if any
     callbacks   the config's, checked, and those every run has
     loggers     the config's (wandb as gptlab.training.loggers decides it), the run config logged
     trainer     the Trainer, with gptlab's arguments
 """
 
+import json
 import logging
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import MISSING, asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +29,7 @@ from hydra.types import RunMode
 from lightning.pytorch.callbacks import LearningRateMonitor
 from omegaconf import DictConfig, OmegaConf, read_write
 
-from gptlab.config import check_settings
+from gptlab.config import OptimConfig, check_settings
 from gptlab.data.datamodule import TextDataModule
 from gptlab.data.tokenizer import Tokenizer
 from gptlab.model import GPTConfig, LanguageModel, create_model
@@ -41,7 +43,14 @@ from gptlab.training.callbacks import (
 from gptlab.training.checkpoint import find_checkpoint, load_checkpoint, model_from_checkpoint
 from gptlab.training.loggers import instantiate_loggers
 from gptlab.training.module import GPTLitModule
-from gptlab.training.precision import auto_precision, pick_device, resolve_float32_matmul
+from gptlab.training.optimizer import build_optimizer
+from gptlab.training.precision import (
+    auto_precision,
+    cpu_name,
+    pick_device,
+    resolve_float32_matmul,
+    step_times,
+)
 from gptlab.training.preemption import StopWhenPreempted
 from gptlab.training.pruning import ReportToTrial, trial_address
 
@@ -69,6 +78,13 @@ def resolve(cfg: DictConfig) -> Resolved:
     if HydraConfig.get().runtime.choices.get("experiment") == "finetune" and not cfg.init_from:
         raise ValueError("experiment=finetune needs init_from=<checkpoint file or run directory>")
     given = {run_directory.override_key(o) for o in HydraConfig.get().overrides.task}
+    if cfg.optim.name != "muon" and (
+        muon_setting := next((k for k in sorted(given) if k.startswith("optim.muon_")), None)
+    ):
+        raise ValueError(
+            f"{muon_setting} is given with optim={cfg.optim.name}, which has no Muon: add optim=muon, "
+            f"or leave out {muon_setting}"
+        )
     if cfg.flops_budget is not None and "trainer.max_steps" in given:
         raise ValueError(
             f"flops_budget={cfg.flops_budget:g} and trainer.max_steps={cfg.trainer.max_steps} are both "
@@ -85,8 +101,8 @@ def resolve(cfg: DictConfig) -> Resolved:
         resolved = resume(cfg, resolved)
     if cfg.init_from:
         resolved = fine_tune(cfg, resolved)
-    # after the checks: a refused resume writes nothing, not even to the log
-    fit_precision_to_device(cfg, pick_device(cfg.trainer.accelerator, key="trainer.accelerator"))
+    device = pick_device(cfg.trainer.accelerator, key="trainer.accelerator")
+    cfg.float32_matmul_precision = resolve_float32_matmul(cfg.float32_matmul_precision, device)
     OmegaConf.set_readonly(cfg, True)
     return resolved
 
@@ -98,9 +114,16 @@ def resume(cfg: DictConfig, resolved: Resolved) -> Resolved:
     if resume_from is None:
         return resolved
     checkpoint = load_checkpoint(resume_from)  # a missing or broken checkpoint fails here, in one line
-    # a model setting newer than the checkpoint was trained at its default (parametrization: sp)
-    saved_model = checkpoint["hyper_parameters"].get("model", {})
-    checkpoint["hyper_parameters"]["model"] = {f.name: f.default for f in fields(GPTConfig)} | saved_model
+    # a model or optim setting newer than the checkpoint was trained at its default (parametrization:
+    # sp, optim.name: adamw; decay_steps, which follows max_steps, has none)
+    hyper_parameters = checkpoint["hyper_parameters"]
+    hyper_parameters["model"] = defaults(GPTConfig) | hyper_parameters.get("model", {})
+    hyper_parameters["optim"] = defaults(OptimConfig, but="decay_steps") | hyper_parameters.get("optim", {})
+    if (trained_with := hyper_parameters["optim"]["name"]) != cfg.optim.name:
+        raise ValueError(
+            f"optim={cfg.optim.name} is not allowed: the checkpoint was trained with optim={trained_with}, "
+            f"and a resumed run keeps its optimizer and its state; resume with optim={trained_with}"
+        )
     run_directory.check_same_settings(cfg, checkpoint, list(HydraConfig.get().overrides.task))
     step = checkpoint["global_step"]
     if cfg.flops_budget is None and 0 <= cfg.trainer.max_steps <= step:  # (spend_budget checks a budget's)
@@ -121,6 +144,15 @@ def resume(cfg: DictConfig, resolved: Resolved) -> Resolved:
     )
 
 
+def defaults(settings: type, but: str | None = None) -> dict[str, Any]:
+    """A dataclass's fields and their defaults (lists included), less one."""
+    return {
+        f.name: f.default_factory() if f.default_factory is not MISSING else f.default
+        for f in fields(settings)
+        if f.name != but
+    }
+
+
 def fine_tune(cfg: DictConfig, resolved: Resolved) -> Resolved:
     """A run started from a checkpoint's weights keeps its architecture (and so block_size), which
     the config is told; dropout may change."""
@@ -133,14 +165,45 @@ def fine_tune(cfg: DictConfig, resolved: Resolved) -> Resolved:
     return replace(resolved, model=model_config, pretrained=pretrained)
 
 
-def fit_precision_to_device(cfg: DictConfig, device: torch.device) -> None:
-    """trainer.precision=auto becomes what the device computes fastest, said in the log and
-    recorded in the run's config; float32_matmul_precision=auto the precision that fits it."""
-    if cfg.trainer.precision == "auto":
-        precision, reason = auto_precision(device)
+def choose_precision(cfg: DictConfig, model: GPTConfig) -> None:
+    """trainer.precision=auto becomes what the device computes fastest (gptlab/training/precision.py:
+    on a CPU with native bf16, measured with this model, whose vocabulary the corpus gives), said in
+    the log and recorded in the run's config. Every rank of a job takes rank 0's choice."""
+    if cfg.trainer.precision != "auto":
+        return
+    device = pick_device(cfg.trainer.accelerator, key="trainer.accelerator")
+    optim = OptimConfig(**OmegaConf.to_container(cfg.optim, resolve=True))
+    batch_size = cfg.data.batch_size
+    key = f"{cpu_name()}, torch {torch.__version__}, {torch.get_num_threads()} threads, {optim.name}, "
+    key += f"batch {batch_size}, {json.dumps(asdict(model), sort_keys=True)}"
+
+    def decide() -> str:
+        precision, reason = auto_precision(device, lambda: time_steps(model, optim, batch_size), key)
         log.info("trainer.precision=auto: %s, as %s", precision, reason)
+        return precision
+
+    precision = cluster.from_rank_zero("gptlab/precision", decide)
+    with read_write(cfg):
         cfg.trainer.precision = precision
-    cfg.float32_matmul_precision = resolve_float32_matmul(cfg.float32_matmul_precision, device)
+
+
+def time_steps(model: GPTConfig, optim: OptimConfig, batch_size: int) -> dict[str, float]:
+    """Seconds a training step of the model takes on the CPU in each precision auto chooses from,
+    on random tokens (precision.step_times); the run's own random state is left as it was."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        network = create_model(model)
+        optimizer = build_optimizer(network, optim)
+        tokens = torch.randint(model.vocab_size, (batch_size, model.block_size + 1))
+
+        def step(precision: str) -> None:
+            with torch.autocast("cpu", torch.bfloat16, enabled=precision == "bf16-mixed"):
+                _, loss = network(tokens[:, :-1], tokens[:, 1:])
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+
+        return step_times(step)
 
 
 def spawns_ranks(cfg: DictConfig) -> bool:

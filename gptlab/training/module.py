@@ -1,6 +1,5 @@
 """GPTLitModule: how a GPT is trained (optimizer, schedule, steps, metrics), not what it is."""
 
-import math
 from collections.abc import Callable
 from typing import Any
 
@@ -12,46 +11,7 @@ from torchmetrics.text import Perplexity
 from gptlab.config import OptimConfig
 from gptlab.data.datamodule import step_seed
 from gptlab.model import GPTConfig, create_model
-
-
-def warmup_cosine(step: int, *, lr: float, min_lr: float, warmup_steps: int, decay_steps: int) -> float:
-    """Learning rate at `step`: linear warmup to lr, cosine decay to min_lr, then min_lr."""
-    if step < warmup_steps:
-        return lr * (step + 1) / warmup_steps
-    if step >= decay_steps:
-        return min_lr
-    progress = (step - warmup_steps) / max(1, decay_steps - warmup_steps)
-    return min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (lr - min_lr)
-
-
-def adamw(model: torch.nn.Module, optim: OptimConfig) -> torch.optim.AdamW:
-    """nanoGPT's AdamW: weight decay on matrices (linear and embedding weights), none on biases
-    and LayerNorm gains. fused: one kernel for all parameters (CUDA and CPU) instead of a loop.
-
-    Under muP the hidden matrices are a group of their own at lr / m (m = n_embd / base_width),
-    with weight_decay * m: AdamW shrinks a weight by lr * weight_decay a step, which so stays the
-    same at every width (as the mup package's MuAdamW does it)."""
-    params = [p for p in model.parameters() if p.requires_grad]  # a tied weight once
-    m = model.config.width_multiplier
-    hidden = {id(p) for p in model.hidden_matrices()} if model.config.parametrization == "mup" else set()
-    groups = [  # named: LearningRateMonitor logs lr/decay and lr/no_decay (and lr/hidden)
-        {
-            "params": [p for p in params if p.dim() >= 2 and id(p) not in hidden],
-            "weight_decay": optim.weight_decay,
-            "name": "decay",
-        },
-        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0, "name": "no_decay"},
-    ]
-    if hidden:
-        groups.append(
-            {
-                "params": [p for p in params if id(p) in hidden],
-                "lr": optim.lr / m,
-                "weight_decay": optim.weight_decay * m,
-                "name": "hidden",
-            }
-        )
-    return torch.optim.AdamW(groups, lr=optim.lr, betas=tuple(optim.betas), fused=optim.fused)
+from gptlab.training.optimizer import build_optimizer, schedule
 
 
 class GPTLitModule(L.LightningModule):
@@ -144,13 +104,9 @@ class GPTLitModule(L.LightningModule):
         super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
 
     def configure_optimizers(self) -> dict[str, Any]:
-        optim = self.optim
-        optimizer = adamw(self.model, optim)
-        schedule_args = {key: getattr(optim, key) for key in ("lr", "min_lr", "warmup_steps", "decay_steps")}
-        schedule = torch.optim.lr_scheduler.LambdaLR(  # LambdaLR wants a factor of the base lr
-            optimizer, lambda step: warmup_cosine(step, **schedule_args) / optim.lr
-        )
+        # optim=muon: Muon and AdamW as one optimizer, which Lightning's automatic optimization needs
+        optimizer = build_optimizer(self.model, self.optim)
         return {
             "optimizer": optimizer,
-            "lr_scheduler": {"scheduler": schedule, "interval": "step", "name": "lr"},
+            "lr_scheduler": {"scheduler": schedule(optimizer, self.optim), "interval": "step", "name": "lr"},
         }
