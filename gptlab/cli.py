@@ -72,6 +72,8 @@ def check_group_choices(arguments: list[str], config_module: str = "gptlab.conf"
         )
     except HydraException:
         return  # an override Hydra cannot parse: Hydra says so, naming it
+    if any(override.get_key_element() == "hydra.searchpath" for override in parsed):
+        return  # config folders of your own (experiment options, say): their options are Hydra's to find
     for override in parsed:
         key = override.get_key_element().split("@")[0]
         if override.is_delete() or not conf.joinpath(key).is_dir():

@@ -1,8 +1,13 @@
 """Compare runs: `python -m gptlab.compare outputs/multirun/DATE/TIME` prints a table of the
 run directories below a folder, best first, read from their files alone (summary.json,
 .hydra/, csv/metrics.csv); wandb is never needed. Runs that differ only in `seed` make one row:
-the mean and standard deviation of their best val_loss, and how many seeds.
+the mean of their best val_loss with its 95% confidence interval (Student's t), and how many seeds.
 
+    --baseline K=V    each row's difference from the row whose overrides have K=V (several:
+                      K=V,K2=V2), with its 95% confidence interval and Welch's t-test p-value:
+                      a difference whose interval holds 0 may be the seeds' noise
+    --time-to LOSS    the seconds each setting took to a val_loss of LOSS: start-up, then training
+                      steps up to the first validation at or below it
     --runs            one row a run, seeds not grouped
     --plot runs.png   val_loss curves of every run, and best val_loss against parameters
     --csv / --json    the table for machines, on stdout
@@ -24,9 +29,11 @@ from pathlib import Path
 
 from gptlab import cli
 from gptlab.runs.results import (
+    Comparison,
     best_first,
     best_per,
     console,
+    find_baseline,
     find_runs,
     group_seeds,
     plot,
@@ -42,6 +49,14 @@ def arguments(argv: list[str] | None) -> argparse.Namespace:
         "--plot", type=Path, metavar="FILE.png", help="draw val_loss curves and best val_loss by size"
     )
     parser.add_argument("--runs", action="store_true", help="one row a run: runs that differ in seed apart")
+    parser.add_argument(
+        "--baseline",
+        metavar="KEY=VALUE[,...]",
+        help="each row's difference from the row with these overrides, its 95%% CI and Welch's p-value",
+    )
+    parser.add_argument(
+        "--time-to", type=float, metavar="LOSS", help="seconds to the first validation at or below LOSS"
+    )
     parser.add_argument(
         "--best-per", metavar="KEY", help="the best run for each value of this override, e.g. model.n_embd"
     )
@@ -79,16 +94,20 @@ def main(argv: list[str] | None = None) -> None:
                 raise ValueError(f"{flag} {value:g} is not allowed: give a positive number")
         if (args.json or args.csv) and (args.fit or args.best_per):
             raise ValueError("--json and --csv print the runs table alone: leave out --fit and --best-per")
-    groups = best_first([[run] for run in runs] if args.runs else group_seeds(runs))
+        if args.time_to is not None and not (math.isfinite(args.time_to) and args.time_to > 0):
+            raise ValueError(f"--time-to {args.time_to:g} is not allowed: give a positive val_loss")
+        groups = best_first([[run] for run in runs] if args.runs else group_seeds(runs))
+        baseline = find_baseline(groups, args.baseline) if args.baseline else None
+    comparison = Comparison(baseline, args.time_to)
     if args.json:
-        print(json.dumps(records(groups, seeds=not args.runs), indent=2))
+        print(json.dumps(records(groups, not args.runs, comparison), indent=2))
     elif args.csv:
-        rows = records(groups, seeds=not args.runs)
+        rows = records(groups, not args.runs, comparison)
         writer = csv.DictWriter(sys.stdout, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
     else:
-        console().print(runs_table(groups, title=str(args.folder)))
+        console().print(runs_table(groups, str(args.folder), comparison))
     if args.best_per:
         with cli.errors_in_one_line():
             console().print(best_per(groups, args.best_per, title=str(args.folder)))

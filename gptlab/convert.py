@@ -87,7 +87,7 @@ def export_to_hf(ckpt: Path, out: Path) -> None:
     checkpoint_file = find_checkpoint(ckpt)
     checkpoint = load_checkpoint(checkpoint_file)
     model, tokenizer = model_from_checkpoint(checkpoint)
-    huggingface.check_exportable(model.config)
+    huggingface.architecture(model.config)  # refused before anything is written
     huggingface.transformers_module()
     run_dir = run_directory.run_dir_of(checkpoint_file)
     summary: dict = {}

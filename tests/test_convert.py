@@ -70,14 +70,26 @@ def test_round_trip_through_nanogpt_keeps_the_logits(tmp_path: Path, bias: bool)
     torch.testing.assert_close(converted.eval()(idx)[0], model(idx)[0], rtol=0, atol=0)
 
 
-def test_only_nanogpts_model_converts_to_it(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("settings", "differs"),
+    [
+        ({"activation": "relu"}, "'activation': 'relu'"),
+        ({"position": "rope"}, "'position': 'rope'"),
+        ({"norm": "rmsnorm"}, "'norm': 'rmsnorm'"),
+        ({"qk_norm": True}, "'qk_norm': True"),
+        ({"mlp": "swiglu"}, "'mlp': 'swiglu'"),
+        ({"logit_softcap": 15.0}, "'logit_softcap': 15.0"),
+    ],
+)
+def test_only_nanogpts_model_converts_to_it(tmp_path: Path, settings: dict, differs: str) -> None:
     ours = tmp_path / "ours.ckpt"
-    model = GPT(GPTConfig(vocab_size=65, n_layer=1, n_embd=32, activation="relu"))
+    model = GPT(GPTConfig(vocab_size=65, n_layer=1, n_embd=32, **settings))
     torch.save(gptlab_checkpoint(model, CharTokenizer(CHARS)), ours)
     proc = convert("to_nanogpt", str(ours), str(tmp_path / "ckpt.pt"), str(tmp_path / "meta.pkl"))
-    assert proc.returncode == 1
-    assert proc.stderr.startswith("error: nanoGPT's model has") and "'activation': 'relu'" in proc.stderr
+    assert proc.returncode == 1 and "\n" not in proc.stderr.strip()
+    assert proc.stderr.startswith("error: nanoGPT's model has") and differs in proc.stderr
     assert "'tie_weights': False" in proc.stderr
+    assert not (tmp_path / "ckpt.pt").exists()
 
 
 def test_a_bpe_checkpoint_does_not_convert_to_nanogpt(tmp_path: Path) -> None:

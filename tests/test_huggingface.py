@@ -139,6 +139,51 @@ def test_every_model_gpt2_can_compute_exports_exactly_and_comes_back(
         assert_same_logits(hf_model, tmp_path / "back.ckpt", ids)
 
 
+# today's small GPT, as Llama computes it, and with QK-norm as Qwen3 does
+LLAMA = {"position": "rope", "norm": "rmsnorm", "mlp": "swiglu", "bias": False}
+QWEN3 = LLAMA | {"qk_norm": True}
+
+
+def trained_a_little(ckpt: Path) -> Path:
+    """The checkpoint with its gains and biases moved off their 1 and 0 at init, where a norm's
+    gain changes nothing (and a wrong one would pass unseen)."""
+    checkpoint = load_checkpoint(ckpt)
+    generator = torch.Generator().manual_seed(1)
+    for tensor in checkpoint["state_dict"].values():
+        if tensor.dim() == 1:
+            tensor.add_(torch.randn(tensor.shape, generator=generator) * 0.3)
+    torch.save(checkpoint, ckpt)
+    return ckpt
+
+
+@pytest.mark.parametrize(
+    ("settings", "architecture"),
+    [
+        (LLAMA, "LlamaForCausalLM"),
+        (LLAMA | {"bias": True, "rope_base": 500.0, "tie_weights": True}, "LlamaForCausalLM"),
+        (LLAMA | {"attention": "heads", "mlp_hidden": 40}, "LlamaForCausalLM"),
+        (QWEN3, "Qwen3ForCausalLM"),
+        (QWEN3 | {"parametrization": "mup", "base_width": 16}, "Qwen3ForCausalLM"),  # m = 2
+        ({"activation": "relu2"}, "GPT2LMHeadModel"),
+    ],
+    ids=["llama", "llama-biases-tied-base-500", "llama-lecture-heads", "qwen3", "qwen3-mup", "gpt2-relu2"],
+)
+def test_today_s_gpt_exports_as_the_transformers_architecture_that_computes_it(
+    tmp_path: Path, chars: CharTokenizer, settings: dict, architecture: str
+) -> None:
+    ckpt = trained_a_little(saved_checkpoint(tmp_path / "model.ckpt", chars, **settings))
+    hf_model, hf_tokenizer = exported(ckpt, tmp_path / "hf")
+    assert type(hf_model).__name__ == architecture  # loaded by transformers' own class, no remote code
+    assert json.loads((tmp_path / "hf" / "config.json").read_text())["architectures"] == [architecture]
+    assert_same_logits(hf_model, ckpt, chars.encode(TEXT)[:32])
+    prompt = "JULIET:"
+    new_tokens = 32 - len(prompt)  # within block_size
+    hf_ids = hf_model.generate(
+        hf_tokenizer(prompt, return_tensors="pt").input_ids, max_new_tokens=new_tokens, do_sample=False
+    )
+    assert hf_tokenizer.decode(hf_ids[0]) == greedy_sample(ckpt, prompt, new_tokens, tmp_path / "sample.txt")
+
+
 def gpt2_made_with_transformers(folder: Path, bpe: BPETokenizer, **settings) -> Path:
     """A small GPT-2 as transformers makes one (GELU's tanh approximation, tied weights, an
     end-of-text token), saved with its tokenizer by save_pretrained."""
@@ -193,13 +238,20 @@ def test_a_gpt2_made_with_transformers_imports_exactly_then_samples_evaluates_an
 @pytest.mark.parametrize(
     ("settings", "message"),
     [
-        ({"residual": False}, "model.residual=False has no GPT-2 equivalent"),
-        ({"norm": "none"}, "model.norm=none has no GPT-2 equivalent"),
-        ({"causal": False}, "model.causal=False has no GPT-2 equivalent"),
-        ({"arch": "bigram"}, "model.arch=bigram has no GPT-2 equivalent"),
+        ({"residual": False}, "model.residual=False has no transformers equivalent"),
+        ({"norm": "none"}, "model.norm=none with learned positions has no transformers equivalent: GPT-2"),
+        ({"causal": False}, "model.causal=False has no transformers equivalent"),
+        ({"arch": "bigram"}, "model.arch=bigram has no transformers equivalent"),
+        ({"logit_softcap": 15.0}, "model.logit_softcap=15.0 has no transformers equivalent (none of GPT-2"),
+        ({"qk_norm": True}, "model.qk_norm=True with learned positions has no transformers equivalent"),
+        ({"mlp": "swiglu"}, "model.mlp=swiglu with learned positions has no transformers equivalent"),
+        ({**LLAMA, "norm": "layernorm"}, "model.norm=layernorm with model.position=rope has no transformers"),
+        ({**LLAMA, "mlp": "gpt"}, "model.mlp=gpt with model.position=rope has no transformers equivalent"),
+        ({**QWEN3, "bias": True}, "model.qk_norm=true with model.bias=true has no transformers equivalent"),
+        ({**QWEN3, "attention": "heads"}, "model.qk_norm=true with model.attention=heads has no"),
     ],
 )
-def test_a_model_gpt2_cannot_compute_is_refused_in_one_line_and_nothing_is_written(
+def test_a_model_no_transformers_class_computes_is_refused_in_one_line_and_nothing_is_written(
     tmp_path: Path, chars: CharTokenizer, settings: dict, message: str
 ) -> None:
     ckpt = saved_checkpoint(tmp_path / "model.ckpt", chars, **settings)

@@ -1,15 +1,23 @@
-"""gptlab models as Hugging Face transformers' GPT-2 (GPT2LMHeadModel), and GPT-2-layout models
+"""gptlab models as Hugging Face transformers models (GPT-2, Llama, Qwen3), GPT-2-layout models
 into gptlab, with their tokenizers (`pip install gptlab[hf]`).
+
+A model becomes the transformers architecture that computes the same thing (architecture()):
+learned positions are GPT-2 (GPT2LMHeadModel); rotary positions with RMSNorm and a SwiGLU MLP
+are Llama (LlamaForCausalLM), and Qwen3 (Qwen3ForCausalLM) with QK-norm, whose RMSNorm of each
+head's q and k, before the rotation, is gptlab's. A switch none of them has (soft-capped logits,
+say) is refused in one line naming it.
 
 gptlab's GPT has GPT-2's parameter names; what differs is the layout of four matrices per block
 (transformers keeps c_attn, attn.c_proj, mlp.c_fc and mlp.c_proj as Conv1D, (in, out): each the
 transpose of an nn.Linear weight) and what GPT-2 always has that a gptlab model may leave out. A
 layer gptlab leaves out becomes one that changes nothing: no bias, zero biases; attn_proj=false,
 an identity projection; mlp=single (one layer and its activation), an inner size of n_embd and
-an identity c_proj; mlp=none, zero weights. The lecture's `heads` attention is the batched one
-with its heads' weights side by side. A model GPT-2 cannot compute (no residual, no LayerNorm, an
-encoder, the bigram model) is refused. A muP model's multipliers are folded into its weights:
-its logits' 1/m into an untied lm_head, its attention scale into the query weights.
+an identity c_proj; mlp=none, zero weights. Llama and Qwen3 take c_attn's rows as q_proj, k_proj
+and v_proj, and c_fc's (the gate's, then the up projection's) as gate_proj and up_proj. The
+lecture's `heads` attention is the batched one with its heads' weights side by side. A model no
+architecture computes (no residual, no norm, an encoder, the bigram model) is refused. A muP
+model's multipliers are folded into its weights: its logits' 1/m into an untied lm_head, its
+attention scale into the query weights (under QK-norm, the query norm's gain).
 
 Tokenizers: a BPE is a `tokenizers` object already, saved as it is. A character vocabulary
 becomes one too: each character of the vocabulary (newlines included) its own token, in the
@@ -30,14 +38,14 @@ from tokenizers import Regex, decoders, models, pre_tokenizers
 from tokenizers import Tokenizer as HFTokenizer
 
 from gptlab.data.tokenizer import BPETokenizer, CharTokenizer, Tokenizer
-from gptlab.model import GPT, GPTConfig, LanguageModel
+from gptlab.model import GPT, RMS_NORM_EPS, GPTConfig, LanguageModel
 from gptlab.training.checkpoint import gptlab_checkpoint
 
 if TYPE_CHECKING:
     import transformers
 
 # gptlab's activation -> transformers' name for the same function, and back
-ACTIVATIONS = {"gelu": "gelu", "gelu_tanh": "gelu_new", "relu": "relu"}
+ACTIVATIONS = {"gelu": "gelu", "gelu_tanh": "gelu_new", "relu": "relu", "relu2": "relu2"}
 IMPORTED_ACTIVATIONS = {
     "gelu": "gelu",
     "gelu_new": "gelu_tanh",
@@ -67,21 +75,89 @@ def transformers_module() -> Any:
     return transformers
 
 
-def check_exportable(config: GPTConfig) -> None:
-    """A model GPT-2 cannot compute is refused before anything is written."""
+def architecture(config: GPTConfig) -> str:
+    """The transformers class that computes what this model computes; what none does is refused
+    before anything is written, in one line naming the switch."""
     cannot = {
         "arch": ("gpt", "the bigram model has no transformer"),
-        "residual": (True, "GPT-2's blocks add to the residual stream"),
-        "norm": ("layernorm", "GPT-2 has LayerNorms"),
-        "causal": (True, "GPT-2 is a decoder: each token sees the ones before it"),
+        "residual": (True, "their blocks add to the residual stream"),
+        "causal": (True, "they are decoders: each token sees the ones before it"),
+        "logit_softcap": (None, "none of GPT-2, Llama and Qwen3 caps its logits"),
     }
     for key, (needed, why) in cannot.items():
         if getattr(config, key) != needed:
-            raise ValueError(f"model.{key}={getattr(config, key)} has no GPT-2 equivalent ({why})")
+            raise ValueError(f"model.{key}={getattr(config, key)} has no transformers equivalent ({why})")
+    if config.position == "learned":
+        gpt2 = {
+            "norm": (("layernorm",), "LayerNorms"),
+            "qk_norm": ((False,), "no QK-norm"),
+            "mlp": (("gpt", "single", "none"), "an MLP that is not gated"),
+        }
+        for key, (allowed, what) in gpt2.items():
+            if (value := getattr(config, key)) not in allowed:
+                raise ValueError(
+                    f"model.{key}={value} with learned positions has no transformers equivalent: GPT-2, "
+                    f"which learns its positions, has {what} (model.{key}={allowed[0]})"
+                )
+        return "GPT2LMHeadModel"
+    rotary = {  # what Llama and Qwen3 have
+        "norm": ("rmsnorm", "RMSNorm"),
+        "mlp": ("swiglu", "a SwiGLU MLP"),
+        "attn_proj": (True, "an output projection"),
+    }
+    for key, (needed, what) in rotary.items():
+        if getattr(config, key) != needed:
+            raise ValueError(
+                f"model.{key}={getattr(config, key)} with model.position=rope has no transformers "
+                f"equivalent: Llama and Qwen3, which rotate positions, have {what} (model.{key}={needed})"
+            )
+    if not config.qk_norm:
+        return "LlamaForCausalLM"
+    if config.bias:
+        raise ValueError(
+            "model.qk_norm=true with model.bias=true has no transformers equivalent: Qwen3's MLP has no "
+            "biases (model.bias=false)"
+        )
+    if config.attention == "heads":
+        raise ValueError(
+            "model.qk_norm=true with model.attention=heads has no transformers equivalent: the lecture's "
+            "heads each have their own q and k norms, Qwen3's heads share one (model.attention=sdpa)"
+        )
+    return "Qwen3ForCausalLM"
 
 
 def mlp_inner_size(config: GPTConfig) -> int:
-    return {"gpt": 4 * config.n_embd, "single": config.n_embd, "none": 1}[config.mlp]
+    return {"single": config.n_embd, "none": 1}.get(config.mlp, config.mlp_width)
+
+
+def hf_config(config: GPTConfig) -> Any:
+    """The transformers config of the model's architecture."""
+    kind = architecture(config)
+    if kind == "GPT2LMHeadModel":
+        return gpt2_config(config)
+    transformers = transformers_module()
+    settings = {
+        "vocab_size": config.vocab_size,
+        "hidden_size": config.n_embd,
+        "intermediate_size": config.mlp_width,
+        "num_hidden_layers": config.n_layer,
+        "num_attention_heads": config.n_head,
+        "num_key_value_heads": config.n_head,
+        "head_dim": config.head_size,
+        "hidden_act": "silu",
+        "max_position_embeddings": config.block_size,
+        "rms_norm_eps": RMS_NORM_EPS,
+        "rope_theta": config.rope_base,
+        "attention_bias": config.bias,
+        "attention_dropout": config.dropout,
+        "tie_word_embeddings": config.tie_weights and config.width_multiplier == 1,  # muP: lm_head / m
+        "bos_token_id": 0,
+        "eos_token_id": 0,
+        "architectures": [kind],
+    }
+    if kind == "LlamaForCausalLM":
+        return transformers.LlamaConfig(**settings, mlp_bias=config.bias)
+    return transformers.Qwen3Config(**settings)
 
 
 def gpt2_config(config: GPTConfig) -> "transformers.GPT2Config":
@@ -121,21 +197,8 @@ def gpt2_state_dict(model: GPT) -> dict[str, torch.Tensor]:
         for norm in ("ln_1", "ln_2"):
             state[f"{h}.{norm}.weight"] = getattr(block, norm).weight
             state[f"{h}.{norm}.bias"] = bias_of(getattr(block, norm), C)
-        if config.attention == "heads":  # each head's query, key and value rows, side by side
-            heads = block.attn.heads
-            qkv = [
-                torch.cat([getattr(head, part).weight for head in heads])
-                for part in ("query", "key", "value")
-            ]
-            biases = [
-                torch.cat([bias_of(getattr(head, part), head.key.out_features) for head in heads])
-                for part in ("query", "key", "value")
-            ]
-            linears[f"{h}.attn.c_attn"] = (torch.cat(qkv), torch.cat(biases))
-            projection = block.attn.proj
-        else:
-            linears[f"{h}.attn.c_attn"] = (block.attn.c_attn.weight, block.attn.c_attn.bias)
-            projection = block.attn.c_proj
+        linears[f"{h}.attn.c_attn"] = query_key_value(block, config)
+        projection = block.attn.proj if config.attention == "heads" else block.attn.c_proj
         linears[f"{h}.attn.c_proj"] = linear_or_identity(projection, C)
         inner = mlp_inner_size(config)
         if block.mlp is None:  # zero weights: the MLP adds nothing to the residual stream
@@ -151,6 +214,58 @@ def gpt2_state_dict(model: GPT) -> dict[str, torch.Tensor]:
         state[f"{name}.bias"] = bias if bias is not None else torch.zeros(weight.size(0))
     state["transformer.ln_f.weight"] = model.transformer.ln_f.weight
     state["transformer.ln_f.bias"] = bias_of(model.transformer.ln_f, C)
+    return {name: tensor.detach().clone().contiguous() for name, tensor in state.items()}
+
+
+def query_key_value(block: torch.nn.Module, config: GPTConfig) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """A block's q, k and v rows (the batched attention's c_attn; the lecture's heads side by
+    side), and their biases (None without)."""
+    if config.attention != "heads":
+        return block.attn.c_attn.weight, block.attn.c_attn.bias
+    heads = block.attn.heads
+    parts = ("query", "key", "value")
+    weight = torch.cat([torch.cat([getattr(head, part).weight for head in heads]) for part in parts])
+    if not config.bias:
+        return weight, None
+    return weight, torch.cat([torch.cat([getattr(head, part).bias for head in heads]) for part in parts])
+
+
+def llama_state_dict(model: GPT) -> dict[str, torch.Tensor]:
+    """The model's weights in LlamaForCausalLM's (and Qwen3ForCausalLM's) names and layout."""
+    config, C, H = model.config, model.config.n_embd, model.config.mlp_width
+    # muP's attention scale is the usual 1/sqrt(head_size) times this, which the queries take
+    query_scale = config.attention_scale * config.head_size**0.5
+    state = {
+        "model.embed_tokens.weight": model.transformer.wte.weight,
+        "model.norm.weight": model.transformer.ln_f.weight,
+        "lm_head.weight": model.lm_head.weight / config.width_multiplier,  # muP's readout (sp: 1)
+    }
+    for i, block in enumerate(model.transformer.h):
+        layer = f"model.layers.{i}"
+        attention = f"{layer}.self_attn"
+        state[f"{layer}.input_layernorm.weight"] = block.ln_1.weight
+        state[f"{layer}.post_attention_layernorm.weight"] = block.ln_2.weight
+        weight, bias = query_key_value(block, config)
+        if config.qk_norm:  # the queries are normed: the scale goes into the norm's gain
+            state[f"{attention}.q_norm.weight"] = block.attn.q_norm.weight * query_scale
+            state[f"{attention}.k_norm.weight"] = block.attn.k_norm.weight
+        else:
+            weight, bias = scaled_rows(weight, C, query_scale), scaled_rows(bias, C, query_scale)
+        projection = block.attn.proj if config.attention == "heads" else block.attn.c_proj
+        mlp = block.mlp  # c_fc: the gate's rows, then the up projection's
+        linears = {
+            f"{attention}.q_proj": (weight, bias, slice(0, C)),
+            f"{attention}.k_proj": (weight, bias, slice(C, 2 * C)),
+            f"{attention}.v_proj": (weight, bias, slice(2 * C, 3 * C)),
+            f"{attention}.o_proj": (projection.weight, projection.bias, slice(None)),
+            f"{layer}.mlp.gate_proj": (mlp.c_fc.weight, mlp.c_fc.bias, slice(0, H)),
+            f"{layer}.mlp.up_proj": (mlp.c_fc.weight, mlp.c_fc.bias, slice(H, 2 * H)),
+            f"{layer}.mlp.down_proj": (mlp.c_proj.weight, mlp.c_proj.bias, slice(None)),
+        }
+        for name, (weight, bias, rows) in linears.items():
+            state[f"{name}.weight"] = weight[rows]
+            if bias is not None:
+                state[f"{name}.bias"] = bias[rows]
     return {name: tensor.detach().clone().contiguous() for name, tensor in state.items()}
 
 
@@ -184,11 +299,14 @@ def export(model: LanguageModel, tokenizer: Tokenizer, out: Path, card: str) -> 
     """Writes a directory transformers loads with AutoModelForCausalLM and AutoTokenizer."""
     assert isinstance(model, GPT)
     transformers = transformers_module()
-    hf_model = transformers.GPT2LMHeadModel(gpt2_config(model.config))
-    loaded = hf_model.load_state_dict(gpt2_state_dict(model), strict=False)
-    # every weight given (some versions keep the causal mask as a buffer, which is not one)
-    assert not loaded.unexpected_keys
-    assert all(k.endswith(("attn.bias", "attn.masked_bias")) for k in loaded.missing_keys)
+    kind = architecture(model.config)
+    hf_model = getattr(transformers, kind)(hf_config(model.config))
+    state = gpt2_state_dict(model) if kind == "GPT2LMHeadModel" else llama_state_dict(model)
+    loaded = hf_model.load_state_dict(state, strict=False)
+    # every weight given (some versions keep GPT-2's causal mask as a buffer, which is not one; a
+    # tied lm_head is the embedding)
+    assert not loaded.unexpected_keys, loaded.unexpected_keys
+    assert all(k.endswith(("attn.bias", "attn.masked_bias", "lm_head.weight")) for k in loaded.missing_keys)
     hf_model.generation_config = transformers.GenerationConfig(bos_token_id=None, eos_token_id=None)
     hf_model.save_pretrained(out)
     backend = tokenizer.tokenizer if isinstance(tokenizer, BPETokenizer) else char_tokenizer(tokenizer)
@@ -303,7 +421,8 @@ def model_card(config: GPTConfig, tokenizer: Tokenizer, summary: dict[str, Any],
         "",
         "# A GPT trained with gptlab",
         "",
-        f"A GPT-2-layout model ({', '.join(f'{k}={v}' for k, v in settings.items())}, "
+        f"A {architecture(config).removesuffix('LMHeadModel').removesuffix('ForCausalLM')} model "
+        f"({', '.join(f'{k}={v}' for k, v in settings.items())}, "
         f"{config.vocab_size} {tokenizer.to_dict()['type']} tokens), converted from a gptlab checkpoint.",
         "",
         f"- data: {summary.get('data', 'see the run directory')}",
@@ -315,8 +434,13 @@ def model_card(config: GPTConfig, tokenizer: Tokenizer, summary: dict[str, Any],
         lines.append(f"- bits per character at it: {summary['best_val_bpc']:.4f}")
     lines += [
         "",
-        f"It has position embeddings for {config.block_size} tokens: generation sees at most that many "
-        "tokens of context (gptlab.sample slides its window past them; transformers does not).",
+        f"It was trained on contexts of {config.block_size} tokens"
+        + (
+            ": generation sees at most that many tokens of context (its position embeddings; "
+            "gptlab.sample slides its window past them, transformers does not)."
+            if config.position == "learned"
+            else " (rotary positions: transformers generates past that, as the model was never trained to)."
+        ),
         "",
     ]
     return "\n".join(lines)

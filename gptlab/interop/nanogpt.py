@@ -24,6 +24,10 @@ NANOGPT_GPT = {  # the GPTConfig settings of nanoGPT's model, besides NANOGPT_MO
     "residual": True,
     "norm": "layernorm",
     "tie_weights": True,
+    "position": "learned",
+    "qk_norm": False,
+    "logit_softcap": None,
+    "mlp_hidden": None,
 }
 
 

@@ -8,6 +8,7 @@ import json
 import math
 import statistics
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,8 @@ from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 from rich.table import Table
 
-from gptlab.runs.run_directory import override_key, without_ckpt_path
+from gptlab.runs import seeds
+from gptlab.runs.run_directory import override_key, setting, without_ckpt_path
 
 
 def load_run(run_dir: Path) -> dict[str, Any]:
@@ -52,7 +54,7 @@ def find_runs(folder: Path) -> list[dict[str, Any]]:
 
 def settings(run: dict[str, Any]) -> tuple[str, ...]:
     """What a run tried, apart from its seed."""
-    return tuple(o for o in run["overrides"] if override_key(o) != "seed")
+    return tuple(setting(run["overrides"]))
 
 
 def finished(run: dict[str, Any]) -> bool:
@@ -73,15 +75,89 @@ def described(group: list[dict[str, Any]]) -> tuple[str, ...] | list[str]:
     return settings(group[0]) if len(group) > 1 else group[0]["overrides"]
 
 
+def best_val_losses(group: list[dict[str, Any]]) -> list[float]:
+    """The best val_loss of each run of a group; none for a failed or unfinished run, or one never
+    validated."""
+    if not finished(group[0]):
+        return []
+    return [run["summary"]["best_val_loss"] for run in group if run["summary"]["best_val_loss"] is not None]
+
+
 def best_val_loss(group: list[dict[str, Any]]) -> tuple[float | None, float | None]:
     """The mean of a group's best val_loss, and its sample standard deviation (None for fewer
     than two seeds); (None, None) for a failed or unfinished run, or one never validated."""
-    if not finished(group[0]):
-        return None, None
-    values = [run["summary"]["best_val_loss"] for run in group if run["summary"]["best_val_loss"] is not None]
+    values = best_val_losses(group)
     if not values:
         return None, None
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else None
+
+
+def time_to_loss(run: dict[str, Any], loss: float) -> float | None:
+    """Seconds from the job's start to its first validation at or below `loss`: its start-up
+    (summary.json's startup_seconds) plus its training time at that step (metrics.csv's train/time,
+    Lightning's ThroughputMonitor's, which leaves validations out); None if it never got there."""
+    metrics = run["dir"] / "csv" / "metrics.csv"
+    if not finished(run) or run["summary"].get("startup_seconds") is None or not metrics.exists():
+        return None
+    with metrics.open() as f:
+        rows = list(csv.DictReader(f))
+    reached = next((int(r["step"]) for r in rows if r.get("val_loss") and float(r["val_loss"]) <= loss), None)
+    if reached is None:
+        return None
+    times = [float(r["train/time"]) for r in rows if r.get("train/time") and int(r["step"]) <= reached]
+    return run["summary"]["startup_seconds"] + times[-1] if times else None
+
+
+def step_milliseconds(group: list[dict[str, Any]]) -> float | None:
+    """A training step's time, from the tokens a step sees and the tokens a second of training steps."""
+    rates = [
+        1e3 * run["summary"]["tokens"] / run["summary"]["steps"] / run["summary"]["tokens_per_second"]
+        for run in group
+        if finished(run) and run["summary"].get("tokens_per_second") and run["summary"].get("steps")
+    ]
+    return statistics.fmean(rates) if rates else None
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """What compare's table adds to the runs' own figures: each group's difference from a baseline
+    group (--baseline), and the time each run took to a val_loss (--time-to)."""
+
+    baseline: list[dict[str, Any]] | None = None
+    time_to: float | None = None
+
+
+def find_baseline(groups: list[list[dict[str, Any]]], spec: str) -> list[dict[str, Any]]:
+    """The group whose overrides hold every KEY=VALUE of `spec` (comma-separated); numbers compare
+    as numbers (Hydra records optim.lr=1e-3 of a sweep as optim.lr=0.001)."""
+    wanted = [pair.split("=", 1) for pair in spec.split(",")]
+    if not all(len(pair) == 2 for pair in wanted):
+        raise ValueError(f"--baseline {spec} is not allowed: give KEY=VALUE[,KEY=VALUE...], e.g. optim=adamw")
+
+    def value(group: list[dict[str, Any]], key: str) -> str | None:
+        return next(
+            (o.split("=", 1)[1] for o in described(group) if override_key(o) == key and "=" in o), None
+        )
+
+    def same(a: str | None, b: str) -> bool:
+        try:
+            return a is not None and float(a) == float(b)
+        except ValueError:
+            return a == b
+
+    matching = [group for group in groups if all(same(value(group, key), v) for key, v in wanted)]
+    if len(matching) == 1:
+        return matching[0]
+    if matching:
+        raise ValueError(
+            f"--baseline {spec}: {len(matching)} groups of runs have it; add KEY=VALUE to tell one"
+        )
+    key, _ = next(pair for pair in wanted if not any(same(value(g, pair[0]), pair[1]) for g in groups))
+    found = sorted({v for group in groups if (v := value(group, key)) is not None})
+    raise ValueError(
+        f"--baseline {spec}: no group of runs has {key} so; "
+        + (f"its values here: {', '.join(found)}" if found else f"no run here has an override {key}=...")
+    )
 
 
 def shared_overrides(runs: list[dict[str, Any]]) -> set[str]:
@@ -89,9 +165,13 @@ def shared_overrides(runs: list[dict[str, Any]]) -> set[str]:
     return set.intersection(*(set(run["overrides"]) for run in runs)) if len(runs) > 1 else set()
 
 
-def runs_table(groups: list[list[dict[str, Any]]], title: str) -> Table:
+def runs_table(
+    groups: list[list[dict[str, Any]]], title: str, comparison: Comparison = Comparison()
+) -> Table:
     """One row a group of runs (see group_seeds; `--runs`: one a run). A group's figures are the
-    means over its seeds, its val_loss also their standard deviation."""
+    means over its seeds; its val_loss also the 95% confidence interval of that mean, and with a
+    baseline group the difference from it, that difference's 95% confidence interval and Welch's
+    p-value (gptlab/runs/seeds.py)."""
     runs = [run for group in groups for run in group]
     with_reference = any(run["reference_val_loss"] is not None for run in runs)
     with_seeds = any(len(group) > 1 for group in groups)
@@ -100,14 +180,20 @@ def runs_table(groups: list[list[dict[str, Any]]], title: str) -> Table:
     table = Table(title=" ".join([title, *sorted(shared)]))
     table.add_column("run", no_wrap=True)
     table.add_column("overrides", overflow="fold")
-    table.add_column("val_loss", justify="right", no_wrap=True)  # the best one (mean ± std over seeds)
+    # the best one (the mean over seeds, ± the half width of its 95% confidence interval)
+    table.add_column("val_loss ± 95% CI" if with_seeds else "val_loss", justify="right", no_wrap=True)
     if with_seeds:
-        table.add_column("seeds", justify="right", no_wrap=True)
+        table.add_column("n", justify="right", no_wrap=True)
+    if comparison.baseline is not None:
+        table.add_column("vs baseline ± 95% CI", justify="right", no_wrap=True)
+        table.add_column("p", justify="right", no_wrap=True)
+    if comparison.time_to is not None:
+        table.add_column(f"s to {comparison.time_to:g}", justify="right", no_wrap=True)
     table.add_column("bpc", justify="right", no_wrap=True)  # bits per character at the best val_loss
     if with_reference:
         table.add_column("ref", justify="right", no_wrap=True)
         table.add_column("diff", justify="right", no_wrap=True)
-    for column in ("params", "steps", "train s", "tok/s"):
+    for column in ("params", "steps", "step ms", "train s", "tok/s"):
         table.add_column(column, justify="right", no_wrap=True)
     failures = any(run["summary"] and "error" in run["summary"] for run in runs)
     if failures:
@@ -124,23 +210,28 @@ def runs_table(groups: list[list[dict[str, Any]]], title: str) -> Table:
                 row[-1] = summary["error"]
             table.add_row(*row)
             continue
-        mean, std = best_val_loss(group)
+        losses = best_val_losses(group)
         bpc = group_mean(group, "best_val_bpc")  # none in summaries from before bits per character
-        val_loss = (
-            "not validated" if mean is None else f"{mean:.4f}" + ("" if std is None else f" ± {std:.4f}")
-        )
+        val_loss = str(seeds.interval(losses)) if losses else "not validated"
         if pruned(group):
             val_loss += " pruned"  # its best until the Optuna study stopped it
         row = [name, overrides, val_loss]
         if with_seeds:
             row.append(str(len(group)))
+        if comparison.baseline is not None:
+            row += versus_baseline(group, comparison.baseline)
+        if comparison.time_to is not None:
+            row.append(time_to_column(group, comparison.time_to))
         row.append("" if bpc is None else f"{bpc:.4f}")
         if with_reference:
-            known = reference is not None and mean is not None
+            known = reference is not None and losses
+            mean = statistics.fmean(losses) if losses else 0.0
             row += [f"{reference:.2f}" if known else "", f"{mean - reference:+.3f}" if known else ""]
+        step_ms = step_milliseconds(group)
         row += [
             f"{summary['params']:,}",
             str(summary["steps"]),
+            "" if step_ms is None else f"{step_ms:.1f}",
             f"{group_mean(group, 'train_seconds'):.0f}",
             f"{group_mean(group, 'tokens_per_second') or 0:,.0f}",
         ]
@@ -148,6 +239,28 @@ def runs_table(groups: list[list[dict[str, Any]]], title: str) -> Table:
             row.append("")
         table.add_row(*row)
     return table
+
+
+def versus_baseline(group: list[dict[str, Any]], baseline: list[dict[str, Any]]) -> list[str]:
+    """The difference and p columns of a group's row."""
+    if group is baseline:
+        return ["baseline", ""]
+    losses, baseline_losses = best_val_losses(group), best_val_losses(baseline)
+    if not losses or not baseline_losses:
+        return ["", ""]
+    difference = seeds.difference(losses, baseline_losses)
+    shown = f"{difference.value:+.4f}" + (
+        "" if difference.half_width is None else f" ± {difference.half_width:.4f}"
+    )
+    return [shown, "" if difference.p is None else f"{difference.p:.3g}"]
+
+
+def time_to_column(group: list[dict[str, Any]], loss: float) -> str:
+    """The mean seconds to a val_loss (± its 95% CI), or how many seeds got there if not all did."""
+    times = [t for run in group if (t := time_to_loss(run, loss)) is not None]
+    if len(times) < len(group):
+        return f"{len(times)} of {len(group)} got there"
+    return seeds.interval(times).shown(1)
 
 
 def best_per(groups: list[list[dict[str, Any]]], key: str, title: str) -> Table:
@@ -162,7 +275,7 @@ def best_per(groups: list[list[dict[str, Any]]], key: str, title: str) -> Table:
         raise ValueError(f"--best-per {key}: no finished run has the override {key}=...")
     shared = shared_overrides([run for group in groups for run in group])
     table = Table(title=f"{title}: the best run for each {key}")
-    for column in (key, "run", "overrides", "val_loss"):
+    for column in (key, "run", "overrides", "val_loss ± 95% CI"):
         table.add_column(column, justify="left" if column == "overrides" else "right")
 
     def order(value: str) -> tuple[int, float | str]:
@@ -174,8 +287,7 @@ def best_per(groups: list[list[dict[str, Any]]], key: str, title: str) -> Table:
     for value in sorted(best, key=order):
         group = best[value]
         others = " ".join(o for o in described(group) if o not in shared and override_key(o) != key)
-        mean, std = best_val_loss(group)
-        shown = f"{mean:.4f}" + ("" if std is None else f" ± {std:.4f}")
+        shown = str(seeds.interval(best_val_losses(group)))
         table.add_row(value, " ".join(run["dir"].name for run in group), others, shown)
     return table
 
@@ -238,10 +350,15 @@ SUMMARY_FIELDS = (
 )
 
 
-def records(groups: list[list[dict[str, Any]]], seeds: bool) -> list[dict[str, Any]]:
+def records(
+    groups: list[list[dict[str, Any]]], seeds_grouped: bool, comparison: Comparison = Comparison()
+) -> list[dict[str, Any]]:
     """One flat dict a row, for --csv and --json. With seeds grouped, a row's figures are the
     means over its runs (run_dir: their directories, space-separated), with n_seeds,
-    best_val_loss_mean and best_val_loss_std (null for one seed)."""
+    best_val_loss_mean, best_val_loss_std and best_val_loss_ci95 (the half width of its 95%
+    confidence interval; null for one seed); with a baseline, the difference from it
+    (vs_baseline, vs_baseline_ci95, p_value); with --time-to, seconds_to_loss (null unless every
+    seed got there) and its ci95; step_ms, a training step's time."""
     rows = []
     for group in groups:
         first = group[0]
@@ -254,9 +371,32 @@ def records(groups: list[list[dict[str, Any]]], seeds: bool) -> list[dict[str, A
             row |= {field: None for field in SUMMARY_FIELDS}
         else:
             row |= {field: group_mean(group, field) for field in SUMMARY_FIELDS}
-        if seeds:
+        row["step_ms"] = step_milliseconds(group)
+        losses = best_val_losses(group)
+        if seeds_grouped:
             mean, std = best_val_loss(group)
+            ci95 = seeds.interval(losses).half_width if losses else None
             row |= {"n_seeds": len(group), "best_val_loss_mean": mean, "best_val_loss_std": std}
+            row["best_val_loss_ci95"] = ci95
+        if comparison.baseline is not None:
+            baseline_losses = best_val_losses(comparison.baseline)
+            difference = None
+            if group is comparison.baseline:
+                difference = seeds.Difference(0.0, None, None)
+            elif losses and baseline_losses:
+                difference = seeds.difference(losses, baseline_losses)
+            row |= {
+                "vs_baseline": difference and difference.value,
+                "vs_baseline_ci95": difference and difference.half_width,
+                "p_value": difference and difference.p,
+            }
+        if comparison.time_to is not None:
+            times = [t for run in group if (t := time_to_loss(run, comparison.time_to)) is not None]
+            reached = seeds.interval(times) if times and len(times) == len(group) else None
+            row |= {
+                "seconds_to_loss": reached and reached.mean,
+                "seconds_to_loss_ci95": reached and reached.half_width,
+            }
         row["pruned"] = pruned(group)
         row["error"] = (first["summary"] or {"error": "no summary.json"}).get("error")
         rows.append(row)
@@ -293,16 +433,16 @@ def plot(groups: list[list[dict[str, Any]]], path: Path) -> None:
         for run in group:
             seed = [o for o in run["overrides"] if override_key(o) == "seed"] if len(group) > 1 else []
             curves.plot(*val_loss_curve(run["dir"]), marker=".", label=" ".join([label, *seed]))
-        mean, std = best_val_loss(group)
+        loss = seeds.interval(best_val_losses(group))
         params = group[0]["summary"]["params"]
-        # error bars: one standard deviation over the seeds
-        sizes.errorbar(params, mean, yerr=std or 0, fmt="o", capsize=4)
-        sizes.annotate(label, (params, mean), fontsize=7)
+        # error bars: the 95% confidence interval of the mean over the seeds
+        sizes.errorbar(params, loss.mean, yerr=loss.half_width or 0, fmt="o", capsize=4)
+        sizes.annotate(label, (params, loss.mean), fontsize=7)
     curves.set(xlabel="step", ylabel="val_loss", title="validation loss")
     curves.legend(fontsize=7)
     sizes.set(
         xlabel="parameters",
-        ylabel="best val_loss (mean ± std over seeds)",
+        ylabel="best val_loss (mean ± 95% CI over seeds)",
         title="best val_loss against model size",
         xscale="log",
     )

@@ -45,6 +45,11 @@ def without_ckpt_path(overrides: list[str]) -> list[str]:
     return [o for o in overrides if override_key(o) != "ckpt_path"]
 
 
+def setting(overrides: list[str]) -> list[str]:
+    """What a run tried, apart from its seed: the runs of a setting over several seeds share it."""
+    return [o for o in without_ckpt_path(overrides) if override_key(o) != "seed"]
+
+
 def run_dir_of(ckpt_path: str | Path) -> Path | None:
     """The run directory of a checkpoint (<run>/checkpoints/x.ckpt) or the directory itself,
     if Hydra's .hydra/ record is there; else None."""

@@ -315,7 +315,13 @@ def loggers(cfg: DictConfig, resolved: Resolved) -> list[Any]:
     loggers = instantiate_loggers(
         cfg.get("logger") or {}, resolved.continuing, resolved.wandb_run_id, resolved.resumed_step
     )
-    run_config = OmegaConf.to_container(cfg, resolve=True) | {"run_dir": str(resolved.run_dir)}
+    # setting: the overrides less the seed, which a dashboard groups a setting's seeds by (wandb:
+    # group by the config key `setting`)
+    overrides = list(HydraConfig.get().overrides.task)
+    run_config = OmegaConf.to_container(cfg, resolve=True) | {
+        "run_dir": str(resolved.run_dir),
+        "setting": " ".join(run_directory.setting(overrides)) or "default",
+    }
     for logger in loggers:
         logger.log_hyperparams(run_config)
     return loggers
