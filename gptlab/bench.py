@@ -19,6 +19,8 @@ that the machine's noise falls on both; the median round is reported.
   `python -m gptlab.prepare` in a fresh process with each tokenizer (seconds, MB/s, peak
   memory); then start-up to the first step and peak memory of `python -m gptlab.train` on
   the largest corpus against data.path itself, runs alternating.
+- precision: trainer.precision=auto on a CPU against the two precisions it chooses from, a
+  training step of the run's model in each, timed side by side over bench.rounds rounds.
 - coord: muP's coordinate check (Tensor Programs V; the mup package's "coord check"): the mean
   absolute value of each layer's output after bench.coord.steps AdamW steps at optim.lr, at each
   of bench.coord.widths, under sp and under mup (model.base_width). Under mup the sizes stay flat
@@ -26,6 +28,7 @@ that the machine's noise falls on both; the median round is reported.
 """
 
 import json
+import math
 import os
 import resource
 import shutil
@@ -56,10 +59,10 @@ from gptlab.runs.results import pyplot
 from gptlab.training import build
 from gptlab.training.loggers import finish_wandb
 from gptlab.training.module import GPTLitModule
-from gptlab.training.optimizer import adamw
+from gptlab.training.optimizer import adamw, build_optimizer
 from gptlab.training.precision import inference_dtype, pick_device
 
-PARTS = ("train", "startup", "generate", "bare", "grow", "corpus", "coord")
+PARTS = ("train", "startup", "generate", "bare", "grow", "corpus", "coord", "precision")
 CLEAR_REFS = Path("/proc/self/clear_refs")
 STATUS = Path("/proc/self/status")
 
@@ -100,7 +103,7 @@ def precision_dtype(precision: Any) -> torch.dtype | None:
 
 
 class BareLoop:
-    """nanoGPT's training loop and nothing else: batch, forward, backward, clip, AdamW step."""
+    """nanoGPT's training loop and nothing else: batch, forward, backward, clip, optimizer step."""
 
     def __init__(
         self,
@@ -113,7 +116,7 @@ class BareLoop:
     ):
         self.model = model
         self.forward = torch.compile(model) if compile else model
-        self.optimizer = adamw(model, optim)
+        self.optimizer = build_optimizer(model, optim)
         self.windows = windows
         self.gradient_clip_val = gradient_clip_val
         self.autocast_dtype = autocast_dtype
@@ -259,6 +262,32 @@ def bench_train(cfg: DictConfig) -> dict[str, Any]:
         flops = module.model.training_flops_per_token() * tokens_per_step
         result["mfu"] = flops / gptlab / peak if peak else None
     return result
+
+
+def bench_precision(cfg: DictConfig, asked: str) -> dict[str, Any]:
+    """trainer.precision=auto against the two precisions it chooses from on a CPU: a training step
+    of the run's model in each, timed side by side over bench.rounds rounds (auto itself times a
+    few), and which one auto took (cached, as a run would find it)."""
+    if asked != "auto" or pick_device(cfg.trainer.accelerator, key="trainer.accelerator").type != "cpu":
+        raise ValueError(
+            "bench.parts=[precision] measures trainer.precision=auto on a CPU: leave trainer.precision "
+            "and trainer.accelerator at auto or cpu"
+        )
+    vocab_size = prepared_datamodule(cfg).tokenizer.vocab_size
+    config = GPTConfig(**model_settings(cfg), vocab_size=vocab_size)
+    optim = OptimConfig(**OmegaConf.to_container(cfg.optim, resolve=True))
+    seconds = build.time_steps(
+        config, optim, cfg.data.batch_size, rounds=cfg.bench.rounds, budget_seconds=math.inf
+    )
+    fastest = min(seconds.values())
+    return {
+        "params": create_model(config).num_parameters(),
+        "ms": {precision: 1e3 * s for precision, s in seconds.items()},
+        "auto": cfg.trainer.precision,
+        "auto_over_fastest": seconds[cfg.trainer.precision] / fastest
+        if cfg.trainer.precision in seconds
+        else None,
+    }
 
 
 def current_memory_mb(device: torch.device) -> float:
@@ -579,6 +608,18 @@ def train_table(train: dict[str, Any]) -> Table:
     return table
 
 
+def precision_table(precision: dict[str, Any]) -> Table:
+    table = Table(title=f"training step in each precision: {precision['params']:,} parameters on the CPU")
+    for column in ("precision", "ms/step", "vs the faster", ""):
+        table.add_column(column, justify="right")
+    fastest = min(precision["ms"].values())
+    for name, ms in precision["ms"].items():
+        table.add_row(
+            name, f"{ms:.2f}", f"{ms / fastest:.3f}", "auto's choice" if name == precision["auto"] else ""
+        )
+    return table
+
+
 def generation_table(generation: list[dict[str, Any]]) -> Table:
     table = Table(title=f"generation, weights in {generation[0]['dtype']}")
     for column in ("new tokens", "KV cache tok/s", "no cache tok/s", "speed-up"):
@@ -650,6 +691,8 @@ def print_tables(results: dict[str, Any], console: Console) -> None:
             f"start-up to the first step: {startup['seconds']:.2f} s "
             f"(of which `import gptlab.train`: {startup['import_seconds']:.2f} s)"
         )
+    if precision := results.get("precision"):
+        console.print(precision_table(precision))
     if generation := results.get("generate"):
         console.print(generation_table(generation))
     rows = results.get("grow") or (
@@ -709,12 +752,14 @@ def main(cfg: DictConfig) -> None:
         "grow": lambda cfg: bench_grow(cfg, out_dir),
         "corpus": lambda cfg: bench_corpus(cfg, out_dir),
         "coord": lambda cfg: bench_coord(cfg, out_dir),
+        "precision": lambda cfg: bench_precision(cfg, asked),
     }
     results: dict[str, Any] = {"overrides": list(HydraConfig.get().overrides.task)}
     with cli.errors_in_one_line():
         check_bench_settings(cfg)
         # the train part's run lasts its rounds; trainer.precision=auto is decided as gptlab.train does
         cfg.trainer.max_steps = cfg.bench.warmup_steps + cfg.bench.rounds * cfg.bench.steps_per_round + 1
+        asked = cfg.trainer.precision
         vocab_size = prepared_datamodule(cfg).tokenizer.vocab_size
         build.choose_precision(cfg, GPTConfig(**model_settings(cfg), vocab_size=vocab_size))
         for part in cfg.bench.parts:

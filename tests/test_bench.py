@@ -11,11 +11,11 @@ from tests.conftest import SHAKESPEARE, TINY, Result, run_here
 SHORT = ["bench.warmup_steps=2", "bench.rounds=3", "bench.steps_per_round=5", "trainer.log_every_n_steps=5"]
 
 
-def bench(run_dir: Path, *overrides: str) -> Result:
+def bench(run_dir: Path, *overrides: str, env: dict[str, str] | None = None) -> Result:
     """`python -m gptlab.bench` on the tiny model, in this process (the parts that need processes
     of their own, start-up and growth, start them)."""
     return run_here(
-        "bench", f"hydra.run.dir={run_dir}", f"data.path={SHAKESPEARE}", *TINY, *SHORT, *overrides
+        "bench", f"hydra.run.dir={run_dir}", f"data.path={SHAKESPEARE}", *TINY, *SHORT, *overrides, env=env
     )
 
 
@@ -64,3 +64,19 @@ def test_startup_and_growth_tables(tmp_path, shakespeare) -> None:
     # each in a process of its own on a shared machine, are figures, not facts to test)
     assert long["bare_ms"] > 0 and short["bare_ms"] > 0 and long["memory_mb"] > short["memory_mb"] + 10
     assert (tmp_path / "grow" / "model.block_size_256" / "bench.json").exists()
+
+
+def test_auto_precision_against_both_precisions(tmp_path, shakespeare) -> None:
+    result = bench(tmp_path, "bench.parts=[precision]", env={"XDG_CACHE_HOME": str(tmp_path / "cache")})
+    assert result.returncode == 0, result.stderr
+    precision = json.loads((tmp_path / "bench.json").read_text())["precision"]
+    ms = precision["ms"]
+    assert set(ms) == {"32-true", "bf16-mixed"} and all(t > 0 for t in ms.values())
+    assert precision["auto_over_fastest"] == pytest.approx(ms[precision["auto"]] / min(ms.values()))
+    assert "auto's choice" in result.stdout
+
+    refused = bench(tmp_path / "refused", "bench.parts=[precision]", "trainer.precision=32-true")
+    assert refused.returncode == 1
+    assert refused.stderr.startswith(
+        "error: bench.parts=[precision] measures trainer.precision=auto on a CPU"
+    )

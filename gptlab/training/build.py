@@ -187,9 +187,10 @@ def choose_precision(cfg: DictConfig, model: GPTConfig) -> None:
         cfg.trainer.precision = precision
 
 
-def time_steps(model: GPTConfig, optim: OptimConfig, batch_size: int) -> dict[str, float]:
+def time_steps(model: GPTConfig, optim: OptimConfig, batch_size: int, **timing: Any) -> dict[str, float]:
     """Seconds a training step of the model takes on the CPU in each precision auto chooses from,
-    on random tokens (precision.step_times); the run's own random state is left as it was."""
+    on random tokens (precision.step_times, with `timing`'s rounds and budget); the run's own random
+    state is left as it was."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         network = create_model(model)
@@ -203,7 +204,7 @@ def time_steps(model: GPTConfig, optim: OptimConfig, batch_size: int) -> dict[st
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
 
-        return step_times(step)
+        return step_times(step, **timing)
 
 
 def spawns_ranks(cfg: DictConfig) -> bool:
