@@ -177,21 +177,23 @@ class Rotary(nn.Module):
         half = torch.arange(0, config.head_size, 2, dtype=torch.int64).float() / config.head_size
         frequencies = 1.0 / (config.rope_base**half)  # (head_size / 2,)
         angles = torch.outer(torch.arange(config.block_size).float(), frequencies)
-        angles = torch.cat((angles, angles), dim=-1)  # (block_size, head_size): each pair's angle twice
-        # computed from the config, not learned: kept out of the state dict
-        self.register_buffer("cos", angles.cos(), persistent=False)
-        self.register_buffer("sin", angles.sin(), persistent=False)
+        # computed from the config, not learned: kept out of the state dict. The sines carry the
+        # rotation's sign: the first channel of a pair gets -sin times the second, the second
+        # +sin times the first (see rotate)
+        self.register_buffer("cos", torch.cat((angles.cos(), angles.cos()), dim=-1), persistent=False)
+        self.register_buffer("sin", torch.cat((-angles.sin(), angles.sin()), dim=-1), persistent=False)
 
     def forward(self, start: int, T: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """cos and sin (T, head_size) of positions start .. start + T - 1."""
+        """cos and signed sin (T, head_size) of positions start .. start + T - 1."""
         return self.cos[start : start + T], self.sin[start : start + T]
 
 
 def rotate(x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
-    """x (..., T, head_size) with each channel pair turned by its position's angle."""
+    """x (..., T, head_size) with each channel pair (i, i + head_size/2) turned by its position's
+    angle: (x1 cos - x2 sin, x2 cos + x1 sin). Rolling the channels by half a head brings each
+    channel's partner to it, in one operation."""
     cos, sin = (t.to(x.dtype) for t in rope)
-    x1, x2 = x.chunk(2, dim=-1)
-    return x * cos + torch.cat((-x2, x1), dim=-1) * sin
+    return torch.addcmul(x * cos, x.roll(x.size(-1) // 2, dims=-1), sin)
 
 
 # the rotary angles of the positions a forward pass runs on, for every layer; None under learned positions
