@@ -55,6 +55,7 @@ class OptimConfig:
     lr: float = 5.9e-3  # AdamW's (under muon: the embeddings', lm_head's, gains' and biases')
     min_lr: float = 1.0e-4  # where the schedule ends
     min_lr_ratio: float | None = None  # the schedule ends at this fraction of each lr instead; null: min_lr
+    embedding_lr: float | None = None  # the embeddings' own lr (AdamW's, under adamw and muon); null: lr
     weight_decay: float = 0.1  # AdamW's, on weight matrices only; biases and norm gains are not decayed
     betas: list[float] = field(default_factory=lambda: [0.9, 0.99])
     warmup_steps: int = 50
@@ -107,6 +108,11 @@ def check_optim(optim: OptimConfig) -> None:
     if not 0 < optim.warmdown_fraction <= 1:
         raise ValueError(
             f"optim.warmdown_fraction={optim.warmdown_fraction!r} is not allowed: use a fraction in (0, 1]"
+        )
+    if optim.embedding_lr is not None and not optim.embedding_lr > 0:
+        raise ValueError(
+            f"optim.embedding_lr={optim.embedding_lr!r} is not allowed: use a positive learning rate, "
+            "or null for optim.lr"
         )
     if not optim.muon_lr > 0:
         raise ValueError(f"optim.muon_lr={optim.muon_lr!r} is not allowed: use a positive learning rate")

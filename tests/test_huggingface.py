@@ -78,7 +78,9 @@ def test_a_trained_char_run_exports_to_transformers_with_its_logits_text_and_tok
     ckpt = Path(json.loads((trained_run / "summary.json").read_text())["best_ckpt"])
     config = json.loads((tmp_path / "hf" / "config.json").read_text())
     gptlab_model, gptlab_tokenizer = model_from_checkpoint(load_checkpoint(ckpt))
-    assert config["n_positions"] == gptlab_model.config.block_size == 16
+    # the default run's model: rotary positions, LayerNorm and a plain MLP, which GPT-NeoX computes
+    assert config["architectures"] == ["GPTNeoXForCausalLM"]
+    assert hf_model.config.max_position_embeddings == gptlab_model.config.block_size == 16
     assert config["vocab_size"] == gptlab_tokenizer.vocab_size and config["tie_word_embeddings"] is False
     assert (
         0 <= config["bos_token_id"] < config["vocab_size"]
@@ -139,9 +141,11 @@ def test_every_model_gpt2_can_compute_exports_exactly_and_comes_back(
         assert_same_logits(hf_model, tmp_path / "back.ckpt", ids)
 
 
-# today's small GPT, as Llama computes it, and with QK-norm as Qwen3 does
+# today's small GPT, as Llama computes it, and with QK-norm as Qwen3 does (rotary positions with
+# LayerNorm and the plain MLP, the default run's, are GPT-NeoX)
 LLAMA = {"position": "rope", "norm": "rmsnorm", "mlp": "swiglu", "bias": False}
 QWEN3 = LLAMA | {"qk_norm": True}
+NEOX = {"position": "rope"}
 
 
 def trained_a_little(ckpt: Path) -> Path:
@@ -165,8 +169,27 @@ def trained_a_little(ckpt: Path) -> Path:
         (QWEN3, "Qwen3ForCausalLM"),
         (QWEN3 | {"parametrization": "mup", "base_width": 16}, "Qwen3ForCausalLM"),  # m = 2
         ({"activation": "relu2"}, "GPT2LMHeadModel"),
+        ({"position": "rope"}, "GPTNeoXForCausalLM"),  # the default run's model
+        (
+            {"position": "rope", "bias": False, "tie_weights": True, "attention": "heads"},
+            "GPTNeoXForCausalLM",
+        ),
+        (
+            {"position": "rope", "parametrization": "mup", "base_width": 16, "attn_proj": False},
+            "GPTNeoXForCausalLM",
+        ),
     ],
-    ids=["llama", "llama-biases-tied-base-500", "llama-lecture-heads", "qwen3", "qwen3-mup", "gpt2-relu2"],
+    ids=[
+        "llama",
+        "llama-biases-tied-base-500",
+        "llama-lecture-heads",
+        "qwen3",
+        "qwen3-mup",
+        "gpt2-relu2",
+        "neox",
+        "neox-no-biases-tied-heads",
+        "neox-mup-no-projection",
+    ],
 )
 def test_today_s_gpt_exports_as_the_transformers_architecture_that_computes_it(
     tmp_path: Path, chars: CharTokenizer, settings: dict, architecture: str
@@ -245,7 +268,18 @@ def test_a_gpt2_made_with_transformers_imports_exactly_then_samples_evaluates_an
         ({"logit_softcap": 15.0}, "model.logit_softcap=15.0 has no transformers equivalent (none of GPT-2"),
         ({"qk_norm": True}, "model.qk_norm=True with learned positions has no transformers equivalent"),
         ({"mlp": "swiglu"}, "model.mlp=swiglu with learned positions has no transformers equivalent"),
-        ({**LLAMA, "norm": "layernorm"}, "model.norm=layernorm with model.position=rope has no transformers"),
+        (
+            {**LLAMA, "norm": "layernorm"},
+            "model.mlp=swiglu with model.position=rope and model.norm=layernorm",
+        ),
+        (
+            {"position": "rope", "qk_norm": True},
+            "model.qk_norm=True with model.position=rope and model.norm=layernorm",
+        ),
+        (
+            {**LLAMA, "norm": "none"},
+            "model.norm=none with model.position=rope has no transformers equivalent",
+        ),
         ({**LLAMA, "mlp": "gpt"}, "model.mlp=gpt with model.position=rope has no transformers equivalent"),
         ({**QWEN3, "bias": True}, "model.qk_norm=true with model.bias=true has no transformers equivalent"),
         ({**QWEN3, "attention": "heads"}, "model.qk_norm=true with model.attention=heads has no"),

@@ -38,6 +38,25 @@ def test_muon_takes_the_blocks_matrices_and_adamw_the_rest_each_parameter_once()
     assert optimizer.adamw.param_groups == [groups["decay"], groups["no_decay"]]
 
 
+def test_the_embeddings_take_their_own_lr_when_given_one() -> None:
+    model = GPT(MODEL)
+    plain = {group["name"] for group in build_optimizer(model, OptimConfig(name="muon")).param_groups}
+    assert plain == {"muon", "decay", "no_decay"}  # without it, the groups of before
+    groups = {
+        group["name"]: group
+        for group in build_optimizer(model, OptimConfig(name="muon", lr=3e-3, embedding_lr=0.03)).param_groups
+    }
+    names = {id(p): n for n, p in model.named_parameters()}
+    assert {names[id(p)] for p in groups["embedding"]["params"]} == {
+        "transformer.wte.weight",
+        "transformer.wpe.weight",
+    }
+    assert {names[id(p)] for p in groups["decay"]["params"]} == {"lm_head.weight"}
+    assert groups["embedding"]["lr"] == 0.03 and groups["decay"]["lr"] == 3e-3
+    every = [id(p) for group in groups.values() for p in group["params"]]
+    assert len(every) == len(set(every)) == len(list(model.parameters()))
+
+
 def steps(model: GPT, optimizer: torch.optim.Optimizer, n: int, seed: int) -> None:
     generator = torch.Generator().manual_seed(seed)
     for _ in range(n):

@@ -2,10 +2,11 @@
 into gptlab, with their tokenizers (`pip install gptlab[hf]`).
 
 A model becomes the transformers architecture that computes the same thing (architecture()):
-learned positions are GPT-2 (GPT2LMHeadModel); rotary positions with RMSNorm and a SwiGLU MLP
-are Llama (LlamaForCausalLM), and Qwen3 (Qwen3ForCausalLM) with QK-norm, whose RMSNorm of each
-head's q and k, before the rotation, is gptlab's. A switch none of them has (soft-capped logits,
-say) is refused in one line naming it.
+learned positions are GPT-2 (GPT2LMHeadModel); rotary positions with LayerNorm and the plain MLP
+are GPT-NeoX (GPTNeoXForCausalLM, its residuals in sequence); rotary positions with RMSNorm and a
+SwiGLU MLP are Llama (LlamaForCausalLM), and Qwen3 (Qwen3ForCausalLM) with QK-norm, whose RMSNorm
+of each head's q and k, before the rotation, is gptlab's. A switch none of them has (soft-capped
+logits, say) is refused in one line naming it.
 
 gptlab's GPT has GPT-2's parameter names; what differs is the layout of four matrices per block
 (transformers keeps c_attn, attn.c_proj, mlp.c_fc and mlp.c_proj as Conv1D, (in, out): each the
@@ -100,6 +101,15 @@ def architecture(config: GPTConfig) -> str:
                     f"which learns its positions, has {what} (model.{key}={allowed[0]})"
                 )
         return "GPT2LMHeadModel"
+    if config.norm == "layernorm":  # rotary positions, LayerNorm and a plain MLP: GPT-NeoX
+        if config.mlp != "gpt" or config.qk_norm:
+            key, value = ("mlp", config.mlp) if config.mlp != "gpt" else ("qk_norm", True)
+            raise ValueError(
+                f"model.{key}={value} with model.position=rope and model.norm=layernorm has no transformers "
+                "equivalent: GPT-NeoX, which rotates positions and has LayerNorms, has a plain MLP "
+                "(model.mlp=gpt) and no QK-norm"
+            )
+        return "GPTNeoXForCausalLM"
     rotary = {  # what Llama and Qwen3 have
         "norm": ("rmsnorm", "RMSNorm"),
         "mlp": ("swiglu", "a SwiGLU MLP"),
@@ -157,7 +167,28 @@ def hf_config(config: GPTConfig) -> Any:
     }
     if kind == "LlamaForCausalLM":
         return transformers.LlamaConfig(**settings, mlp_bias=config.bias)
-    return transformers.Qwen3Config(**settings)
+    if kind == "Qwen3ForCausalLM":
+        return transformers.Qwen3Config(**settings)
+    return transformers.GPTNeoXConfig(
+        vocab_size=config.vocab_size,
+        hidden_size=config.n_embd,
+        intermediate_size=config.mlp_width,
+        num_hidden_layers=config.n_layer,
+        num_attention_heads=config.n_head,
+        hidden_act=ACTIVATIONS[config.activation],
+        max_position_embeddings=config.block_size,
+        rotary_pct=1.0,  # every channel of a head (gptlab rotates them all)
+        rotary_emb_base=config.rope_base,
+        use_parallel_residual=False,  # attention, then the MLP on its result: gptlab's order
+        layer_norm_eps=LAYER_NORM_EPS,
+        attention_bias=config.bias,
+        attention_dropout=config.dropout,
+        hidden_dropout=config.dropout,
+        tie_word_embeddings=settings["tie_word_embeddings"],
+        bos_token_id=0,
+        eos_token_id=0,
+        architectures=[kind],
+    )
 
 
 def gpt2_config(config: GPTConfig) -> "transformers.GPT2Config":
@@ -269,6 +300,39 @@ def llama_state_dict(model: GPT) -> dict[str, torch.Tensor]:
     return {name: tensor.detach().clone().contiguous() for name, tensor in state.items()}
 
 
+def neox_state_dict(model: GPT) -> dict[str, torch.Tensor]:
+    """The model's weights in GPTNeoXForCausalLM's names and layout: query_key_value holds each
+    head's q, k and v rows together (head by head), where c_attn holds all heads' q, then k, then
+    v; its MLP and LayerNorms always have biases (zeros where gptlab's have none)."""
+    config, C, head_size = model.config, model.config.n_embd, model.config.head_size
+    query_scale = config.attention_scale * head_size**0.5  # muP's, as in llama_state_dict
+    state = {
+        "gpt_neox.embed_in.weight": model.transformer.wte.weight,
+        "gpt_neox.final_layer_norm.weight": model.transformer.ln_f.weight,
+        "gpt_neox.final_layer_norm.bias": bias_of(model.transformer.ln_f, C),
+        "lm_head.weight": model.lm_head.weight / config.width_multiplier,
+    }
+    by_head = torch.arange(3 * C).view(3, config.n_head, head_size).transpose(0, 1).reshape(-1)
+    for i, block in enumerate(model.transformer.h):
+        layer = f"gpt_neox.layers.{i}"
+        for norm, name in (("ln_1", "input_layernorm"), ("ln_2", "post_attention_layernorm")):
+            state[f"{layer}.{name}.weight"] = getattr(block, norm).weight
+            state[f"{layer}.{name}.bias"] = bias_of(getattr(block, norm), C)
+        weight, bias = query_key_value(block, config)
+        weight, bias = scaled_rows(weight, C, query_scale), scaled_rows(bias, C, query_scale)
+        state[f"{layer}.attention.query_key_value.weight"] = weight[by_head]
+        projection = block.attn.proj if config.attention == "heads" else block.attn.c_proj
+        state[f"{layer}.attention.dense.weight"], dense_bias = linear_or_identity(projection, C)
+        if config.bias:
+            state[f"{layer}.attention.query_key_value.bias"] = bias[by_head]
+            state[f"{layer}.attention.dense.bias"] = dense_bias if dense_bias is not None else torch.zeros(C)
+        state[f"{layer}.mlp.dense_h_to_4h.weight"] = block.mlp.c_fc.weight
+        state[f"{layer}.mlp.dense_h_to_4h.bias"] = bias_of(block.mlp.c_fc, config.mlp_width)
+        state[f"{layer}.mlp.dense_4h_to_h.weight"] = block.mlp.c_proj.weight
+        state[f"{layer}.mlp.dense_4h_to_h.bias"] = bias_of(block.mlp.c_proj, C)
+    return {name: tensor.detach().clone().contiguous() for name, tensor in state.items()}
+
+
 def scaled_rows(tensor: torch.Tensor | None, rows: int, factor: float) -> torch.Tensor | None:
     """The tensor with its first rows multiplied by factor."""
     if tensor is None:
@@ -301,12 +365,16 @@ def export(model: LanguageModel, tokenizer: Tokenizer, out: Path, card: str) -> 
     transformers = transformers_module()
     kind = architecture(model.config)
     hf_model = getattr(transformers, kind)(hf_config(model.config))
-    state = gpt2_state_dict(model) if kind == "GPT2LMHeadModel" else llama_state_dict(model)
+    weights = {"GPT2LMHeadModel": gpt2_state_dict, "GPTNeoXForCausalLM": neox_state_dict}
+    state = weights.get(kind, llama_state_dict)(model)
+    # the head's name: transformers 4 calls GPT-NeoX's embed_out
+    head = next(n for n, m in hf_model.named_modules() if m is hf_model.get_output_embeddings())
+    state[f"{head}.weight"] = state.pop("lm_head.weight")
     loaded = hf_model.load_state_dict(state, strict=False)
     # every weight given (some versions keep GPT-2's causal mask as a buffer, which is not one; a
     # tied lm_head is the embedding)
     assert not loaded.unexpected_keys, loaded.unexpected_keys
-    assert all(k.endswith(("attn.bias", "attn.masked_bias", "lm_head.weight")) for k in loaded.missing_keys)
+    assert all(k.endswith(("attn.bias", "attn.masked_bias", f"{head}.weight")) for k in loaded.missing_keys)
     hf_model.generation_config = transformers.GenerationConfig(bos_token_id=None, eos_token_id=None)
     hf_model.save_pretrained(out)
     backend = tokenizer.tokenizer if isinstance(tokenizer, BPETokenizer) else char_tokenizer(tokenizer)

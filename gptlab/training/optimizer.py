@@ -28,7 +28,8 @@ def adamw_groups(
     model: LanguageModel, optim: OptimConfig, skip: set[int] = frozenset()
 ) -> list[dict[str, Any]]:
     """nanoGPT's parameter groups: weight decay on matrices (linear and embedding weights), none
-    on biases and norm gains; the parameters in `skip` (Muon's) left out.
+    on biases and norm gains; the parameters in `skip` (Muon's) left out. With optim.embedding_lr
+    the embeddings are a group of their own at that lr.
 
     Under muP the hidden matrices are a group of their own at lr / m (m = n_embd / base_width),
     with weight_decay * m: AdamW shrinks a weight by lr * weight_decay a step, which so stays the
@@ -36,14 +37,28 @@ def adamw_groups(
     params = [p for p in model.parameters() if p.requires_grad and id(p) not in skip]  # a tied weight once
     m = model.config.width_multiplier
     hidden = {id(p) for p in model.hidden_matrices()} if model.config.parametrization == "mup" else set()
-    groups = [  # named: LearningRateMonitor logs lr/decay and lr/no_decay (and lr/hidden, lr/muon)
+    embeddings = set()
+    if optim.embedding_lr is not None:  # a group of their own (a tied lm_head with them)
+        embeddings = {
+            id(module.weight) for module in model.modules() if isinstance(module, torch.nn.Embedding)
+        }
+    groups = [  # named: LearningRateMonitor logs lr/decay and lr/no_decay (and lr/hidden, lr/muon, ...)
         {
-            "params": [p for p in params if p.dim() >= 2 and id(p) not in hidden],
+            "params": [p for p in params if p.dim() >= 2 and id(p) not in hidden | embeddings],
             "weight_decay": optim.weight_decay,
             "name": "decay",
         },
         {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0, "name": "no_decay"},
     ]
+    if embeddings:
+        groups.append(
+            {
+                "params": [p for p in params if id(p) in embeddings],
+                "lr": optim.embedding_lr,
+                "weight_decay": optim.weight_decay,
+                "name": "embedding",
+            }
+        )
     if hidden:
         groups.append(
             {
