@@ -760,8 +760,9 @@ def main(cfg: DictConfig) -> None:
         # the train part's run lasts its rounds; trainer.precision=auto is decided as gptlab.train does
         cfg.trainer.max_steps = cfg.bench.warmup_steps + cfg.bench.rounds * cfg.bench.steps_per_round + 1
         asked = cfg.trainer.precision
-        vocab_size = prepared_datamodule(cfg).tokenizer.vocab_size
-        build.choose_precision(cfg, GPTConfig(**model_settings(cfg), vocab_size=vocab_size))
+        if asked == "auto":  # (measured with the model, whose vocabulary the corpus gives)
+            vocab_size = prepared_datamodule(cfg).tokenizer.vocab_size
+            build.choose_precision(cfg, GPTConfig(**model_settings(cfg), vocab_size=vocab_size))
         for part in cfg.bench.parts:
             results[part] = measure[part](cfg)
     print_tables(results, Console())

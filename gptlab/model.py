@@ -150,7 +150,7 @@ class KVCache:
     """Every layer's keys and values of the positions seen so far, while generating: with it,
     forward runs the model on the new positions only, whose queries attend to the cached keys and
     values before them (a chunk of several new positions, each also to those before it in the
-    chunk). It holds block_size positions, as the position embedding does."""
+    chunk). It holds block_size positions, the longest context the model sees."""
 
     def __init__(self, config: GPTConfig, batch_size: int, device: torch.device, dtype: torch.dtype):
         shape = (config.n_layer, batch_size, config.n_head, config.block_size, config.head_size)
@@ -221,10 +221,11 @@ class CausalSelfAttention(nn.Module):
         )
         self.attn_dropout = nn.Dropout(config.dropout)
         self.resid_dropout = nn.Dropout(config.dropout)
-        # which keys each query sees: row t of this mask is position t's (the KV cache's chunks
-        # after a prefix need it with sdpa too)
-        tril = torch.tril(torch.ones(config.block_size, config.block_size, dtype=torch.bool))
-        self.register_buffer("tril", tril.view(1, 1, config.block_size, config.block_size), persistent=False)
+        if not self.use_sdpa:  # which keys each query sees: row t of the mask is position t's
+            tril = torch.tril(torch.ones(config.block_size, config.block_size, dtype=torch.bool))
+            self.register_buffer(
+                "tril", tril.view(1, 1, config.block_size, config.block_size), persistent=False
+            )
 
     def forward(self, x: torch.Tensor, rope: Rope = None, kv_cache: KVCache | None = None) -> torch.Tensor:
         B, T, C = x.size()  # batch, time (sequence length), channels (n_embd)
@@ -247,8 +248,10 @@ class CausalSelfAttention(nn.Module):
         # takes rows start .. start + T - 1 of the causal mask (sdpa's is_causal would align its
         # mask to the top left of the scores, as if the chunk were the first positions).
         causal = self.causal and (kv_cache is None or T > 1)
-        mask = self.tril[:, :, start : start + T, : start + T] if causal and start > 0 else None
         if self.use_sdpa:
+            mask = None
+            if causal and start > 0:  # query i of the chunk sees keys up to start + i
+                mask = torch.ones(T, start + T, dtype=torch.bool, device=q.device).tril(start)
             dropout_p = self.dropout if self.training else 0.0
             is_causal = causal and mask is None
             y = F.scaled_dot_product_attention(

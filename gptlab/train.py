@@ -44,7 +44,10 @@ def build_run(cfg: DictConfig) -> Run:
     resolved = build.resolve(cfg)  # every change to cfg; read-only from here on
     build.set_up(cfg)
     datamodule = build.datamodule(cfg, resolved)
-    build.choose_precision(cfg, replace(resolved.model, vocab_size=datamodule.tokenizer.vocab_size))
+    measured = build.choose_precision(
+        cfg, replace(resolved.model, vocab_size=datamodule.tokenizer.vocab_size)
+    )
+    resolved = replace(resolved, precision_seconds=measured)
     build.spend_budget(cfg, resolved, datamodule)
     module = build.module(cfg, resolved, datamodule)
     callbacks = build.callbacks(cfg, resolved, datamodule.tokenizer)

@@ -4,6 +4,7 @@ from pathlib import Path
 
 import pytest
 from hydra.errors import ConfigCompositionException
+from omegaconf import DictConfig, OmegaConf
 
 from gptlab.config import model_settings
 from gptlab.model import GPTConfig
@@ -115,3 +116,69 @@ def test_optuna_search_space(compose) -> None:
     # every width works with the README's model.n_head=6 example, and with 2, 3 and 4 heads
     widths = [int(w) for w in re.findall(r"\d+", sweeper.params["model.n_embd"])]
     assert widths and all(w % heads == 0 for w in widths for heads in (2, 3, 4, 6))
+
+
+MODERN = ["classic", "rope", "rmsnorm", "qk_norm", "relu2", "softcap", "muon", "wsd"]
+
+
+def changed_settings(a: DictConfig, b: DictConfig) -> set[str]:
+    """The settings of a run in which two composed configs differ."""
+    changed = set()
+    for group in ("model", "optim", "data", "trainer"):  # as written: ${...} left unresolved
+        mine, theirs = (OmegaConf.to_container(cfg[group], resolve=False) for cfg in (a, b))
+        changed |= {f"{group}.{key}" for key in mine if mine[key] != theirs[key]}
+    return changed
+
+
+def test_the_modern_ladder_adds_one_change_a_rung_from_the_classic_recipe(compose) -> None:
+    rungs = [compose(f"experiment=ladder/modern/{rung}") for rung in MODERN]
+    assert changed_settings(rungs[0], compose("experiment=classic")) == set()
+    assert [changed_settings(a, b) for a, b in pairwise(rungs)] == [
+        {"model.position"},
+        {"model.norm"},
+        {"model.qk_norm"},
+        {"model.activation"},
+        {"model.logit_softcap"},
+        {"optim.name", "optim.muon_lr"},
+        {"optim.schedule"},
+    ]
+    # the classic recipe is the schemas' defaults: every switch off, AdamW, the cosine
+    classic = compose("experiment=classic")
+    assert (classic.model.position, classic.model.norm, classic.optim.name) == (
+        "learned",
+        "layernorm",
+        "adamw",
+    )
+
+
+def test_the_leave_one_out_sweep_takes_each_change_out_of_the_whole_recipe(compose) -> None:
+    cfg = compose("hparams_search=modern_leave_one_out", return_hydra_config=True)
+    params = cfg.hydra.sweeper.params
+    assert params.seed == "1,2,3"
+    whole, *others = params.experiment.split(",")
+    assert whole == "ladder/modern/wsd"
+    full = compose(f"experiment={whole}")
+    taken_out = [changed_settings(compose(f"experiment={other}"), full) for other in others]
+    assert taken_out == [
+        {"model.position"},
+        {"model.norm"},
+        {"model.qk_norm"},
+        {"model.activation"},
+        {"model.logit_softcap"},
+        {"optim.name", "optim.muon_lr"},  # (Muon's lr, unused by AdamW, back to its default)
+        {"optim.schedule"},
+        {"model.mlp"},  # swiglu for ReLU squared
+    ]
+    ladder = compose("hparams_search=modern_ladder", return_hydra_config=True).hydra.sweeper.params
+    assert (
+        ladder.experiment.split(",") == [f"ladder/modern/{rung}" for rung in MODERN]
+        and ladder.seed == "1,2,3"
+    )
+
+
+def test_the_default_run_is_the_modern_recipe_and_other_experiments_are_not(compose) -> None:
+    default = compose()
+    assert (default.model.position, default.optim.name, default.trainer.max_steps) == ("rope", "muon", 2000)
+    for experiment in ("classic", "shakespeare_char", "ladder/layernorm", "previous_default"):
+        cfg = compose(f"experiment={experiment}")
+        assert (cfg.model.position, cfg.optim.name) == ("learned", "adamw"), experiment

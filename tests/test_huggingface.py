@@ -281,8 +281,8 @@ def test_a_gpt2_made_with_transformers_imports_exactly_then_samples_evaluates_an
             "model.norm=none with model.position=rope has no transformers equivalent",
         ),
         ({**LLAMA, "mlp": "gpt"}, "model.mlp=gpt with model.position=rope has no transformers equivalent"),
-        ({**QWEN3, "bias": True}, "model.qk_norm=true with model.bias=true has no transformers equivalent"),
-        ({**QWEN3, "attention": "heads"}, "model.qk_norm=true with model.attention=heads has no"),
+        ({**QWEN3, "bias": True}, "model.qk_norm=True with model.bias=True has no transformers equivalent"),
+        ({**QWEN3, "attention": "heads"}, "model.qk_norm=True with model.attention=heads has no"),
     ],
 )
 def test_a_model_no_transformers_class_computes_is_refused_in_one_line_and_nothing_is_written(

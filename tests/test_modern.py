@@ -32,15 +32,14 @@ def trained_a_little(model: GPT) -> GPT:
     return model
 
 
-@pytest.mark.parametrize("switch", SWITCHES)
+# (swiglu's MLP has other shapes: test_swiglu_width_and_gate computes it)
+@pytest.mark.parametrize("switch", [switch for switch in SWITCHES if switch != "swiglu"])
 def test_each_switch_changes_the_forward(switch: str) -> None:
     torch.manual_seed(0)
     plain = trained_a_little(GPT(GPTConfig(**SMALL)))
     switched = GPT(GPTConfig(**SMALL, **SWITCHES[switch]))
     # every weight the two share, the same: the switch alone tells them apart
     shared = {k: v for k, v in plain.state_dict().items() if k in switched.state_dict()}
-    if switch == "swiglu":  # c_fc holds the gate and the up projection: its first rows, the same
-        shared = {k: v for k, v in shared.items() if ".mlp." not in k}
     switched.load_state_dict(shared, strict=False)
     idx = torch.randint(65, (2, 16))
     assert not torch.allclose(plain.eval()(idx)[0], switched.eval()(idx)[0], atol=1e-3)

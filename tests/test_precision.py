@@ -145,6 +145,19 @@ print(*measured_choice(key, measure))
 """
 
 
+def test_a_near_tie_goes_to_float32_and_a_damaged_cache_is_measured_again(
+    monkeypatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.delenv(CHOICES_VARIABLE, raising=False)
+    # bf16 2% faster: within the margin, so float32, exact, is kept
+    assert measured_choice("tie", lambda: {"32-true": 0.100, "bf16-mixed": 0.098})[0] == "32-true"
+    assert measured_choice("win", lambda: {"32-true": 0.100, "bf16-mixed": 0.090})[0] == "bf16-mixed"
+    cache = tmp_path / "gptlab" / "precision.json"
+    cache.write_text(json.dumps({"tie": {"seconds": {"32-true": 0.1}}}))  # half an entry
+    assert measured_choice("tie", lambda: {"32-true": 0.2, "bf16-mixed": 0.1})[0] == "bf16-mixed"
+
+
 def test_runs_starting_together_measure_once_and_agree(tmp_path: Path) -> None:
     env = offline_env() | {"XDG_CACHE_HOME": str(tmp_path)}
     # two processes whose measurements would disagree
@@ -190,7 +203,11 @@ def test_an_explicit_precision_is_kept(run_train) -> None:
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_auto_precision_on_this_gpu() -> None:
     ampere_or_later = torch.cuda.get_device_capability() >= (8, 0)
-    precision, reason = auto_precision(pick_device("auto"))
+
+    def measure() -> dict[str, float]:
+        raise AssertionError("a GPU's choice is not measured")
+
+    precision, reason = auto_precision(pick_device("auto"), measure, key="")
     assert precision == ("bf16-mixed" if ampere_or_later else "32-true"), reason
     assert resolve_float32_matmul("auto", pick_device("auto")) == ("high" if ampere_or_later else "highest")
     # the GPU's own choices do not leak to a run told to use the CPU

@@ -15,6 +15,7 @@ from typing import Any
 import lightning as L
 import pytest
 import torch
+import yaml
 
 from gptlab.training.checkpoint import load_checkpoint
 from tests.conftest import REPO_ROOT, TINY, offline_env, read_summary, run_here, train_command, train_here
@@ -109,6 +110,7 @@ def kill_when(proc: subprocess.Popen, condition: Callable[[], bool]) -> None:
 
 # big enough that a step takes a few milliseconds, so kills land where they are aimed
 RESUMABLE = [
+    "experiment=classic",  # AdamW's resume here; Muon's: tests/test_optimizer.py
     "model.n_layer=2",
     "model.n_head=2",
     "model.n_embd=64",
@@ -258,3 +260,23 @@ def test_without_periodic_validation_the_last_step_is_validated_and_saved(
     best = torch.load(summary["best_ckpt"], weights_only=True)["state_dict"]
     last = torch.load(summary["last_ckpt"], weights_only=True)["state_dict"]
     assert all(torch.equal(best[k], last[k]) for k in best)
+
+
+@pytest.mark.slow
+def test_a_run_from_before_the_default_recipe_resumes_as_it_was_composed(
+    tmp_path: Path, shakespeare: Path
+) -> None:
+    """Runs composed before conf/experiment/default.yaml had no experiment: the classic recipe,
+    which today is experiment=classic. Resumed by its directory alone, such a run composes as it
+    did, not with today's default (Muon and rotary positions, which its checkpoint refuses)."""
+    run = tmp_path / "old"
+    assert train_here(run, *TINY, "~experiment", "logger=csv").returncode == 0
+    overrides = run / ".hydra" / "overrides.yaml"  # as an old run's record has it: no experiment
+    overrides.write_text(overrides.read_text().replace("- ~experiment\n", ""))
+    assert "experiment" not in overrides.read_text()
+
+    resumed = run_here("train", f"ckpt_path={run}", "trainer.max_steps=45")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert list(validations(run)) == [15, 30, 45]
+    settings = yaml.safe_load((run / ".hydra" / "config.yaml").read_text())
+    assert (settings["model"]["position"], settings["optim"]["name"]) == ("learned", "adamw")

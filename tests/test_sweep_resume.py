@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from gptlab.runs import seeds
 from tests.conftest import (
     TINY,
     read_summary,
@@ -107,8 +108,11 @@ def test_a_sweep_killed_then_stopped_by_ctrl_c_goes_on_where_it_stopped_each_tim
         assert logged == list(range(9, 400, 10))  # each once: nothing left of a killed start
     first_part, second_part = wandb_parts(sweep_dir / "2")
     assert first_part["run_id"] == second_part["run_id"]  # one wandb run, continued
-    for num in range(3):  # the end-of-sweep table: every job, those finished before included
-        assert f"{read_summary(sweep_dir / str(num))['best_val_loss']:.4f}" in third.stdout
+    # the end-of-sweep table: every job, those finished before included, as one row (the jobs
+    # differ in their seed alone): the mean of their best val_loss with its 95% interval, and n
+    losses = [read_summary(sweep_dir / str(num))["best_val_loss"] for num in range(3)]
+    (row,) = [line for line in third.stdout.splitlines() if line.startswith("│ 0 1 2 ")]
+    assert str(seeds.interval(losses)) in row and "│ 3 │" in row
 
     # launched once more, the finished sweep trains nothing
     done = {num: file_times(sweep_dir / str(num)) for num in range(3)}

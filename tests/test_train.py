@@ -108,6 +108,7 @@ def test_ddp_on_two_cpu_processes(tmp_path, shakespeare) -> None:
     result = train(  # Lightning starts rank 1 by running the command line again: a process of its own
         tmp_path / "run",
         f"data.path={text}",
+        "experiment=classic",  # AdamW under DDP here; Muon's: tests/test_optimizer.py
         "model.n_head=6",
         "trainer.devices=2",
         "trainer.accelerator=cpu",

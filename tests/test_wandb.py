@@ -37,18 +37,20 @@ def test_sweep_runs_share_a_group_compare_best_values_and_the_sweep_folder_shows
     tmp_path: Path, shakespeare: Path
 ) -> None:
     sweep_dir = tmp_path / "sweep"
-    proc = sweep_here(sweep_dir, "model.n_head=2,4", *TINY[2:])
+    proc = sweep_here(sweep_dir, "model.n_head=2,4", *TINY[2:], "seed=1,2")
     assert proc.returncode == 0, proc.stderr
 
     run_ids = set()
-    for job, n_head in (("0", 2), ("1", 4)):
+    for job, n_head, seed in (("0", 2, 1), ("1", 2, 2), ("2", 4, 1), ("3", 4, 2)):
         recorded = wandb_summary(sweep_dir / job / "wandb")
-        overrides = [f"model.n_head={n_head}", *TINY[2:], f"data.path={shakespeare}"]
+        overrides = [f"model.n_head={n_head}", *TINY[2:], f"seed={seed}", f"data.path={shakespeare}"]
         assert recorded["state"] == "finished"
         assert recorded["name"] == " ".join(overrides)
         assert recorded["tags"] == [o[:64] for o in overrides]
         assert recorded["config"]["model"]["n_head"] == n_head  # the resolved run config
         assert recorded["config"]["run_dir"] == str(sweep_dir / job)
+        # what a dashboard groups a setting's seeds by: the overrides less the seed
+        assert recorded["config"]["setting"] == " ".join(o for o in overrides if not o.startswith("seed="))
         (run,) = wandb_records(sweep_dir / job / "wandb", "run")
         assert run["run_group"] == str(sweep_dir)
         run_ids.add(recorded["run_id"])
@@ -63,11 +65,11 @@ def test_sweep_runs_share_a_group_compare_best_values_and_the_sweep_folder_shows
         # this run's own metrics only: two validations (steps 15 and 30)
         history = [h["item"] for h in wandb_records(sweep_dir / job / "wandb", "history")]
         assert [h["trainer/global_step"] for h in history if "val_loss" in h] == [14, 29]
-    assert len(run_ids) == 2
+    assert len(run_ids) == 4
 
     # one wandb/ folder for the whole sweep, linking every job's run, each still in its own
     linked = list((sweep_dir / "wandb").iterdir())
-    runs = [next((sweep_dir / job / "wandb").glob("offline-run-*")) for job in ("0", "1")]
+    runs = [next((sweep_dir / job / "wandb").glob("offline-run-*")) for job in ("0", "1", "2", "3")]
     assert sorted(p.resolve() for p in linked) == sorted(p.resolve() for p in runs)
     assert {wandb_summary(p)["run_id"] for p in linked} == run_ids
     assert f"wandb leet {sweep_dir}/wandb" in proc.stdout

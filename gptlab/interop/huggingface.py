@@ -125,19 +125,20 @@ def architecture(config: GPTConfig) -> str:
         return "LlamaForCausalLM"
     if config.bias:
         raise ValueError(
-            "model.qk_norm=true with model.bias=true has no transformers equivalent: Qwen3's MLP has no "
-            "biases (model.bias=false)"
+            "model.qk_norm=True with model.bias=True has no transformers equivalent: Qwen3's MLP has no "
+            "biases (model.bias=False)"
         )
     if config.attention == "heads":
         raise ValueError(
-            "model.qk_norm=true with model.attention=heads has no transformers equivalent: the lecture's "
+            "model.qk_norm=True with model.attention=heads has no transformers equivalent: the lecture's "
             "heads each have their own q and k norms, Qwen3's heads share one (model.attention=sdpa)"
         )
     return "Qwen3ForCausalLM"
 
 
 def mlp_inner_size(config: GPTConfig) -> int:
-    return {"single": config.n_embd, "none": 1}.get(config.mlp, config.mlp_width)
+    """GPT-2's n_inner: the MLP's width, and 1 for no MLP (zero weights, which add nothing)."""
+    return 1 if config.mlp == "none" else config.mlp_width
 
 
 def hf_config(config: GPTConfig) -> Any:

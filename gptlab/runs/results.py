@@ -18,7 +18,7 @@ from rich.console import Console
 from rich.table import Table
 
 from gptlab.runs import seeds
-from gptlab.runs.run_directory import override_key, setting, without_ckpt_path
+from gptlab.runs.run_directory import override_key, without_ckpt_path, without_seed
 
 
 def load_run(run_dir: Path) -> dict[str, Any]:
@@ -54,7 +54,7 @@ def find_runs(folder: Path) -> list[dict[str, Any]]:
 
 def settings(run: dict[str, Any]) -> tuple[str, ...]:
     """What a run tried, apart from its seed."""
-    return tuple(setting(run["overrides"]))
+    return tuple(without_seed(run["overrides"]))
 
 
 def finished(run: dict[str, Any]) -> bool:
@@ -94,8 +94,10 @@ def best_val_loss(group: list[dict[str, Any]]) -> tuple[float | None, float | No
 
 def time_to_loss(run: dict[str, Any], loss: float) -> float | None:
     """Seconds from the job's start to its first validation at or below `loss`: its start-up
-    (summary.json's startup_seconds) plus its training time at that step (metrics.csv's train/time,
-    Lightning's ThroughputMonitor's, which leaves validations out); None if it never got there."""
+    (summary.json's startup_seconds, less what trainer.precision=auto spent timing precisions, a
+    once-per-shape cost) plus its training time at that step (metrics.csv's train/time, Lightning's
+    ThroughputMonitor's, which leaves validations out; the row logged at or before the step, as
+    trainer.log_every_n_steps lays them); None if it never got there."""
     metrics = run["dir"] / "csv" / "metrics.csv"
     if not finished(run) or run["summary"].get("startup_seconds") is None or not metrics.exists():
         return None
@@ -105,7 +107,9 @@ def time_to_loss(run: dict[str, Any], loss: float) -> float | None:
     if reached is None:
         return None
     times = [float(r["train/time"]) for r in rows if r.get("train/time") and int(r["step"]) <= reached]
-    return run["summary"]["startup_seconds"] + times[-1] if times else None
+    if not times:
+        return None
+    return run["summary"]["startup_seconds"] - run["summary"].get("precision_seconds", 0.0) + times[-1]
 
 
 def step_milliseconds(group: list[dict[str, Any]]) -> float | None:
@@ -178,8 +182,8 @@ def runs_table(
     # overrides every run shares go into the title; the column shows what tells runs apart
     shared = shared_overrides(runs)
     table = Table(title=" ".join([title, *sorted(shared)]))
-    table.add_column("run", no_wrap=True)
-    table.add_column("overrides", overflow="fold")
+    table.add_column("run", overflow="fold", max_width=24)  # a group lists each of its runs
+    table.add_column("overrides", overflow="fold", min_width=20)
     # the best one (the mean over seeds, ± the half width of its 95% confidence interval)
     table.add_column("val_loss ± 95% CI" if with_seeds else "val_loss", justify="right", no_wrap=True)
     if with_seeds:
@@ -307,7 +311,7 @@ def group_mean(group: list[dict[str, Any]], field: str) -> float | None:
 
 def console() -> Console:
     # a terminal sets its own width; logs and pipes get room for a whole row instead of 80
-    return Console(width=None if sys.stdout.isatty() else 140)
+    return Console(width=None if sys.stdout.isatty() else 200)
 
 
 class PrintRunsAtMultirunEnd(Callback):
@@ -380,23 +384,21 @@ def records(
             row["best_val_loss_ci95"] = ci95
         if comparison.baseline is not None:
             baseline_losses = best_val_losses(comparison.baseline)
-            difference = None
+            difference = seeds.Difference(None, None, None)  # a row never validated
             if group is comparison.baseline:
                 difference = seeds.Difference(0.0, None, None)
             elif losses and baseline_losses:
                 difference = seeds.difference(losses, baseline_losses)
             row |= {
-                "vs_baseline": difference and difference.value,
-                "vs_baseline_ci95": difference and difference.half_width,
-                "p_value": difference and difference.p,
+                "vs_baseline": difference.value,
+                "vs_baseline_ci95": difference.half_width,
+                "p_value": difference.p,
             }
         if comparison.time_to is not None:
             times = [t for run in group if (t := time_to_loss(run, comparison.time_to)) is not None]
-            reached = seeds.interval(times) if times and len(times) == len(group) else None
-            row |= {
-                "seconds_to_loss": reached and reached.mean,
-                "seconds_to_loss_ci95": reached and reached.half_width,
-            }
+            every_seed = bool(times) and len(times) == len(group)
+            reached = seeds.interval(times) if every_seed else seeds.Interval(None, None, len(times))
+            row |= {"seconds_to_loss": reached.mean, "seconds_to_loss_ci95": reached.half_width}
         row["pruned"] = pruned(group)
         row["error"] = (first["summary"] or {"error": "no summary.json"}).get("error")
         rows.append(row)

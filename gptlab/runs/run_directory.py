@@ -45,7 +45,7 @@ def without_ckpt_path(overrides: list[str]) -> list[str]:
     return [o for o in overrides if override_key(o) != "ckpt_path"]
 
 
-def setting(overrides: list[str]) -> list[str]:
+def without_seed(overrides: list[str]) -> list[str]:
     """What a run tried, apart from its seed: the runs of a setting over several seeds share it."""
     return [o for o in without_ckpt_path(overrides) if override_key(o) != "seed"]
 
@@ -76,12 +76,23 @@ def resume_arguments(arguments: list[str]) -> list[str]:
         return arguments  # a checkpoint from elsewhere: a new run, with the overrides given
     saved = OmegaConf.to_container(OmegaConf.load(run_dir / ".hydra" / "overrides.yaml"))
     kept = [o for o in without_ckpt_path(saved) if override_key(o) not in given]
+    hydra_record = run_dir / ".hydra" / "hydra.yaml"
+    if "experiment" not in given and hydra_record.is_file():
+        kept += composed_without_experiment(OmegaConf.load(hydra_record).hydra.runtime.choices, saved)
     added = [] if "hydra.run.dir" in given else [f"hydra.run.dir={run_dir}"]
     if "hydra.output_subdir" not in given:
         # Hydra records this command's config beside the run's own, which it replaces only once
         # the resume is known to be good (record_resume): a refused one leaves the run as it was
         added.append(f"hydra.output_subdir={RESUME_RECORD}")
     return kept + arguments + added
+
+
+def composed_without_experiment(choices: DictConfig, overrides: list[str]) -> list[str]:
+    """`~experiment` (no experiment) for a run composed with none, as runs were before the default
+    run became conf/experiment/default.yaml (the classic recipe, then): run again with its own
+    overrides, it composes as it did instead of with today's default."""
+    named = any(override_key(o) == "experiment" for o in overrides)
+    return ["~experiment"] if choices.get("experiment") is None and not named else []
 
 
 def record_resume(run_dir: Path) -> None:

@@ -14,7 +14,7 @@ CONFIDENCE = 0.95
 class Interval:
     """A mean and the half width of its 95% confidence interval (None for fewer than two values)."""
 
-    mean: float
+    mean: float | None  # None: no value to average
     half_width: float | None
     n: int
 
@@ -31,7 +31,7 @@ class Difference:
     width of the difference's 95% confidence interval and Welch's two-sided p-value (None without
     two seeds on each side, or with no spread at all on either)."""
 
-    value: float
+    value: float | None
     half_width: float | None
     p: float | None
 

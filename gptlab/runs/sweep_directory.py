@@ -73,7 +73,8 @@ def relaunch_arguments(arguments: list[str]) -> list[str]:
     record = sweep_dir / "multirun.yaml"
     if not record.is_file():
         raise SystemExit(f"error: resume={sweep_dir}: not a sweep directory (it has no multirun.yaml)")
-    overrides = OmegaConf.load(record).hydra.overrides
+    launch = OmegaConf.load(record).hydra
+    overrides = launch.overrides
     rest = [a for a in arguments if not a.startswith("resume=") and a not in ("-m", "--multirun")]
     given = {run_directory.override_key(a) for a in rest} | {"hydra.mode", "hydra.sweep.dir"}
     if "hydra/launcher" in given:  # another launcher: the first one's settings are not its own
@@ -84,6 +85,9 @@ def relaunch_arguments(arguments: list[str]) -> list[str]:
         return any(key == g or key.startswith(f"{g}.") for g in given)
 
     launched = [o for o in [*overrides.hydra, *overrides.task] if not replaced(o)]
+    swept = set((launch.sweeper.get("params") or {}).keys())  # a sweep over experiments names them
+    if "experiment" not in given | swept:
+        launched += run_directory.composed_without_experiment(launch.runtime.choices, list(overrides.task))
     return ["-m", *launched, f"hydra.sweep.dir={sweep_dir}", *rest]
 
 

@@ -15,8 +15,10 @@ them in this order (gptlab.bench too, with a timer among the callbacks):
     trainer     the Trainer, with gptlab's arguments
 """
 
+import hashlib
 import json
 import logging
+import time
 from dataclasses import MISSING, asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
@@ -53,6 +55,7 @@ from gptlab.training.precision import (
 )
 from gptlab.training.preemption import StopWhenPreempted
 from gptlab.training.pruning import ReportToTrial, trial_address
+from gptlab.training.summary import RunSummary
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +72,7 @@ class Resolved:
     wandb_run_id: str | None = None  # of the run continued here
     pretrained: tuple[LanguageModel, Tokenizer] | None = None  # init_from's model and tokenizer
     spawned: bool = False  # DDP ranks spawned from this process (a sweep's job)
+    precision_seconds: float = 0.0  # what choose_precision spent timing precisions
 
 
 def resolve(cfg: DictConfig) -> Resolved:
@@ -165,26 +169,36 @@ def fine_tune(cfg: DictConfig, resolved: Resolved) -> Resolved:
     return replace(resolved, model=model_config, pretrained=pretrained)
 
 
-def choose_precision(cfg: DictConfig, model: GPTConfig) -> None:
+def choose_precision(cfg: DictConfig, model: GPTConfig) -> float:
     """trainer.precision=auto becomes what the device computes fastest (gptlab/training/precision.py:
     on a CPU with native bf16, measured with this model, whose vocabulary the corpus gives), said in
-    the log and recorded in the run's config. Every rank of a job takes rank 0's choice."""
+    the log and recorded in the run's config. Every rank of a job takes rank 0's choice. Returns
+    the seconds spent measuring (none when the choice was known)."""
     if cfg.trainer.precision != "auto":
-        return
+        return 0.0
     device = pick_device(cfg.trainer.accelerator, key="trainer.accelerator")
     optim = OptimConfig(**OmegaConf.to_container(cfg.optim, resolve=True))
     batch_size = cfg.data.batch_size
     key = f"{cpu_name()}, torch {torch.__version__}, {torch.get_num_threads()} threads, {optim.name}, "
-    key += f"batch {batch_size}, {json.dumps(asdict(model), sort_keys=True)}"
+    key += f"batch {batch_size}, compile {cfg.model.compile}, {json.dumps(asdict(model), sort_keys=True)}"
+    measuring = []
+
+    def measure() -> dict[str, float]:
+        started = time.perf_counter()
+        seconds = time_steps(model, optim, batch_size)
+        measuring.append(time.perf_counter() - started)
+        return seconds
 
     def decide() -> str:
-        precision, reason = auto_precision(device, lambda: time_steps(model, optim, batch_size), key)
+        precision, reason = auto_precision(device, measure, key)
         log.info("trainer.precision=auto: %s, as %s", precision, reason)
         return precision
 
-    precision = cluster.from_rank_zero("gptlab/precision", decide)
+    # a key of its own for each choice: torchrun's store keeps a key's first value for the job
+    precision = cluster.from_rank_zero(f"gptlab/precision/{hashlib.sha256(key.encode()).hexdigest()}", decide)
     with read_write(cfg):
         cfg.trainer.precision = precision
+    return sum(measuring)
 
 
 def time_steps(model: GPTConfig, optim: OptimConfig, batch_size: int, **timing: Any) -> dict[str, float]:
@@ -303,6 +317,9 @@ def callbacks(cfg: DictConfig, resolved: Resolved, tokenizer: Tokenizer) -> list
                 tokenizer.encode(callback.prompt)
             except ValueError as err:
                 raise ValueError(f"callbacks.text_samples.prompt: {err}") from None
+    for callback in callbacks:
+        if isinstance(callback, RunSummary):
+            callback.precision_seconds = resolved.precision_seconds
     callbacks += [ValidateFinalStep(), KeepRecordsWithCheckpoints(), StopWhenPreempted()]
     if (trial := trial_address()) is not None:
         callbacks.append(ReportToTrial(trial))
@@ -321,7 +338,7 @@ def loggers(cfg: DictConfig, resolved: Resolved) -> list[Any]:
     overrides = list(HydraConfig.get().overrides.task)
     run_config = OmegaConf.to_container(cfg, resolve=True) | {
         "run_dir": str(resolved.run_dir),
-        "setting": " ".join(run_directory.setting(overrides)) or "default",
+        "setting": " ".join(run_directory.without_seed(overrides)) or "default",
     }
     for logger in loggers:
         logger.log_hyperparams(run_config)

@@ -10,8 +10,9 @@
     wsd     warmup, stable (lr held), decay: a linear warmdown over the last warmdown_fraction
             of decay_steps to the floor
 
-The floor is min_lr, or min_lr_ratio times each group's own lr. The schedule is a factor of each
-parameter group's lr, so Muon's and AdamW's groups follow it together.
+The schedule is a factor of each parameter group's own lr, so Muon's and AdamW's groups follow it
+together: it ends at min_lr / lr of each group's lr (min_lr itself for AdamW's), or at
+min_lr_ratio of it.
 """
 
 import math
@@ -113,7 +114,9 @@ def muon_with_adamw(model: LanguageModel, optim: OptimConfig) -> MuonWithAdamW:
     """Muon on the matrices inside the blocks (model.hidden_matrices: n_embd wide on at least
     one side), at optim.muon_lr; AdamW on the rest at optim.lr. Muon orthogonalises each
     matrix's update, which suits a matrix mapping features to features, not an embedding (a
-    table of rows) or lm_head (scores over a vocabulary)."""
+    table of rows) or lm_head (scores over a vocabulary). A stacked matrix is one to Muon: c_attn
+    holds q, k and v, and SwiGLU's c_fc the gate and the up projection (nanochat and the speedrun
+    keep them apart), and its lr adjustment sees the stacked shape."""
     matrices = model.hidden_matrices()
     muon = torch.optim.Muon(
         [{"params": matrices, "name": "muon"}],

@@ -56,32 +56,36 @@ CHOICES_VARIABLE = "GPTLAB_PRECISION_CHOICES"
 
 
 def auto_precision(
-    device: torch.device, measure: Callable[[], dict[str, float]] | None = None, key: str = ""
+    device: torch.device, measure: Callable[[], dict[str, float]], key: str
 ) -> tuple[str, str]:
     """What trainer.precision=auto is on this device, and why: 32-true where bf16 is emulated,
     bf16-mixed on a GPU that computes it natively, and on a CPU that does, the faster of the two
-    by `measure` (seconds a step in each), remembered under `key` (see measured_choice). Without
-    `measure` a native bf16 CPU takes bf16-mixed, as a GPU does."""
+    by `measure` (seconds a step in each), remembered under `key` (see measured_choice)."""
     reason = native_bf16(device)
     if reason is None:
         return "32-true", f"no native bf16 on this device ({device})"
-    if device.type != "cpu" or measure is None:
+    if device.type != "cpu":
         return "bf16-mixed", reason
     return measured_choice(key, measure)
 
 
+# bf16-mixed only if it is this much faster: a tie goes to the exact one
+BF16_MARGIN = 0.03
+
+
 def measured_choice(key: str, measure: Callable[[], dict[str, float]]) -> tuple[str, str]:
-    """The faster precision for `key` (this CPU, torch, threads and the model's shape): what this
-    process or the process that started it (a DDP rank) chose, else what the cache file holds,
-    else measured now and cached. The cache is locked while it is read, measured and written, so
-    runs starting together measure once, one at a time, and agree."""
+    """The faster precision for `key` (this CPU, torch, threads and the model's shape), bf16-mixed
+    only if at least BF16_MARGIN faster: the choice of the process that started this one (a DDP
+    rank's parent), else what the cache file holds, else measured now and cached. The cache is
+    locked while it is read, measured and written, so runs starting together measure once, one
+    at a time, and agree. To measure again, delete the file."""
     inherited = json.loads(os.environ.get(CHOICES_VARIABLE, "{}"))
     if key in inherited and (chosen := inherited[key])[2] != os.getpid():
         precision, reason, pid = chosen
         return precision, f"{reason}: the choice of process {pid}, which started this one"
     with locked(cache_file()) as cache:
         entry = cache.get(key)
-        if entry is None:
+        if not (isinstance(entry, dict) and set(entry.get("seconds", ())) == set(CANDIDATES)):
             log.info(
                 "trainer.precision=auto: timing steps of this model in %s on this CPU (once for its "
                 "shape; remembered in %s)",
@@ -91,10 +95,10 @@ def measured_choice(key: str, measure: Callable[[], dict[str, float]]) -> tuple[
             entry = cache[key] = {"seconds": measure(), "measured_at": time.strftime("%Y-%m-%d %H:%M")}
             how = "measured now"
         else:
-            how = f"measured {entry['measured_at']}"
+            how = f"measured {entry.get('measured_at', 'before')}"
     seconds = entry["seconds"]
-    precision = min(seconds, key=seconds.get)
-    other = next(p for p in seconds if p != precision)
+    precision = "bf16-mixed" if seconds["bf16-mixed"] < (1 - BF16_MARGIN) * seconds["32-true"] else "32-true"
+    other = next(p for p in CANDIDATES if p != precision)
     reason = (
         f"a step of this model took {1e3 * seconds[precision]:.1f} ms in it against "
         f"{1e3 * seconds[other]:.1f} ms in {other} on this CPU ({how}; {cache_file()})"

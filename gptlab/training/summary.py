@@ -27,6 +27,9 @@ class RunSummary(L.Callback):
         self.fit_started = 0.0
         self.step_started = 0.0
         self.startup_seconds = 0.0
+        # of the start-up: what trainer.precision=auto spent timing precisions (once a model
+        # shape; set by gptlab.training.build)
+        self.precision_seconds = 0.0
 
     def state_dict(self) -> dict[str, Any]:  # what a checkpoint holds: the totals up to it
         train_seconds = self.train_seconds + time.perf_counter() - self.fit_started
@@ -73,6 +76,7 @@ class RunSummary(L.Callback):
             "params": pl_module.model.num_parameters(),
             "non_embedding_params": pl_module.model.non_embedding_parameters(),
             "startup_seconds": round(self.startup_seconds, 3),
+            "precision_seconds": round(self.precision_seconds, 3),
             "train_seconds": round(train_seconds, 3),
             "tokens": self.tokens,
             "train_flops": pl_module.model.training_flops_per_token() * self.tokens,
