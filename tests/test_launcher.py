@@ -11,6 +11,7 @@ from omegaconf import OmegaConf
 from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
 
+from gptlab.runs import seeds
 from tests.conftest import TINY, read_summary, run_here, sweep
 
 PARALLEL = ["hydra/launcher=parallel", *TINY[4:], "logger=csv"]
@@ -56,7 +57,7 @@ def test_a_grid_sweep_runs_its_jobs_side_by_side_each_on_its_own_device(
     one_by_one = json.loads(run_here("compare", str(sweep_dir), "--json", "--runs").stdout)
     assert len(one_by_one) == 4 and "n_seeds" not in one_by_one[0]
     table = run_here("compare", str(sweep_dir)).stdout
-    assert f"{statistics.mean(losses):.4f} ± {statistics.stdev(losses):.4f}" in table
+    assert str(seeds.interval(losses)) in table  # the mean and its 95% interval
 
 
 @pytest.mark.slow

@@ -150,7 +150,8 @@ def test_a_mup_run_keeps_its_parametrization_to_resume_evaluate_fine_tune_and_ex
     tmp_path: Path, shakespeare: Path
 ) -> None:
     run_dir = tmp_path / "mup"
-    mup = ["model.n_embd=64", "model.parametrization=mup", "model.base_width=32"]  # m = 2
+    # m = 2, with AdamW (gptlab's muP scales AdamW's learning rates)
+    mup = ["model.n_embd=64", "model.parametrization=mup", "model.base_width=32", "optim=adamw"]
     result = train_here(run_dir, *TINY, *mup, "optim.lr=1e-2", "logger=csv")
     assert result.returncode == 0, result.stderr
     last = run_dir / "checkpoints" / "last.ckpt"
@@ -174,7 +175,7 @@ def test_a_mup_run_keeps_its_parametrization_to_resume_evaluate_fine_tune_and_ex
 
     # fine-tuned: the checkpoint's parametrization with its architecture
     result = train_here(
-        tmp_path / "tuned", *TINY, f"init_from={run_dir}", "trainer.max_steps=5", "logger=csv"
+        tmp_path / "tuned", *TINY, f"init_from={run_dir}", "optim=adamw", "trainer.max_steps=5", "logger=csv"
     )
     assert result.returncode == 0, result.stderr
     tuned = load_checkpoint(tmp_path / "tuned" / "checkpoints" / "last.ckpt")["hyper_parameters"]["model"]
@@ -205,7 +206,7 @@ def test_a_flops_budget_sets_the_steps_and_the_schedule_and_the_summary_counts_t
     tiny = [o for o in TINY if not o.startswith("trainer.max_steps=")]  # the budget sets the steps
     # the tiny model's FLOPs a step: per token, times 8 windows of 16 tokens, times 2 batches
     # accumulated into each step
-    config = GPTConfig(n_layer=1, n_head=2, n_embd=32, block_size=16, vocab_size=65)
+    config = GPTConfig(n_layer=1, n_head=2, n_embd=32, block_size=16, vocab_size=65, position="rope")
     step_flops = create_model(config).training_flops_per_token() * 8 * 16 * 2
     budget = 24.5 * step_flops
     result = train_here(

@@ -48,7 +48,7 @@ def test_the_wheel_runs_from_any_folder_with_its_own_configs(tmp_path: Path) -> 
             text=True,
         )
         assert proc.returncode == 0, proc.stderr
-        assert "n_head: 6" in proc.stdout and "max_steps: 3000" in proc.stdout
+        assert "n_head: 6" in proc.stdout and "max_steps: 2000" in proc.stdout
     # Hydra's own plugin scan finds the parallel launcher in the installed wheel
     launchers = subprocess.run(
         [
