@@ -454,6 +454,8 @@ class LanguageModel(nn.Module):
 def sample_next(logits: torch.Tensor, temperature: float, top_k: int | None) -> torch.Tensor:
     """One token per row from the last position's logits (B, vocab_size)."""
     logits = logits.float() / temperature  # probabilities in float32, whatever the weights are in
+    if not torch.isfinite(logits).all():
+        raise ValueError("the model's logits are not finite numbers (nan or inf): its weights are not")
     if top_k is not None and top_k < logits.size(-1):  # else every token stays a candidate
         kth_largest = torch.topk(logits, top_k).values[:, [-1]]
         logits = logits.masked_fill(logits < kth_largest, -float("inf"))

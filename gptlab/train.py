@@ -6,9 +6,11 @@ Hydra's sweepers can minimise it. `ckpt_path=<run dir>` continues a run in its o
 (gptlab/runs/run_directory.py).
 """
 
+import contextlib
 import logging
 import signal
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -22,9 +24,10 @@ from omegaconf import DictConfig
 
 from gptlab import cli
 from gptlab.data.datamodule import TextDataModule
+from gptlab.faults import Divergence, storage_fault
 from gptlab.runs import cluster, launcher, run_directory, sweep_directory
 from gptlab.training import build
-from gptlab.training.checkpoint import load_checkpoint
+from gptlab.training.checkpoint import load_checkpoint, what_is_kept
 from gptlab.training.loggers import finish_wandb
 from gptlab.training.module import GPTLitModule
 from gptlab.training.preemption import StopWhenPreempted
@@ -63,7 +66,8 @@ def train(cfg: DictConfig) -> float:
         cli.CtrlC.stop_at_once()
         if sweep_directory.relaunchable(HydraConfig.get()) and cluster.global_rank() == 0:
             return sweep_job(cfg)
-        return train_job(cfg)
+        with alone_in(Path(HydraConfig.get().runtime.output_dir)):
+            return train_job(cfg)
     except cli.Interrupted:  # Ctrl-C before the first step
         if rank_zero_only.rank == 0:
             run_directory.discard_unstarted(Path(HydraConfig.get().runtime.output_dir))
@@ -96,8 +100,10 @@ def train_job(cfg: DictConfig) -> float:
     try:
         stop = fit(run)
     except Exception as err:
+        if (fault := fault_line(err, run.resolved.run_dir)) is not None and not cli.full_error_wanted():
+            return stopped_by_fault(fault, in_sweep)
         if not in_sweep:
-            raise
+            raise  # a bug: its traceback
         log.exception("training crashed")  # the traceback goes to this job's log
         return record_failure(f"{type(err).__name__}: {err}")
     if stop.stopped:
@@ -106,9 +112,30 @@ def train_job(cfg: DictConfig) -> float:
 
 
 def record_failure(message: str) -> float:
-    """In a sweep, a failed job leaves its reason in its summary.json and the sweep goes on."""
+    """A failed job leaves its reason in its summary.json (in a sweep, the sweep goes on)."""
     log.error("this job failed: %s", message)
     return run_directory.record_failure(Path(HydraConfig.get().runtime.output_dir), message)
+
+
+def fault_line(err: Exception, run_dir: Path) -> str | None:
+    """One line for a fault of the storage or of the training (gptlab.faults) and what it kept;
+    None for anything else, which is a bug."""
+    if isinstance(err, Divergence):
+        return f"{err}; {what_is_kept(run_dir, 'the last finite checkpoint')}"
+    if (storage := storage_fault(err, run_dir)) is not None:
+        kept = what_is_kept(run_dir, "what was saved before")
+        return f"{storage}; {kept}: make room (or fix the permissions), then resume with ckpt_path={run_dir}"
+    return None
+
+
+def stopped_by_fault(fault: str, in_sweep: bool) -> float:
+    """A run stopped by a fault: its summary.json says so (where it can be written); a sweep's job
+    is failed and the sweep goes on, a run ends with the one line and exit status 1."""
+    if rank_zero_only.rank == 0:
+        record_failure(fault)
+    if in_sweep:
+        return run_directory.NO_SCORE
+    sys.exit(f"error: {fault}" if rank_zero_only.rank == 0 else 1)
 
 
 def fit(run: Run) -> StopWhenPreempted:
@@ -179,11 +206,36 @@ def main() -> None:
     if cluster.global_rank() != 0:
         sys.argv.append("hydra.output_subdir=null")
     cli.CtrlC.hold()
+    # a log file the storage refuses (a full disk) would print a traceback for each line logged;
+    # the run ends with its own line saying what happened
+    logging.raiseExceptions = False
     try:
-        train()
+        # a run into a directory named on the command line holds it before Hydra writes its
+        # record there, which would overwrite the record of a run still training in it
+        with alone_in(run_directory.named_run_dir(sys.argv[1:])):
+            train()
     except cli.Interrupted:
         print("stopped by Ctrl-C before the first step: nothing saved", file=sys.stderr)
         sys.exit(cli.STOPPED_BY_CTRL_C)
+
+
+@contextlib.contextmanager
+def alone_in(run_dir: Path | None) -> Iterator[None]:
+    """The run directory of a single run (not a sweep's job), written by this process alone
+    (run_directory.one_writer); another process training there is refused in one line. The
+    ranks of a DDP run share it: only rank 0 holds it."""
+    if run_dir is None or not cluster.is_rank_zero():
+        yield
+        return
+    try:
+        with run_directory.one_writer(run_dir, wait=False):
+            yield
+    except run_directory.RunDirectoryInUse as err:
+        sys.exit(f"error: {err}")
+    except OSError as err:  # the directory cannot be written at all (read-only, full, ...)
+        if (fault := storage_fault(err, run_dir)) is None:
+            raise
+        sys.exit(f"error: {fault}")
 
 
 if __name__ == "__main__":

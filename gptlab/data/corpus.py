@@ -189,6 +189,12 @@ class PreparedCorpus:
         tokenizer = tokenizer_from_dict(manifest["tokenizer"])
         return cls(directory, manifest, tokenizer, mapped, tokens, prepared_now)
 
+    @property
+    def text_sha256(self) -> str:
+        """A digest of the text: of its files' own, in order (what a checkpoint records as the
+        text it trained on)."""
+        return hashlib.sha256("".join(s["sha256"] for s in self.manifest["sources"]).encode()).hexdigest()
+
     def release(self) -> None:
         """Hands the pages read so far back to the OS (they stay in its page cache, shared by
         every process reading the file), if the file is larger than RELEASE_ABOVE_BYTES. The data

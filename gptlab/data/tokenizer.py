@@ -39,13 +39,17 @@ class Tokenizer(Protocol):
 class UnknownCharacters(ValueError):
     """Text with characters a character tokenizer's vocabulary does not have."""
 
-    def __init__(self, unknown: Iterable[str], where: str = "text"):
+    def __init__(
+        self, unknown: Iterable[str], where: str = "text", vocabulary: str = "the vocabulary", hint: str = ""
+    ):
         self.unknown = sorted(set(unknown))
+        self.where = where
         shown = ", ".join(repr(ch) for ch in self.unknown[:20])
         more = f" and {len(self.unknown) - 20} more" if len(self.unknown) > 20 else ""
         plural = "s" if len(self.unknown) > 1 else ""
         super().__init__(
-            f"{where} has {len(self.unknown)} character{plural} not in the vocabulary: {shown}{more}"
+            f"{where} has {len(self.unknown)} character{plural} not in {vocabulary}: {shown}{more}"
+            + (f"; {hint}" if hint else "")
         )
 
 

@@ -51,6 +51,14 @@ def global_rank() -> int:
     return environment.global_rank() if environment is not None else 0
 
 
+def is_rank_zero() -> bool:
+    """Whether this process is rank 0 of its job: not a rank a cluster launcher started as
+    another, nor one Lightning's DDP started by running the command line again (LOCAL_RANK,
+    NODE_RANK)."""
+    started_by_lightning = any(int(os.environ.get(name, 0)) > 0 for name in ("LOCAL_RANK", "NODE_RANK"))
+    return global_rank() == 0 and not started_by_lightning
+
+
 def restarted() -> bool:
     """Whether the job running here was started before and stopped: requeued by SLURM (after
     preemption, or by Lightning or submitit before a time limit), or restarted by torchrun."""

@@ -6,15 +6,22 @@ command-line overrides), checkpoints/, csv/metrics.csv, wandb/ and summary.json.
 the run was started with, and appends to its records.
 """
 
+import contextlib
+import fcntl
 import json
 import logging
+import os
 import shutil
+import socket
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import psutil
 from omegaconf import DictConfig, OmegaConf
+
+from gptlab.atomic import written_whole
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +40,63 @@ def process_started() -> float:
 def start_job() -> None:
     global job_started
     job_started = process_started() if job_started is None else time.time()
+
+
+class RunDirectoryInUse(OSError):
+    """Another live process writes the run directory."""
+
+
+# the run directories this process writes now (see one_writer)
+writing: set[Path] = set()
+
+
+@contextlib.contextmanager
+def one_writer(run_dir: Path, wait: bool) -> Iterator[None]:
+    """Only this process writes run_dir while the block runs: another that holds it is waited for
+    (wait: a sweep's job still running from an earlier launch), or refused in one line naming it
+    (RunDirectoryInUse). The lock is fcntl.flock on .hydra/launch.lock, which records who holds it;
+    the kernel releases it with the process however that ends (SIGKILL too), so a run whose
+    holder died is simply taken over. On NFS, Linux emulates flock with the server's byte-range
+    locks, which a lost client keeps until its lease ends (about 90 s). The DDP ranks of a run
+    share its directory: only rank 0 takes the lock."""
+    run_dir = run_dir.resolve()
+    if run_dir in writing:  # taken already, by this process's entry point
+        yield
+        return
+    lock_file = run_dir / ".hydra" / "launch.lock"
+    lock_file.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_file, "a+") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.seek(0)
+            holder = lock.read().strip() or "another process"
+            if not wait:
+                raise RunDirectoryInUse(
+                    f"{run_dir} is in use by another run ({holder}): wait for it to end, or give another "
+                    "hydra.run.dir"
+                ) from None
+            log.info("this job is still running from an earlier launch (%s): waiting for it to end", holder)
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        lock.seek(0)
+        lock.truncate()
+        since = time.strftime("%Y-%m-%d %H:%M:%S")
+        lock.write(f"process {os.getpid()} on {socket.gethostname()}, since {since}\n")
+        lock.flush()
+        writing.add(run_dir)
+        try:
+            yield
+        finally:
+            writing.discard(run_dir)
+
+
+def named_run_dir(arguments: list[str]) -> Path | None:
+    """The run directory a single run's command line names (hydra.run.dir=, which a resume adds);
+    None for a sweep, or a run whose directory Hydra names by the time."""
+    if "-m" in arguments or "--multirun" in arguments:
+        return None
+    named = [a.split("=", 1)[1] for a in arguments if a.startswith("hydra.run.dir=")]
+    return Path(named[-1]) if named else None
 
 
 def override_key(override: str) -> str:
@@ -166,7 +230,12 @@ def discard_unstarted(run_dir: Path) -> None:
 
 
 def record_failure(run_dir: Path, message: str) -> float:
-    """A failed job of a sweep leaves its reason in its summary.json, and the sweep goes on."""
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "summary.json").write_text(json.dumps({"error": message}, indent=2) + "\n")
+    """A failed run leaves its reason in its summary.json (a sweep goes on): where it can be
+    written, for a storage that refuses writes may be why it failed."""
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        with written_whole(run_dir / "summary.json") as partial:
+            partial.write_text(json.dumps({"error": message}, indent=2) + "\n")
+    except OSError as err:
+        log.warning("the failure could not be recorded in %s: %s", run_dir / "summary.json", err)
     return NO_SCORE

@@ -14,12 +14,10 @@ launch left running, and asks for the trials it still lacks.
 """
 
 import contextlib
-import fcntl
 import json
 import logging
 import os
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -171,21 +169,11 @@ class RefuseAnotherSweep(Callback):
         log.info("sweep %s launched again: its jobs go on where they stopped", sweep_dir)
 
 
-@contextlib.contextmanager
-def run_by_this_launch(run_dir: Path) -> Iterator[None]:
+def run_by_this_launch(run_dir: Path) -> contextlib.AbstractContextManager[None]:
     """A sweep's job runs in one launch at a time: one still running from an earlier launch
     (its driver killed, its own process left running, as the parallel launcher's may be) is
-    waited for, and its outcome read once it has ended. The lock goes with the process that
-    holds it, however that ends."""
-    lock_file = run_dir / ".hydra" / "launch.lock"
-    lock_file.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock_file, "a") as lock:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            log.info("this job is still running from an earlier launch: waiting for it to end")
-            fcntl.flock(lock, fcntl.LOCK_EX)
-        yield
+    waited for, and its outcome read once it has ended (run_directory.one_writer)."""
+    return run_directory.one_writer(run_dir, wait=True)
 
 
 def earlier_outcome(run_dir: Path, retry_failed: bool) -> float | None:

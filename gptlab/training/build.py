@@ -33,7 +33,7 @@ from omegaconf import DictConfig, OmegaConf, read_write
 
 from gptlab.config import OptimConfig, check_settings
 from gptlab.data.datamodule import TextDataModule
-from gptlab.data.tokenizer import Tokenizer
+from gptlab.data.tokenizer import Tokenizer, UnknownCharacters, tokenizer_from_dict
 from gptlab.model import GPTConfig, LanguageModel, create_model
 from gptlab.runs import cluster, run_directory, sweep_directory
 from gptlab.training.callbacks import (
@@ -71,6 +71,8 @@ class Resolved:
     continuing: bool = False  # the same run goes on in its own directory: its records continue
     wandb_run_id: str | None = None  # of the run continued here
     pretrained: tuple[LanguageModel, Tokenizer] | None = None  # init_from's model and tokenizer
+    resumed_tokenizer: Tokenizer | None = None  # the checkpoint's, which a resume trains with
+    resumed_corpus: str | None = None  # the digest of the text the resumed checkpoint trained on
     spawned: bool = False  # DDP ranks spawned from this process (a sweep's job)
     precision_seconds: float = 0.0  # what choose_precision spent timing precisions
 
@@ -145,6 +147,8 @@ def resume(cfg: DictConfig, resolved: Resolved) -> Resolved:
         resumed_step=step,
         continuing=continuing,
         wandb_run_id=checkpoint.get("wandb_run_id") if continuing else None,
+        resumed_tokenizer=tokenizer_from_dict(hyper_parameters["tokenizer"]),
+        resumed_corpus=checkpoint.get("corpus_sha256"),  # none before gptlab kept it
     )
 
 
@@ -239,11 +243,33 @@ def set_up(cfg: DictConfig) -> None:
 
 
 def datamodule(cfg: DictConfig, resolved: Resolved) -> TextDataModule:
+    """The corpus, tokenized with the checkpoint's own tokenizer for a fine-tune or a resume (the
+    text must fit its vocabulary); a resume is told when the text is not the one it trained on."""
     datamodule = hydra.utils.instantiate(cfg.data)
     if resolved.pretrained is not None:
-        datamodule.tokenizer = resolved.pretrained[1]  # the text must fit the checkpoint's vocabulary
-    datamodule.prepare_data()  # before any DDP process starts, so only one prepares
+        datamodule.tokenizer = resolved.pretrained[1]
+    if resolved.resumed_tokenizer is not None:
+        datamodule.tokenizer = resolved.resumed_tokenizer
+    try:
+        datamodule.prepare_data()  # before any DDP process starts, so only one prepares
+    except UnknownCharacters as err:
+        if resolved.resumed_tokenizer is None:
+            raise
+        raise UnknownCharacters(
+            err.unknown,
+            err.where,
+            vocabulary="the vocabulary of the checkpoint it resumes",
+            hint="a resumed run keeps its checkpoint's vocabulary (to train on this text, start a new run)",
+        ) from None
     datamodule.setup("fit")
+    trained_on, now = resolved.resumed_corpus, datamodule.corpus.text_sha256
+    if trained_on is not None and trained_on != now:
+        log.warning(
+            "the corpus changed since the checkpoint (its text's sha256 was %s, now %s): the resumed run "
+            "trains on other text",
+            trained_on[:12],
+            now[:12],
+        )
     return datamodule
 
 

@@ -80,8 +80,9 @@ class LastCheckpoint(ModelCheckpoint):
 class KeepRecordsWithCheckpoints(L.Callback):
     """Each checkpoint carries what a resumed run needs to continue the run's records: the
     loggers are flushed first (so metrics.csv on disk has every row up to it) and the wandb
-    run id goes in, for the resumed run to continue the same wandb run; and the precision the
-    run computed in, for gptlab.eval to score as the run's validation did."""
+    run id goes in, for the resumed run to continue the same wandb run; the precision the
+    run computed in, for gptlab.eval to score as the run's validation did; and a digest of the
+    text it trained on, for a resume to say when the text has changed."""
 
     def on_save_checkpoint(
         self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]
@@ -91,6 +92,8 @@ class KeepRecordsWithCheckpoints(L.Callback):
             if isinstance(logger, WandbLogger) and trainer.is_global_zero:
                 checkpoint["wandb_run_id"] = logger.experiment.id
         checkpoint["precision"] = trainer.precision
+        if trainer.datamodule is not None:
+            checkpoint["corpus_sha256"] = trainer.datamodule.corpus.text_sha256
 
 
 class TrainingThroughput(ThroughputMonitor):
@@ -155,10 +158,15 @@ class TextSamples(L.Callback):
         was_training = pl_module.training
         pl_module.eval()
         # the same seed at every validation, and the training's own random state left untouched
-        with torch.random.fork_rng(devices=[pl_module.device] if pl_module.device.type == "cuda" else []):
-            torch.manual_seed(0)
-            out = pl_module.model.generate(idx, self.max_new_tokens, self.temperature, self.top_k)
-        pl_module.train(was_training)
+        try:
+            with torch.random.fork_rng(devices=[pl_module.device] if pl_module.device.type == "cuda" else []):
+                torch.manual_seed(0)
+                out = pl_module.model.generate(idx, self.max_new_tokens, self.temperature, self.top_k)
+        except ValueError as err:  # a model that diverged: the run stops at its next step, not here
+            log.warning("no sample at step %d: %s", trainer.global_step, err)
+            return
+        finally:
+            pl_module.train(was_training)
         text = tokenizer.decode(out[0].tolist())
         log.info("sample at step %d:\n%s", trainer.global_step, text)
         for logger in trainer.loggers:

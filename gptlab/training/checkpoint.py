@@ -77,3 +77,14 @@ def gptlab_checkpoint(model: LanguageModel, tokenizer: Tokenizer, global_step: i
         "hyper_parameters": {"model": asdict(model.config), "tokenizer": tokenizer.to_dict()},
         "global_step": global_step,
     }
+
+
+def what_is_kept(run_dir: Path, name: str) -> str:
+    """The checkpoints a stopped run leaves, in words (`name` says what they are to the reader)."""
+    checkpoints = run_dir / "checkpoints"
+    last = checkpoints / "last.ckpt"
+    if not last.is_file():
+        return "no checkpoint was saved before it"
+    step = torch.load(last, map_location="cpu", weights_only=True, mmap=True)["global_step"]
+    best = sorted(p.name for p in checkpoints.glob("*.ckpt") if p.name != "last.ckpt")
+    return f"{name}: {last} (step {step})" + (f", and the best, {checkpoints / best[-1]}" if best else "")

@@ -20,5 +20,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None) -> None:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        with written_whole(path) as partial:
-            torch.save(checkpoint, partial)
+        # through a file of ours: a write the storage refuses is then an OSError saying why (torch
+        # writing to a path says `unexpected pos` for a full disk)
+        with written_whole(path) as partial, open(partial, "wb") as f:
+            torch.save(checkpoint, f)

@@ -10,6 +10,7 @@ from torchmetrics.text import Perplexity
 
 from gptlab.config import OptimConfig
 from gptlab.data.datamodule import step_seed
+from gptlab.faults import Divergence
 from gptlab.model import GPTConfig, create_model
 from gptlab.training.optimizer import build_optimizer, schedule
 
@@ -67,6 +68,15 @@ class GPTLitModule(L.LightningModule):
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         x, y = batch
         _, loss = self(x, y)
+        # a loss that is not a finite number stops the run here, before its optimizer step, so
+        # no weight (and no checkpoint) takes it in; every DDP rank stops, if any rank's is
+        diverged = not bool(torch.isfinite(loss))
+        if self.trainer.world_size > 1:
+            diverged = self.trainer.strategy.reduce_boolean_decision(diverged, all=False)
+        if diverged:  # (global_step counts the steps done: this is the one after them)
+            raise Divergence(
+                f"the loss is {loss.item()} at step {self.global_step + 1}", self.learning_rates()
+            )
         # only on the steps the loggers write (every trainer.log_every_n_steps): each self.log
         # call costs Python time, which tiny models feel at every step
         every = self.trainer.log_every_n_steps
@@ -85,6 +95,18 @@ class GPTLitModule(L.LightningModule):
         self.log("val_loss", self.val_loss, prog_bar=True)
         self.log("val_bpc", self.val_bpc)
         self.log("val_perplexity", self.val_perplexity)
+
+    def learning_rates(self) -> dict[str, float]:
+        """Each parameter group's lr now, by its name."""
+        optimizer = self.trainer.optimizers[0]
+        return {group.get("name", str(n)): group["lr"] for n, group in enumerate(optimizer.param_groups)}
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """No checkpoint of weights that are not finite: it would replace the last good one."""
+        if not all(bool(torch.isfinite(p).all()) for p in self.model.parameters()):
+            raise Divergence(
+                f"the weights are not finite after step {self.global_step}", self.learning_rates()
+            )
 
     def configure_gradient_clipping(
         self,
