@@ -327,6 +327,11 @@ def check_settings(cfg: DictConfig) -> GPTConfig:
         )
     if cfg.flops_budget is not None and not (math.isfinite(cfg.flops_budget) and cfg.flops_budget > 0):
         raise ValueError(f"flops_budget={cfg.flops_budget!r} is not allowed: use a positive number of FLOPs")
+    if cfg.flops_budget is not None and cfg.model.arch == "bigram":
+        raise ValueError(
+            "flops_budget with model.arch=bigram is not allowed: the bigram looks its logits up and "
+            "multiplies no matrices, so a budget of FLOPs buys no steps; give trainer.max_steps instead"
+        )
     if cfg.ckpt_path and cfg.init_from:
         raise ValueError(
             "ckpt_path and init_from are both set: ckpt_path resumes a run, init_from starts a new one "

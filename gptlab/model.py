@@ -411,11 +411,14 @@ class LanguageModel(nn.Module):
         return self.num_parameters() - sum(w.numel() for w in embeddings)
 
     def training_flops_per_token(self) -> float:
-        """FLOPs of a training step (forward and backward) per token, as nanoGPT (after PaLM,
-        appendix B) counts them: 6 per parameter, plus attention's 12 * n_layer * n_embd * T."""
+        """FLOPs of a training step (forward and backward) per token, after PaLM's appendix B: 6
+        for each weight of a matrix product (2 forward, 4 backward), plus attention's scores and
+        weighted values, 12 * n_layer * n_embd * T. Embedding lookups, gains and biases are no
+        matrix products: they count nothing (so the bigram, a lookup alone, counts 0)."""
         c = self.config
+        matrix_weights = sum(m.weight.numel() for m in self.modules() if isinstance(m, nn.Linear))
         attention = 12 * c.n_layer * c.n_embd * c.block_size if c.arch == "gpt" else 0
-        return 6 * self.num_parameters() + attention
+        return 6 * matrix_weights + attention
 
     @staticmethod
     def loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

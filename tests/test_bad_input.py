@@ -76,6 +76,7 @@ CASES = [
     ("train", ["flops_budget=1e6"], "flops_budget=1e+06 does not pay for one step, which costs"),
     ("train", ["flops_budget=-1"], "flops_budget=-1.0 is not allowed: use a positive number of FLOPs"),
     ("train", ["flops_budget=inf"], "flops_budget=inf is not allowed: use a positive number of FLOPs"),
+    ("train", ["flops_budget=1e12", "model=bigram"], "flops_budget with model.arch=bigram is not allowed"),
     ("train", ["data.batch_size=0"], "data.batch_size=0 is not allowed: use a positive integer"),
     ("train", ["data.train_fraction=2"], "data.train_fraction=2.0 is not allowed"),
     ("train", ["data.batch_size=many"], HYDRA + "Value 'many' of type 'str' could not be converted to Integer"),
