@@ -108,6 +108,10 @@ def wandb_logger(logger_cfg: DictConfig, resume_id: str | None) -> WandbLogger:
     if rank_zero_only.rank == 0:
         cluster.shield_wandb_service()
     logger = hydra.utils.instantiate(logger_cfg, **wandb_arguments(logger_cfg, resume_id))
+    # Lightning passes wandb.init anonymous=None whatever is asked, and wandb (which no longer
+    # has anonymous mode, wandb/wandb#10909) warns about the setting in every run: unasked, it goes
+    if logger._wandb_init.get("anonymous") is None:
+        logger._wandb_init.pop("anonymous", None)
     if rank_zero_only.rank == 0:
         # the runs table and parallel coordinates compare runs by their best val_loss
         for metric in ("val_loss", "val_bpc", "val_perplexity"):
