@@ -229,8 +229,13 @@ def test_a_resume_that_contradicts_the_checkpoint_is_refused_and_changes_nothing
     run = tmp_path / "run"
     assert train_here(run, *TINY, "logger=csv").returncode == 0
 
-    def files() -> dict[Path, bytes]:  # but a refused resume's own Hydra record, set aside
-        return {p: p.read_bytes() for p in run.rglob("*") if p.is_file() and p.parent.name != "resume"}
+    def files() -> dict[Path, bytes]:  # but a refused resume's own Hydra record, set aside, and the
+        # lock each resume held while it checked (it names its holder)
+        return {
+            p: p.read_bytes()
+            for p in run.rglob("*")
+            if p.is_file() and p.parent.name != "resume" and p.name != "launch.lock"
+        }
 
     before = files()
     cases = {
