@@ -51,18 +51,18 @@ from rich.console import Console
 from rich.table import Table
 
 from gptlab import cli
-from gptlab.config import OptimConfig, model_settings
+from gptlab.config import OptimConfig, check_bench_settings, model_settings
 from gptlab.data.corpus import character_start
 from gptlab.data.datamodule import RandomWindows, TextDataModule
+from gptlab.faults import SettingError
 from gptlab.model import GPTConfig, LanguageModel, create_model, use_decoding_layout
 from gptlab.runs.results import pyplot
 from gptlab.training import build
 from gptlab.training.loggers import finish_wandb
 from gptlab.training.module import GPTLitModule
 from gptlab.training.optimizer import adamw, build_optimizer
-from gptlab.training.precision import inference_dtype, pick_device
+from gptlab.training.precision import AUTOCAST_DTYPES, inference_dtype, pick_device
 
-PARTS = ("train", "startup", "generate", "bare", "grow", "corpus", "coord", "precision")
 CLEAR_REFS = Path("/proc/self/clear_refs")
 STATUS = Path("/proc/self/status")
 
@@ -95,11 +95,9 @@ def peak_memory_mb(device: torch.device) -> float:
 
 def precision_dtype(precision: Any) -> torch.dtype | None:
     """The autocast dtype of a Trainer precision the bare loop can mirror."""
-    if str(precision) in ("32-true", "32"):
-        return None
-    if str(precision) == "bf16-mixed":
-        return torch.bfloat16
-    raise ValueError(f"trainer.precision={precision} is not benchmarked: use 32-true or bf16-mixed")
+    if str(precision) not in AUTOCAST_DTYPES:
+        raise SettingError(f"trainer.precision={precision} is not benchmarked: use 32-true or bf16-mixed")
+    return AUTOCAST_DTYPES[str(precision)]
 
 
 class BareLoop:
@@ -269,7 +267,7 @@ def bench_precision(cfg: DictConfig, asked: str) -> dict[str, Any]:
     of the run's model in each, timed side by side over bench.rounds rounds (auto itself times a
     few), and which one auto took (cached, as a run would find it)."""
     if asked != "auto" or pick_device(cfg.trainer.accelerator, key="trainer.accelerator").type != "cpu":
-        raise ValueError(
+        raise SettingError(
             "bench.parts=[precision] measures trainer.precision=auto on a CPU: leave trainer.precision "
             "and trainer.accelerator at auto or cpu"
         )
@@ -533,7 +531,7 @@ def bench_corpus(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     """Preparing corpora of growing size, then starting to train on the largest."""
     source = Path(cfg.data.path)
     if not source.is_file():
-        raise ValueError(f"data.path={source} is not a file: bench.parts=[corpus] repeats one text file")
+        raise SettingError(f"data.path={source} is not a file: bench.parts=[corpus] repeats one text file")
     settings = cfg.bench.corpus
     overrides = task_overrides(leave_out=("bench.", "data.path", "data/tokenizer", "data.tokenizer"))
     corpora = out_dir / "corpus"
@@ -711,34 +709,6 @@ def print_tables(results: dict[str, Any], console: Console) -> None:
             f"{corpus['largest_mb']:,} MB ({large['seconds'] / small['seconds']:.2f}x); peak memory "
             f"{small['peak_mb']:,.0f} MB and {large['peak_mb']:,.0f} MB ({extra_mb:+,.0f} MB)"
         )
-
-
-def check_bench_settings(cfg: DictConfig) -> None:
-    """Everything the bench can check before it measures."""
-    if unknown := [p for p in cfg.bench.parts if p not in PARTS]:
-        raise ValueError(f"bench.parts has {unknown[0]!r}: use any of {list(PARTS)}")
-    for key in ("warmup_steps", "rounds", "steps_per_round", "startup_runs", "generate_repeats"):
-        value, least = cfg.bench[key], 0 if key == "warmup_steps" else 1
-        if value < least:
-            raise ValueError(f"bench.{key}={value!r} is not allowed: use an integer >= {least}")
-    if "coord" in cfg.bench.parts:
-        coord = cfg.bench.coord
-        if coord.seeds < 1 or coord.steps < 0 or len(coord.widths) < 2:
-            raise ValueError(
-                f"bench.coord: seeds={coord.seeds}, steps={coord.steps}, widths={list(coord.widths)} is not "
-                "allowed: use seeds >= 1, steps >= 0 and two widths or more"
-            )
-        for width in coord.widths:  # each width as a model of its own, before any is trained
-            GPTConfig(**model_settings(cfg) | {"n_embd": width, "parametrization": "mup"})
-    if "train" in cfg.bench.parts:
-        if cfg.trainer.devices != 1 or cfg.trainer.num_nodes != 1:
-            raise ValueError(
-                f"trainer.devices={cfg.trainer.devices} is not benchmarked: the bench measures one device "
-                "(trainer.devices=1, trainer.num_nodes=1)"
-            )
-        # one the bare loop can mirror (auto becomes 32-true or bf16-mixed, which it can)
-        if cfg.trainer.precision != "auto":
-            precision_dtype(cfg.trainer.precision)
 
 
 @hydra.main(version_base="1.3", config_path="pkg://gptlab.conf", config_name="bench")

@@ -11,19 +11,22 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from hydra.errors import InstantiationException
-from omegaconf.errors import MissingMandatoryValue
+from hydra.errors import HydraException, InstantiationException
+from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
-# what bad input raises: a setting out of range or of the wrong type, a required one not given, a
-# missing or unreadable file, an object the config failed to build (a Trainer argument Lightning
-# refuses among them: Hydra's instantiate wraps what the Trainer raises), an extra not installed
+from gptlab.faults import SettingError
+
+# what bad input and faults raise: a setting gptlab refuses (SettingError), a missing or unreadable
+# file and storage that refuses a write (OSError, gptlab.faults.StorageFault among them), a config
+# Hydra cannot compose or an object it fails to build (a Trainer argument Lightning refuses among
+# them: Hydra's instantiate wraps what the Trainer raises), a value OmegaConf refuses (of the wrong
+# type, a required one not given), an extra not installed. Anything else is a bug in gptlab and
+# shows its traceback, and so does a TypeError or KeyError where a run is built.
 ERRORS = (
-    ValueError,
-    TypeError,
-    KeyError,
+    SettingError,
     OSError,
-    MissingMandatoryValue,
-    InstantiationException,
+    HydraException,
+    OmegaConfBaseException,
     ImportError,  # an optional dependency not installed: its message names the extra to install
 )
 
@@ -41,8 +44,6 @@ def one_line(err: BaseException) -> str:
         return message if key is None or key.group(1) in message else f"{key.group(1)}: {message}"
     if isinstance(err, MissingMandatoryValue):
         return f"{err.full_key} is required: give {err.full_key}=..."
-    if isinstance(err, KeyError) and err.args:  # str() of a KeyError is its key, quoted
-        return " ".join(str(err.args[0]).split())
     return " ".join(str(err).split())
 
 

@@ -28,6 +28,7 @@ import sys
 from pathlib import Path
 
 from gptlab import cli
+from gptlab.faults import SettingError
 from gptlab.runs.results import (
     Comparison,
     best_first,
@@ -81,21 +82,21 @@ def main(argv: list[str] | None = None) -> None:
     args = arguments(argv)
     with cli.errors_in_one_line():
         if not args.folder.is_dir():
-            raise ValueError(f"{args.folder} is not a directory: give a run or sweep directory")
+            raise SettingError(f"{args.folder} is not a directory: give a run or sweep directory")
         runs = find_runs(args.folder)
         if not runs:
-            raise ValueError(f"no run directories (with a .hydra/ folder) under {args.folder}")
+            raise SettingError(f"no run directories (with a .hydra/ folder) under {args.folder}")
         if args.predict is not None and not args.fit:
-            raise ValueError("--predict needs --fit: it asks the fitted law")
+            raise SettingError("--predict needs --fit: it asks the fitted law")
         if args.tokens is not None and args.predict is None:
-            raise ValueError("--tokens goes with --predict: the tokens of the size predicted")
+            raise SettingError("--tokens goes with --predict: the tokens of the size predicted")
         for flag, value in (("--predict", args.predict), ("--tokens", args.tokens)):
             if value is not None and not (math.isfinite(value) and value > 0):
-                raise ValueError(f"{flag} {value:g} is not allowed: give a positive number")
+                raise SettingError(f"{flag} {value:g}", "give a positive number")
         if (args.json or args.csv) and (args.fit or args.best_per):
-            raise ValueError("--json and --csv print the runs table alone: leave out --fit and --best-per")
+            raise SettingError("--json and --csv print the runs table alone: leave out --fit and --best-per")
         if args.time_to is not None and not (math.isfinite(args.time_to) and args.time_to > 0):
-            raise ValueError(f"--time-to {args.time_to:g} is not allowed: give a positive val_loss")
+            raise SettingError(f"--time-to {args.time_to:g}", "give a positive val_loss")
         groups = best_first([[run] for run in runs] if args.runs else group_seeds(runs))
         baseline = find_baseline(groups, args.baseline) if args.baseline else None
     comparison = Comparison(baseline, args.time_to)
@@ -131,9 +132,9 @@ def fit(groups: list, args: argparse.Namespace) -> None:
     predicted = None
     if args.predict is not None:
         if law.with_tokens and args.tokens is None:
-            raise ValueError("--predict: the law has D (the runs differ in tokens): give --tokens D too")
+            raise SettingError("--predict: the law has D (the runs differ in tokens): give --tokens D too")
         if not law.with_tokens and args.tokens is not None:
-            raise ValueError(
+            raise SettingError(
                 "--tokens: the law has no D (every run saw the same tokens): give --predict N alone"
             )
         value, error = law.predict(args.predict, args.tokens or 1.0)

@@ -10,12 +10,15 @@ here, before any work. Choice fields are plain strings: checkpoints keep them so
 
 import math
 from dataclasses import dataclass, field, fields, make_dataclass
+from pathlib import Path
 from typing import Any, Literal, get_origin
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
+from gptlab.faults import SettingError
 from gptlab.model import GPTConfig
+from gptlab.training.precision import AUTOCAST_DTYPES
 
 
 def is_number(value: object) -> bool:
@@ -80,48 +83,42 @@ def check_optim(optim: OptimConfig) -> None:
         ("muon_adjust_lr", MUON_LR_ADJUSTMENTS),
     ):
         if getattr(optim, key) not in allowed:
-            raise ValueError(
-                f"optim.{key}={getattr(optim, key)!r} is not allowed: use one of {list(allowed)}"
-            )
+            raise SettingError(f"optim.{key}={getattr(optim, key)!r}", f"use one of {list(allowed)}")
     if not optim.lr > 0:
-        raise ValueError(f"optim.lr={optim.lr!r} is not allowed: use a positive learning rate")
+        raise SettingError(f"optim.lr={optim.lr!r}", "use a positive learning rate")
     if optim.min_lr_ratio is None and not 0 <= optim.min_lr <= optim.lr:
-        raise ValueError(
-            f"optim.min_lr={optim.min_lr!r} is not allowed: use 0 <= min_lr <= lr ({optim.lr}), "
-            "or a floor that follows the lr (optim.min_lr_ratio=0.1, say)"
+        raise SettingError(
+            f"optim.min_lr={optim.min_lr!r}",
+            f"use 0 <= min_lr <= lr ({optim.lr}), "
+            "or a floor that follows the lr (optim.min_lr_ratio=0.1, say)",
         )
     if optim.min_lr_ratio is not None and not 0 <= optim.min_lr_ratio <= 1:
-        raise ValueError(
-            f"optim.min_lr_ratio={optim.min_lr_ratio!r} is not allowed: use 0 <= min_lr_ratio <= 1"
-        )
+        raise SettingError(f"optim.min_lr_ratio={optim.min_lr_ratio!r}", "use 0 <= min_lr_ratio <= 1")
     if optim.weight_decay < 0:
-        raise ValueError(f"optim.weight_decay={optim.weight_decay!r} is not allowed: use 0 or more")
+        raise SettingError(f"optim.weight_decay={optim.weight_decay!r}", "use 0 or more")
     if len(optim.betas) != 2 or not all(0 <= b < 1 for b in optim.betas):
-        raise ValueError(f"optim.betas={list(optim.betas)!r} is not allowed: use two numbers in [0, 1)")
+        raise SettingError(f"optim.betas={list(optim.betas)!r}", "use two numbers in [0, 1)")
     if optim.warmup_steps < 0:
-        raise ValueError(f"optim.warmup_steps={optim.warmup_steps!r} is not allowed: use 0 or more steps")
+        raise SettingError(f"optim.warmup_steps={optim.warmup_steps!r}", "use 0 or more steps")
     if optim.decay_steps < 1:
-        raise ValueError(
-            f"optim.decay_steps={optim.decay_steps!r} is not allowed: use a positive number of steps "
-            "(it follows trainer.max_steps: set it when max_steps is -1)"
+        raise SettingError(
+            f"optim.decay_steps={optim.decay_steps!r}",
+            "use a positive number of steps (it follows trainer.max_steps: set it when max_steps is -1)",
         )
     if not 0 < optim.warmdown_fraction <= 1:
-        raise ValueError(
-            f"optim.warmdown_fraction={optim.warmdown_fraction!r} is not allowed: use a fraction in (0, 1]"
-        )
+        raise SettingError(f"optim.warmdown_fraction={optim.warmdown_fraction!r}", "use a fraction in (0, 1]")
     if optim.embedding_lr is not None and not optim.embedding_lr > 0:
-        raise ValueError(
-            f"optim.embedding_lr={optim.embedding_lr!r} is not allowed: use a positive learning rate, "
-            "or null for optim.lr"
+        raise SettingError(
+            f"optim.embedding_lr={optim.embedding_lr!r}", "use a positive learning rate, or null for optim.lr"
         )
     if not optim.muon_lr > 0:
-        raise ValueError(f"optim.muon_lr={optim.muon_lr!r} is not allowed: use a positive learning rate")
+        raise SettingError(f"optim.muon_lr={optim.muon_lr!r}", "use a positive learning rate")
     if not 0 <= optim.muon_momentum < 1:
-        raise ValueError(f"optim.muon_momentum={optim.muon_momentum!r} is not allowed: use 0 <= momentum < 1")
+        raise SettingError(f"optim.muon_momentum={optim.muon_momentum!r}", "use 0 <= momentum < 1")
     if optim.muon_weight_decay < 0:
-        raise ValueError(f"optim.muon_weight_decay={optim.muon_weight_decay!r} is not allowed: use 0 or more")
+        raise SettingError(f"optim.muon_weight_decay={optim.muon_weight_decay!r}", "use 0 or more")
     if not 1 <= optim.muon_ns_steps < 100:
-        raise ValueError(f"optim.muon_ns_steps={optim.muon_ns_steps!r} is not allowed: use 1 to 99 steps")
+        raise SettingError(f"optim.muon_ns_steps={optim.muon_ns_steps!r}", "use 1 to 99 steps")
 
 
 @dataclass
@@ -235,6 +232,10 @@ class BenchCoord:
     plot: str | None = "coord_check.png"  # drawn in the run directory; null: no plot
 
 
+# what gptlab.bench measures (bench.parts), each a table
+BENCH_PARTS = ("train", "startup", "generate", "bare", "grow", "corpus", "coord", "precision")
+
+
 @dataclass
 class BenchSettings:
     """bench (conf/bench.yaml): what `python -m gptlab.bench` measures, and how long."""
@@ -287,71 +288,137 @@ def model_settings(cfg: DictConfig) -> dict[str, Any]:
     return settings
 
 
-def check_settings(cfg: DictConfig) -> GPTConfig:
+def check_settings(cfg: DictConfig, given: set[str], experiment: str | None) -> GPTConfig:
     """The train settings that cost nothing to check, before any file is read: the model's own
-    checks (GPTConfig), the optimizer's ranges, and the Trainer settings gptlab reads."""
+    checks (GPTConfig), the optimizer's ranges, the Trainer settings gptlab reads, and what the
+    settings given on the command line (`given`, their keys) and the experiment ask together."""
+    if experiment == "finetune" and not cfg.init_from:
+        raise SettingError("experiment=finetune needs init_from=<checkpoint file or run directory>")
+    if cfg.optim.name != "muon" and (
+        muon_setting := next((k for k in sorted(given) if k.startswith("optim.muon_")), None)
+    ):
+        raise SettingError(
+            f"{muon_setting} is given with optim={cfg.optim.name}, which has no Muon: add optim=muon, "
+            f"or leave out {muon_setting}"
+        )
+    if cfg.flops_budget is not None and "trainer.max_steps" in given:
+        raise SettingError(
+            f"flops_budget={cfg.flops_budget:g} and trainer.max_steps={cfg.trainer.max_steps} are both "
+            "given: the budget sets the steps, give one of them"
+        )
     model_fields = {f.name for f in fields(ModelSettings)}
     if unknown := sorted(set(cfg.model) - model_fields):
-        raise ValueError(f"model.{unknown[0]} is not a model setting: use one of {sorted(model_fields)}")
+        raise SettingError(f"model.{unknown[0]} is not a model setting: use one of {sorted(model_fields)}")
     model_config = GPTConfig(**model_settings(cfg))
     trainer = cfg.trainer  # Lightning's arguments: no schema, so their types are checked here
     if not is_count(trainer.max_steps) or not (trainer.max_steps >= 1 or trainer.max_steps == -1):
-        raise ValueError(
-            f"trainer.max_steps={trainer.max_steps!r} is not allowed: use a positive number of steps "
-            "(or -1, for no limit, with trainer.max_time)"
+        raise SettingError(
+            f"trainer.max_steps={trainer.max_steps!r}",
+            "use a positive number of steps (or -1, for no limit, with trainer.max_time)",
         )
     optim = OptimConfig(**OmegaConf.to_container(cfg.optim, resolve=True))
     check_optim(optim)
     if optim.name == "muon" and model_config.arch == "bigram":
-        raise ValueError(
-            "optim=muon with model.arch=bigram is not allowed: the bigram is one table, with no "
-            "matrices inside blocks for Muon; use optim=adamw"
+        raise SettingError(
+            "optim=muon with model.arch=bigram",
+            "the bigram is one table, with no matrices inside blocks for Muon; use optim=adamw",
         )
     if optim.name == "muon" and model_config.parametrization == "mup":
-        raise ValueError(
-            "optim=muon with model.parametrization=mup is not allowed: gptlab's muP scales AdamW's "
-            "learning rates with the width, not Muon's; use optim=adamw or model.parametrization=sp"
+        raise SettingError(
+            "optim=muon with model.parametrization=mup",
+            "gptlab's muP scales AdamW's "
+            "learning rates with the width, not Muon's; use optim=adamw or model.parametrization=sp",
         )
     if optim.fused and str(trainer.precision).startswith("16") and trainer.gradient_clip_val:
-        raise ValueError(
+        raise SettingError(
             f"optim.fused=true with trainer.precision={trainer.precision} cannot clip gradients (the "
             "fused step unscales them itself): use trainer.precision=bf16-mixed, optim.fused=false "
             "or trainer.gradient_clip_val=null"
         )
     interval = trainer.val_check_interval
     if interval is not None and (not is_count(interval) or interval < 1):
-        raise ValueError(
-            f"trainer.val_check_interval={interval!r} is not allowed: use a positive number of steps (the "
+        raise SettingError(
+            f"trainer.val_check_interval={interval!r}",
+            "use a positive number of steps (the "
             "training stream is endless: there are no epochs to take a fraction of), or null to validate "
-            "only when training ends"
+            "only when training ends",
         )
     if cfg.flops_budget is not None and not (math.isfinite(cfg.flops_budget) and cfg.flops_budget > 0):
-        raise ValueError(f"flops_budget={cfg.flops_budget!r} is not allowed: use a positive number of FLOPs")
+        raise SettingError(f"flops_budget={cfg.flops_budget!r}", "use a positive number of FLOPs")
     if cfg.flops_budget is not None and cfg.model.arch == "bigram":
-        raise ValueError(
-            "flops_budget with model.arch=bigram is not allowed: the bigram looks its logits up and "
-            "multiplies no matrices, so a budget of FLOPs buys no steps; give trainer.max_steps instead"
+        raise SettingError(
+            "flops_budget with model.arch=bigram",
+            "the bigram looks its logits up and "
+            "multiplies no matrices, so a budget of FLOPs buys no steps; give trainer.max_steps instead",
         )
     if cfg.ckpt_path and cfg.init_from:
-        raise ValueError(
+        raise SettingError(
             "ckpt_path and init_from are both set: ckpt_path resumes a run, init_from starts a new one "
             "from a checkpoint's weights; give one"
         )
     return model_config
 
 
+def check_out_file(out_file: str | None, example: str) -> None:
+    """out_file= of gptlab.sample and gptlab.eval: a file, not a directory (its folder is made
+    when it is written, if it is not there)."""
+    if out_file and Path(out_file).is_dir():
+        raise SettingError(f"out_file={out_file} is a directory: give a file name, e.g. {example}")
+
+
+def check_sample_settings(cfg: DictConfig) -> None:
+    """gptlab.sample's settings that need no checkpoint."""
+    check_sampling("", cfg.prompt, cfg.max_new_tokens, cfg.temperature, cfg.top_k)
+    if cfg.num_samples < 1:
+        raise SettingError(f"num_samples={cfg.num_samples!r}", "use a positive integer")
+    check_out_file(cfg.out_file, "samples.txt")
+
+
+def check_eval_settings(cfg: DictConfig) -> None:
+    """gptlab.eval's settings that need no checkpoint (its precision is checked against the run's)."""
+    if cfg.batch_size < 1:
+        raise SettingError(f"batch_size={cfg.batch_size!r}", "use a positive integer")
+    check_out_file(cfg.out_file, "eval.json")
+
+
+def check_bench_settings(cfg: DictConfig) -> None:
+    """Everything the bench can check before it measures."""
+    if unknown := [p for p in cfg.bench.parts if p not in BENCH_PARTS]:
+        raise SettingError(f"bench.parts has {unknown[0]!r}: use any of {list(BENCH_PARTS)}")
+    for key in ("warmup_steps", "rounds", "steps_per_round", "startup_runs", "generate_repeats"):
+        value, least = cfg.bench[key], 0 if key == "warmup_steps" else 1
+        if value < least:
+            raise SettingError(f"bench.{key}={value!r}", f"use an integer >= {least}")
+    if "coord" in cfg.bench.parts:
+        coord = cfg.bench.coord
+        if coord.seeds < 1 or coord.steps < 0 or len(coord.widths) < 2:
+            raise SettingError(
+                f"bench.coord: seeds={coord.seeds}, steps={coord.steps}, widths={list(coord.widths)} is not "
+                "allowed: use seeds >= 1, steps >= 0 and two widths or more"
+            )
+        for width in coord.widths:  # each width as a model of its own, before any is trained
+            GPTConfig(**model_settings(cfg) | {"n_embd": width, "parametrization": "mup"})
+    if "train" in cfg.bench.parts:
+        if cfg.trainer.devices != 1 or cfg.trainer.num_nodes != 1:
+            raise SettingError(
+                f"trainer.devices={cfg.trainer.devices} is not benchmarked: the bench measures one device "
+                "(trainer.devices=1, trainer.num_nodes=1)"
+            )
+        # one the bare loop can mirror (auto becomes 32-true or bf16-mixed, which it can)
+        if cfg.trainer.precision != "auto" and str(cfg.trainer.precision) not in AUTOCAST_DTYPES:
+            raise SettingError(
+                f"trainer.precision={cfg.trainer.precision} is not benchmarked: use 32-true or bf16-mixed"
+            )
+
+
 def check_sampling(prefix: str, prompt: Any, max_new_tokens: Any, temperature: Any, top_k: Any) -> None:
     """One line for a sampling setting that cannot sample (gptlab.sample, and the text samples
     callback, whose settings come from its _target_ config untyped)."""
     if not isinstance(prompt, str) or not prompt:
-        raise ValueError(
-            f"{prefix}prompt={prompt!r} is not allowed: give at least one character, e.g. 'ROMEO:'"
-        )
+        raise SettingError(f"{prefix}prompt={prompt!r}", "give at least one character, e.g. 'ROMEO:'")
     if not is_count(max_new_tokens) or max_new_tokens < 1:
-        raise ValueError(f"{prefix}max_new_tokens={max_new_tokens!r} is not allowed: use a positive integer")
+        raise SettingError(f"{prefix}max_new_tokens={max_new_tokens!r}", "use a positive integer")
     if not is_number(temperature) or not temperature > 0:
-        raise ValueError(f"{prefix}temperature={temperature!r} is not allowed: use a positive number")
+        raise SettingError(f"{prefix}temperature={temperature!r}", "use a positive number")
     if top_k is not None and (not is_count(top_k) or top_k < 1):
-        raise ValueError(
-            f"{prefix}top_k={top_k!r} is not allowed: use a positive integer, or null for all tokens"
-        )
+        raise SettingError(f"{prefix}top_k={top_k!r}", "use a positive integer, or null for all tokens")

@@ -20,12 +20,14 @@ import torch
 from omegaconf import DictConfig
 
 from gptlab import cli
+from gptlab.config import check_eval_settings
 from gptlab.data.corpus import read_pieces, source_files
 from gptlab.data.datamodule import TextDataModule, ValidationBatches
 from gptlab.data.tokenizer import Tokenizer, UnknownCharacters
+from gptlab.faults import SettingError
 from gptlab.model import LanguageModel
 from gptlab.training.checkpoint import find_checkpoint, load_checkpoint, model_from_checkpoint
-from gptlab.training.precision import pick_device
+from gptlab.training.precision import AUTOCAST_DTYPES, pick_device
 
 
 def scoring_span(
@@ -36,7 +38,7 @@ def scoring_span(
     if cfg.data.path is None:
         data = checkpoint.get("datamodule_hyper_parameters")
         if not data:
-            raise ValueError(
+            raise SettingError(
                 "this checkpoint does not record the data it was trained on (written by an older gptlab): "
                 "give data.path=<text file>"
             )
@@ -61,11 +63,11 @@ def scoring_span(
             raise UnknownCharacters(err.unknown, where=f"data file {file}") from None
     span = np.concatenate(ids)
     if len(span) < 2:
-        raise ValueError(f"data {path} has {len(span)} tokens: scoring needs at least 2")
+        raise SettingError(f"data {path} has {len(span)} tokens: scoring needs at least 2")
     return span, len(tokenizer.decode(span[1:].tolist())), f"all of {path}"
 
 
-PRECISIONS = ("32-true", "bf16-mixed")
+PRECISIONS = ("32-true", "bf16-mixed")  # of AUTOCAST_DTYPES, as a run's checkpoint names them
 
 
 @torch.inference_mode()
@@ -76,7 +78,8 @@ def total_nats(
     total = 0.0
     for x, y in batches:
         # as Lightning's bf16-mixed runs the validation step
-        with torch.autocast(device.type, torch.bfloat16, enabled=precision == "bf16-mixed"):
+        dtype = AUTOCAST_DTYPES[precision]
+        with torch.autocast(device.type, dtype or torch.bfloat16, enabled=dtype is not None):
             _, loss = model(x.to(device), y.to(device))
         total += loss.item() * y.numel()
     return total
@@ -98,18 +101,15 @@ class Scoring:
 
 def load(cfg: DictConfig) -> Scoring:
     """The checkpoint's model and the tokens it is scored on: every setting is checked here."""
-    if cfg.batch_size < 1:
-        raise ValueError(f"batch_size={cfg.batch_size!r} is not allowed: use a positive integer")
-    if cfg.out_file and Path(cfg.out_file).is_dir():
-        raise ValueError(f"out_file={cfg.out_file} is a directory: give a file name, e.g. eval.json")
+    check_eval_settings(cfg)
     device = pick_device(cfg.device)
     path = find_checkpoint(cfg.ckpt_path)
     checkpoint = load_checkpoint(path)
     model, tokenizer = model_from_checkpoint(checkpoint)
     precision = cfg.precision or checkpoint.get("precision", "32-true")  # 32-true before it was kept
     if precision not in PRECISIONS:
-        raise ValueError(
-            f"precision={precision!r} is not allowed: use null (the run's own) or one of {list(PRECISIONS)}"
+        raise SettingError(
+            f"precision={precision!r}", f"use null (the run's own) or one of {list(PRECISIONS)}"
         )
     span, characters, described = scoring_span(cfg, checkpoint, tokenizer)
     return Scoring(path, checkpoint.get("global_step"), model, device, precision, span, characters, described)

@@ -1,10 +1,20 @@
-"""Faults that are not bugs in gptlab: storage that refuses a write (full, read-only, no
-permission, over quota) and a training run that diverges (a loss, or weights, not finite). Each
-ends a run with one line that names what happened and where (gptlab.train adds what is kept);
-anything else is a bug, and shows its traceback."""
+"""What ends a command without being a bug in gptlab: bad input (a SettingError), storage that
+refuses a write (full, read-only, no permission, over quota) and a training run that diverges (a
+loss, or weights, not finite). Each ends it with one line that names what happened and where
+(gptlab.cli; gptlab.train adds what a run kept); anything else is a bug, and shows its traceback."""
 
 import errno
 from pathlib import Path
+
+
+class SettingError(ValueError):
+    """Bad input: a setting, a combination of settings or a file's content that gptlab refuses,
+    said in one line that names it and what to do instead. Given what is refused and what to do
+    instead, it says the one sentence they make: `model.n_head=5 is not allowed: use ...`."""
+
+    def __init__(self, message: str, instead: str | None = None):
+        super().__init__(message if instead is None else f"{message} is not allowed: {instead}")
+
 
 # what a write fails with when the storage refuses it, not the program
 STORAGE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG, errno.EIO}

@@ -33,6 +33,8 @@ import torch
 import torch.nn as nn
 from torch.nn import functional as F
 
+from gptlab.faults import SettingError
+
 RMS_NORM_EPS = 1e-6  # every RMSNorm's (Llama's and Qwen3's rms_norm_eps, so that exports match)
 
 
@@ -77,45 +79,41 @@ class GPTConfig:
         for f in fields(self):
             value = getattr(self, f.name)
             if get_origin(f.type) is Literal and value not in get_args(f.type):
-                raise ValueError(
-                    f"model.{f.name}={value!r} is not allowed: use one of {list(get_args(f.type))}"
-                )
+                raise SettingError(f"model.{f.name}={value!r}", f"use one of {list(get_args(f.type))}")
             if int in (f.type, *get_args(f.type)) and value is not None and value < 1:
-                raise ValueError(f"model.{f.name}={value!r} is not allowed: use a positive integer")
+                raise SettingError(f"model.{f.name}={value!r}", "use a positive integer")
         if self.n_embd % self.n_head:
             divisors = [h for h in range(1, self.n_embd + 1) if self.n_embd % h == 0]
-            raise ValueError(
+            raise SettingError(
                 f"model.n_embd={self.n_embd} is not divisible by model.n_head={self.n_head}: "
                 f"with n_embd={self.n_embd} use n_head in {divisors}"
             )
         if not 0 <= self.dropout < 1:
-            raise ValueError(
-                f"model.dropout={self.dropout!r} is not allowed: use a number with 0 <= dropout < 1"
-            )
+            raise SettingError(f"model.dropout={self.dropout!r}", "use a number with 0 <= dropout < 1")
         if self.position == "rope" and self.head_size % 2:
-            raise ValueError(
-                f"model.position=rope with a head size of {self.head_size} (n_embd / n_head) is not allowed: "
-                "rotary embeddings turn pairs of channels, so use n_embd and n_head with an even head size"
+            raise SettingError(
+                f"model.position=rope with a head size of {self.head_size} (n_embd / n_head)",
+                "rotary embeddings turn pairs of channels, so use n_embd and n_head with an even head size",
             )
         if not (math.isfinite(self.rope_base) and self.rope_base > 1):
-            raise ValueError(f"model.rope_base={self.rope_base!r} is not allowed: use a number above 1")
+            raise SettingError(f"model.rope_base={self.rope_base!r}", "use a number above 1")
         cap = self.logit_softcap
         if cap is not None and not (math.isfinite(cap) and cap > 0):
-            raise ValueError(f"model.logit_softcap={cap!r} is not allowed: use a positive number, or null")
+            raise SettingError(f"model.logit_softcap={cap!r}", "use a positive number, or null")
         if self.mlp_hidden is not None and self.mlp not in ("gpt", "swiglu"):
-            raise ValueError(
-                f"model.mlp_hidden={self.mlp_hidden} with model.mlp={self.mlp} is not allowed: only "
-                "mlp=gpt and mlp=swiglu have an inner width, use mlp_hidden=null"
+            raise SettingError(
+                f"model.mlp_hidden={self.mlp_hidden} with model.mlp={self.mlp}",
+                "only mlp=gpt and mlp=swiglu have an inner width, use mlp_hidden=null",
             )
         if self.parametrization == "mup":
             if self.arch == "bigram" or self.init == "pytorch":
                 setting = "model.arch=bigram" if self.arch == "bigram" else "model.init=pytorch"
-                raise ValueError(
-                    f"model.parametrization=mup with {setting} is not allowed: muP scales the GPT's "
-                    "init (model.init=gpt2), use model.parametrization=sp"
+                raise SettingError(
+                    f"model.parametrization=mup with {setting}",
+                    "muP scales the GPT's init (model.init=gpt2), use model.parametrization=sp",
                 )
             if self.base_width % self.n_head:
-                raise ValueError(
+                raise SettingError(
                     f"model.base_width={self.base_width} is not divisible by model.n_head={self.n_head}: "
                     "muP keeps n_head across widths, so base_width must split into n_head heads too"
                 )
@@ -458,7 +456,7 @@ def sample_next(logits: torch.Tensor, temperature: float, top_k: int | None) -> 
     """One token per row from the last position's logits (B, vocab_size)."""
     logits = logits.float() / temperature  # probabilities in float32, whatever the weights are in
     if not torch.isfinite(logits).all():
-        raise ValueError("the model's logits are not finite numbers (nan or inf): its weights are not")
+        raise SettingError("the model's logits are not finite numbers (nan or inf): its weights are not")
     if top_k is not None and top_k < logits.size(-1):  # else every token stays a candidate
         kth_largest = torch.topk(logits, top_k).values[:, [-1]]
         logits = logits.masked_fill(logits < kth_largest, -float("inf"))
@@ -512,11 +510,11 @@ class GPT(LanguageModel):
         B, T = idx.size()
         start = 0 if kv_cache is None else kv_cache.pos
         if start + T > self.config.block_size:
-            raise ValueError(
+            raise SettingError(
                 f"sequence of length {start + T} is longer than block_size {self.config.block_size}"
             )
         if kv_cache is not None and not self.caches_keys_and_values:
-            raise ValueError("this model has no KV cache (attention='heads', or causal=false)")
+            raise SettingError("this model has no KV cache (attention='heads', or causal=false)")
         x = self.transformer.wte(idx)  # (B, T, C)
         rope = None
         if self.rotary is None:

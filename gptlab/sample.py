@@ -15,7 +15,7 @@ import torch
 from omegaconf import DictConfig
 
 from gptlab import cli
-from gptlab.config import check_sampling
+from gptlab.config import check_sample_settings
 from gptlab.data.tokenizer import Tokenizer
 from gptlab.model import LanguageModel, use_decoding_layout
 from gptlab.training.checkpoint import find_checkpoint, load_checkpoint, model_from_checkpoint
@@ -25,13 +25,7 @@ from gptlab.training.precision import inference_dtype, pick_device
 def load(cfg: DictConfig) -> tuple[LanguageModel, Tokenizer, torch.device, torch.dtype]:
     """The checkpoint's model and tokenizer, and where and in what it samples: every setting is
     checked here, before anything is sampled."""
-    check_sampling("", cfg.prompt, cfg.max_new_tokens, cfg.temperature, cfg.top_k)
-    if cfg.num_samples < 1:
-        raise ValueError(f"num_samples={cfg.num_samples!r} is not allowed: use a positive integer")
-    if cfg.out_file and not Path(cfg.out_file).parent.is_dir():
-        raise FileNotFoundError(
-            f"out_file={cfg.out_file} is in no folder: give a file in a folder that exists"
-        )
+    check_sample_settings(cfg)
     device = pick_device(cfg.device)
     dtype = inference_dtype(cfg.dtype)
     model, tokenizer = model_from_checkpoint(load_checkpoint(find_checkpoint(cfg.ckpt_path)))
@@ -43,6 +37,8 @@ def load(cfg: DictConfig) -> tuple[LanguageModel, Tokenizer, torch.device, torch
 def main(cfg: DictConfig) -> None:
     with cli.errors_in_one_line():
         model, tokenizer, device, dtype = load(cfg)
+        if cfg.out_file:
+            Path(cfg.out_file).parent.mkdir(parents=True, exist_ok=True)
         out_file = open(cfg.out_file, "w") if cfg.out_file else None  # noqa: SIM115 (written while streaming)
     use_decoding_layout(model.to(device, dtype).eval())
     torch.manual_seed(cfg.seed)

@@ -91,10 +91,10 @@ def train_job(cfg: DictConfig) -> float:
     with cli.errors_in_one_line():
         try:
             run = build_run(cfg)
-        except cli.ERRORS as err:
+        except Exception as err:
             if not in_sweep or cli.full_error_wanted():
                 raise
-            return record_failure(cli.one_line(err))
+            return failed_job(err)
     if rank_zero_only.rank == 0:
         run_directory.record_resume(run.resolved.run_dir)
     try:
@@ -104,11 +104,19 @@ def train_job(cfg: DictConfig) -> float:
             return stopped_by_fault(fault, in_sweep)
         if not in_sweep:
             raise  # a bug: its traceback
-        log.exception("training crashed")  # the traceback goes to this job's log
-        return record_failure(f"{type(err).__name__}: {err}")
+        return failed_job(err)
     if stop.stopped:
         stopped_by_signal(run, stop)
     return best_val_loss(run.trainer)
+
+
+def failed_job(err: Exception) -> float:
+    """A sweep's job that failed, and the sweep goes on: bad input is recorded in its one line; a
+    bug as crashed, its traceback in the job's log."""
+    if isinstance(err, cli.ERRORS):
+        return record_failure(cli.one_line(err))
+    log.exception("this job crashed")
+    return record_failure(f"crashed: {type(err).__name__}: {err} (the traceback is in this job's log)")
 
 
 def record_failure(message: str) -> float:

@@ -8,6 +8,7 @@ entry point's own steps (what `python -m gptlab.<entry>` runs before any work) i
 wrapper (gptlab.cli). A few run through the real command line, to prove the wrapper and Hydra's
 handling there: exit status, stderr, no traceback, nothing written."""
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -17,8 +18,9 @@ import torch
 from hydra.errors import HydraException
 from omegaconf.errors import OmegaConfBaseException
 
-from gptlab import bench, cli, compare, convert, prepare, sample, train
+from gptlab import cli, compare, config, convert, prepare, sample, train
 from gptlab import eval as evaluate
+from gptlab.model import GPT
 from tests import conftest
 from tests.conftest import REPO_ROOT, SHAKESPEARE, TINY, composed, offline_env
 
@@ -76,7 +78,7 @@ CASES = [
     ("train", ["flops_budget=1e6"], "flops_budget=1e+06 does not pay for one step, which costs"),
     ("train", ["flops_budget=-1"], "flops_budget=-1.0 is not allowed: use a positive number of FLOPs"),
     ("train", ["flops_budget=inf"], "flops_budget=inf is not allowed: use a positive number of FLOPs"),
-    ("train", ["flops_budget=1e12", "model=bigram"], "flops_budget with model.arch=bigram is not allowed"),
+    ("train", ["flops_budget=1e12", "model=bigram", "optim=adamw"], "flops_budget with model.arch=bigram is not"),
     ("train", ["data.batch_size=0"], "data.batch_size=0 is not allowed: use a positive integer"),
     ("train", ["data.train_fraction=2"], "data.train_fraction=2.0 is not allowed"),
     ("train", ["data.batch_size=many"], HYDRA + "Value 'many' of type 'str' could not be converted to Integer"),
@@ -117,7 +119,7 @@ CASES = [
     ("sample", ["ckpt_path={ckpt}", "device=cuda"], "device=cuda is not available on this machine"),
     ("sample", ["ckpt_path={ckpt}", "device=banana"], "device='banana' is not a device: use auto, cpu, cuda, cuda:N or mps"),
     ("sample", ["ckpt_path={missing}"], "checkpoint {missing} not found"),
-    ("sample", ["ckpt_path={ckpt}", "out_file={folder}/no/such/dir/out.txt"], "out_file={folder}/no/such/dir/out.txt is in no folder: give a file in a folder that exists"),
+    ("sample", ["ckpt_path={ckpt}", "out_file={folder}"], "out_file={folder} is a directory: give a file name, e.g. samples.txt"),
     ("eval", ["ckpt_path={ckpt}", "batch_size=0"], "batch_size=0 is not allowed: use a positive integer"),
     ("eval", ["ckpt_path={ckpt}", "batch_size=lots"], HYDRA + "Value 'lots' of type 'str' could not be converted to Integer"),
     ("eval", ["ckpt_path={ckpt}", "precision=16-mixed"], "precision='16-mixed' is not allowed: use null (the run's own) or one of ['32-true', 'bf16-mixed']"),
@@ -209,7 +211,7 @@ STEPS = {
     "prepare": ("prepare", lambda cfg: prepare.prepare(cfg, progress=False)),
     "sample": ("sample", sample.load),
     "eval": ("eval", evaluate.load),
-    "bench": ("bench", bench.check_bench_settings),
+    "bench": ("bench", config.check_bench_settings),
 }
 
 
@@ -317,3 +319,27 @@ def test_full_error_shows_the_traceback(tmp_path: Path) -> None:
     result = conftest.train(tmp_path / "run", *TINY, "model.n_head=5", env={"HYDRA_FULL_ERROR": "1"})
     assert result.returncode != 0
     assert "Traceback" in result.stderr and "model.n_head=5" in result.stderr
+
+
+def test_a_bug_shows_its_traceback_and_a_sweep_records_its_job_as_crashed(
+    tmp_path: Path, shakespeare: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # a TypeError where the run is built is gptlab's bug, not bad input: never one line
+    def planted(*args: object, **kwargs: object) -> None:
+        raise TypeError("planted bug")
+
+    monkeypatch.setattr(GPT, "__init__", planted)
+    result = conftest.train_here(tmp_path / "run", *TINY, "logger=none")
+    assert result.returncode == 1 and "Traceback" in result.stderr  # (Hydra's, shortened)
+    assert "TypeError: planted bug" in result.stderr and "error: planted bug" not in result.stderr
+
+    sweep_dir = tmp_path / "sweep"
+    result = conftest.sweep_here(sweep_dir, *TINY, "logger=none", "seed=1,2")
+    assert result.returncode == 0, result.stderr[-3000:]  # the sweep went on to its last job
+    for job in ("0", "1"):
+        error = conftest.read_summary(sweep_dir / job)["error"]
+        assert error == "crashed: TypeError: planted bug (the traceback is in this job's log)"
+        log = (sweep_dir / job / "train.log").read_text()
+        assert "Traceback" in log and 'raise TypeError("planted bug")' in log
+    shown = json.loads(conftest.run_here("compare", str(sweep_dir), "--json", "--runs").stdout)
+    assert [row["error"].split(":")[0] for row in shown] == ["crashed", "crashed"]

@@ -45,6 +45,7 @@ from gptlab.data.tokenizer import (
     tokenizer_from_dict,
     train_tokenizer,
 )
+from gptlab.faults import SettingError
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +72,7 @@ def source_files(path: str | Sequence[str], glob: str) -> list[Source]:
         if path.is_dir():
             paths = sorted(p for p in path.glob(glob) if p.is_file())
             if not paths:
-                raise ValueError(
+                raise SettingError(
                     f"data.path={path} is a directory with no file matching data.glob={glob!r}: "
                     "set data.glob (e.g. '*.md', '**/*.txt') or point data.path at a text file"
                 )
@@ -80,14 +81,14 @@ def source_files(path: str | Sequence[str], glob: str) -> list[Source]:
     else:
         paths = [Path(p) for p in path]
         if not paths:
-            raise ValueError("data.path=[] lists no file: give a text file, a directory or a list of files")
+            raise SettingError("data.path=[] lists no file: give a text file, a directory or a list of files")
         for p in paths:
             if not p.is_file():
                 raise FileNotFoundError(f"data file {p} (in data.path) not found: give text files only")
     sources = [Source(p, (stat := p.stat()).st_size, stat.st_mtime_ns) for p in paths]
     if sum(s.size for s in sources) == 0:
         what = f"data file {paths[0]} is" if len(paths) == 1 else f"the {len(paths)} files of data.path are"
-        raise ValueError(f"{what} empty: point data.path at text")
+        raise SettingError(f"{what} empty: point data.path at text")
     return sources
 
 
@@ -153,7 +154,7 @@ def check_utf8(piece: bytes, path: Path, offset: int) -> None:
     try:
         piece.decode("utf-8")
     except UnicodeDecodeError as err:
-        raise ValueError(
+        raise SettingError(
             f"data file {path} is not UTF-8 text: byte {piece[err.start]:#04x} at offset "
             f"{offset + err.start} cannot be decoded; point data.path at UTF-8 text"
         ) from None
@@ -264,7 +265,7 @@ class Corpus:
         except OSError as err:
             if self.is_current(entry, update=False):  # a read-only cache someone prepared for us
                 return PreparedCorpus.open(entry)
-            raise ValueError(
+            raise SettingError(
                 f"data.cache_dir={self.cache_dir} cannot be written ({err.strerror}): set data.cache_dir "
                 "to a folder you can write"
             ) from None

@@ -29,6 +29,7 @@ from gptlab.atomic import written_whole
 from gptlab.config import DataSettings, TrainSettings
 from gptlab.data.corpus import Corpus, PreparedCorpus
 from gptlab.data.tokenizer import Tokenizer, check_tokenizer_settings
+from gptlab.faults import SettingError
 
 log = logging.getLogger(__name__)
 
@@ -163,9 +164,9 @@ class TextDataModule(L.LightningDataModule):
             ("val_tokens", val_tokens),
         ):
             if value is not None and value < 1:
-                raise ValueError(f"data.{name}={value!r} is not allowed: use a positive integer")
+                raise SettingError(f"data.{name}={value!r}", "use a positive integer")
         if not 0.0 < train_fraction < 1.0:
-            raise ValueError(f"data.train_fraction={train_fraction!r} is not allowed: use a number in (0, 1)")
+            raise SettingError(f"data.train_fraction={train_fraction!r}", "use a number in (0, 1)")
         path, tokenizer = plain(path), plain(tokenizer) or {"type": "char"}
         check_tokenizer_settings(tokenizer)
         # saved in checkpoints (datamodule_hyper_parameters): a resumed run checks it gets the same
@@ -221,7 +222,7 @@ class TextDataModule(L.LightningDataModule):
         train_data, val_data = self.corpus.train, self.corpus.val
         for split, part in (("training", train_data), ("validation", val_data)):
             if len(part) <= self.block_size:
-                raise ValueError(
+                raise SettingError(
                     f"model.block_size={self.block_size} is too long for the {split} split of "
                     f"{self.path} ({len(part)} tokens): use block_size < {len(part)} or more text"
                 )
@@ -274,7 +275,7 @@ class TextDataModule(L.LightningDataModule):
             rank, world_size = self.trainer.global_rank, self.trainer.world_size
         n_windows = math.ceil((len(self.val_span) - 1) / self.block_size)  # validation_windows() makes these
         if n_windows < world_size:
-            raise ValueError(
+            raise SettingError(
                 f"data.val_tokens={len(self.val_span) - 1} makes {n_windows} validation windows of "
                 f"block_size {self.block_size}, fewer than the {world_size} ranks: use more validation tokens"
             )
@@ -298,7 +299,7 @@ def download(url: str, path: Path, sha256: str | None) -> None:
             f"put the file at {path} or set data.path"
         ) from None
     if sha256 and hashlib.sha256(content).hexdigest() != sha256:
-        raise ValueError(f"downloaded {url} does not match data.sha256={sha256}")
+        raise SettingError(f"downloaded {url} does not match data.sha256={sha256}")
     path.parent.mkdir(parents=True, exist_ok=True)
     with written_whole(path) as partial:
         partial.write_bytes(content)

@@ -16,6 +16,8 @@ from tokenizers import Tokenizer as HFTokenizer
 from tokenizers import decoders, models, pre_tokenizers, trainers
 from tokenizers.decoders import DecodeStream
 
+from gptlab.faults import SettingError
+
 TOKENIZER_TYPES = ("char", "bpe")
 BYTE_ALPHABET = 256  # a byte-level BPE starts from every byte value
 UNICODE_SIZE = 0x110000
@@ -36,7 +38,7 @@ class Tokenizer(Protocol):
     def to_dict(self) -> dict[str, Any]: ...
 
 
-class UnknownCharacters(ValueError):
+class UnknownCharacters(SettingError):
     """Text with characters a character tokenizer's vocabulary does not have."""
 
     def __init__(
@@ -169,10 +171,10 @@ def check_tokenizer_settings(settings: dict[str, Any]) -> None:
     """One line for data.tokenizer settings that cannot make a tokenizer."""
     kind = settings.get("type")
     if kind not in TOKENIZER_TYPES:
-        raise ValueError(f"data.tokenizer.type={kind!r} is not allowed: use one of {list(TOKENIZER_TYPES)}")
+        raise SettingError(f"data.tokenizer.type={kind!r}", f"use one of {list(TOKENIZER_TYPES)}")
     allowed = {"type"} | ({"vocab_size"} if kind == "bpe" else set())
     if unknown := sorted(set(settings) - allowed):
-        raise ValueError(
+        raise SettingError(
             f"data.tokenizer.{unknown[0]} is not a {kind} tokenizer setting: use {sorted(allowed)}"
         )
     if kind == "bpe":
@@ -182,9 +184,10 @@ def check_tokenizer_settings(settings: dict[str, Any]) -> None:
             or isinstance(vocab_size, bool)
             or not BYTE_ALPHABET < vocab_size < 2**31
         ):
-            raise ValueError(
-                f"data.tokenizer.vocab_size={vocab_size!r} is not allowed: a byte-level BPE has the "
-                f"{BYTE_ALPHABET} bytes and at least one merge: use an integer > {BYTE_ALPHABET}, e.g. 1024"
+            raise SettingError(
+                f"data.tokenizer.vocab_size={vocab_size!r}",
+                f"a byte-level BPE has the "
+                f"{BYTE_ALPHABET} bytes and at least one merge: use an integer > {BYTE_ALPHABET}, e.g. 1024",
             )
 
 
@@ -197,7 +200,7 @@ def train_tokenizer(settings: dict[str, Any], text: Callable[[bool], Iterable[by
         return CharTokenizer.train(text(False))
     tokenizer = BPETokenizer.train(lines_of_pieces(text(True)), settings["vocab_size"])
     if tokenizer.vocab_size < settings["vocab_size"]:
-        raise ValueError(
+        raise SettingError(
             f"data.tokenizer.vocab_size={settings['vocab_size']} is larger than the text allows: BPE "
             f"learns {tokenizer.vocab_size} tokens from its training split (no pair of tokens is left to "
             f"merge): use vocab_size <= {tokenizer.vocab_size}, or more text"
@@ -218,7 +221,7 @@ def tokenizer_from_dict(state: dict[str, Any]) -> Tokenizer:
         return CharTokenizer(state["chars"])
     if kind == "bpe":
         return BPETokenizer(HFTokenizer.from_str(state["tokenizer"]))
-    raise ValueError(
+    raise SettingError(
         f"unknown tokenizer type {kind!r} in checkpoint: this gptlab reads {list(TOKENIZER_TYPES)}"
     )
 
@@ -228,4 +231,4 @@ def token_dtype(vocab_size: int) -> np.dtype:
     for dtype in (np.uint8, np.uint16, np.uint32):
         if vocab_size <= np.iinfo(dtype).max + 1:
             return np.dtype(dtype)
-    raise ValueError(f"a vocabulary of {vocab_size} tokens does not fit 32-bit token ids")
+    raise SettingError(f"a vocabulary of {vocab_size} tokens does not fit 32-bit token ids")

@@ -39,6 +39,7 @@ from tokenizers import Regex, decoders, models, pre_tokenizers
 from tokenizers import Tokenizer as HFTokenizer
 
 from gptlab.data.tokenizer import BPETokenizer, CharTokenizer, Tokenizer
+from gptlab.faults import SettingError
 from gptlab.model import GPT, RMS_NORM_EPS, GPTConfig, LanguageModel
 from gptlab.training.checkpoint import gptlab_checkpoint
 
@@ -87,7 +88,7 @@ def architecture(config: GPTConfig) -> str:
     }
     for key, (needed, why) in cannot.items():
         if getattr(config, key) != needed:
-            raise ValueError(f"model.{key}={getattr(config, key)} has no transformers equivalent ({why})")
+            raise SettingError(f"model.{key}={getattr(config, key)} has no transformers equivalent ({why})")
     if config.position == "learned":
         gpt2 = {
             "norm": (("layernorm",), "LayerNorms"),
@@ -96,7 +97,7 @@ def architecture(config: GPTConfig) -> str:
         }
         for key, (allowed, what) in gpt2.items():
             if (value := getattr(config, key)) not in allowed:
-                raise ValueError(
+                raise SettingError(
                     f"model.{key}={value} with learned positions has no transformers equivalent: GPT-2, "
                     f"which learns its positions, has {what} (model.{key}={allowed[0]})"
                 )
@@ -104,7 +105,7 @@ def architecture(config: GPTConfig) -> str:
     if config.norm == "layernorm":  # rotary positions, LayerNorm and a plain MLP: GPT-NeoX
         if config.mlp != "gpt" or config.qk_norm:
             key, value = ("mlp", config.mlp) if config.mlp != "gpt" else ("qk_norm", True)
-            raise ValueError(
+            raise SettingError(
                 f"model.{key}={value} with model.position=rope and model.norm=layernorm has no transformers "
                 "equivalent: GPT-NeoX, which rotates positions and has LayerNorms, has a plain MLP "
                 "(model.mlp=gpt) and no QK-norm"
@@ -117,19 +118,19 @@ def architecture(config: GPTConfig) -> str:
     }
     for key, (needed, what) in rotary.items():
         if getattr(config, key) != needed:
-            raise ValueError(
+            raise SettingError(
                 f"model.{key}={getattr(config, key)} with model.position=rope has no transformers "
                 f"equivalent: Llama and Qwen3, which rotate positions, have {what} (model.{key}={needed})"
             )
     if not config.qk_norm:
         return "LlamaForCausalLM"
     if config.bias:
-        raise ValueError(
+        raise SettingError(
             "model.qk_norm=True with model.bias=True has no transformers equivalent: Qwen3's MLP has no "
             "biases (model.bias=False)"
         )
     if config.attention == "heads":
-        raise ValueError(
+        raise SettingError(
             "model.qk_norm=True with model.attention=heads has no transformers equivalent: the lecture's "
             "heads each have their own q and k norms, Qwen3's heads share one (model.attention=sdpa)"
         )
@@ -399,7 +400,7 @@ def import_model(hf_dir: Path) -> dict[str, Any]:
     config = imported_config(hf_config)
     tokenizer = import_tokenizer(hf_dir)
     if tokenizer.vocab_size != config.vocab_size:
-        raise ValueError(
+        raise SettingError(
             f"{hf_dir}: its tokenizer has {tokenizer.vocab_size} tokens and its model {config.vocab_size}: "
             "gptlab needs one vocabulary for both"
         )
@@ -418,21 +419,23 @@ def import_model(hf_dir: Path) -> dict[str, Any]:
 def imported_config(hf_config: Any) -> GPTConfig:
     """gptlab's GPTConfig for a GPT2Config, or one line naming a setting gptlab does not have."""
     if hf_config.model_type != "gpt2":
-        raise ValueError(f"model_type={hf_config.model_type}: only GPT-2's layout (model_type gpt2) imports")
+        raise SettingError(
+            f"model_type={hf_config.model_type}: only GPT-2's layout (model_type gpt2) imports"
+        )
     for key, needed in UNSUPPORTED.items():
         if getattr(hf_config, key, needed) != needed:
-            raise ValueError(f"{key}={getattr(hf_config, key)} is not something gptlab's GPT computes")
+            raise SettingError(f"{key}={getattr(hf_config, key)} is not something gptlab's GPT computes")
     if hf_config.activation_function not in IMPORTED_ACTIVATIONS:
-        raise ValueError(
+        raise SettingError(
             f"activation_function={hf_config.activation_function} is not one gptlab has: "
             f"use one of {sorted(IMPORTED_ACTIVATIONS)}"
         )
     if hf_config.layer_norm_epsilon != LAYER_NORM_EPS:
-        raise ValueError(
+        raise SettingError(
             f"layer_norm_epsilon={hf_config.layer_norm_epsilon}: gptlab's LayerNorms use {LAYER_NORM_EPS}"
         )
     if hf_config.n_inner not in (None, 4 * hf_config.n_embd):
-        raise ValueError(
+        raise SettingError(
             f"n_inner={hf_config.n_inner}: gptlab's MLP is 4 * n_embd = {4 * hf_config.n_embd} wide"
         )
     return GPTConfig(
@@ -452,19 +455,19 @@ def import_tokenizer(hf_dir: Path) -> Tokenizer:
     character tokenizer, a BPE (GPT-2's, or gptlab's) gptlab's BPE tokenizer."""
     transformers = transformers_module()
     if not any((hf_dir / name).is_file() for name in ("tokenizer.json", "vocab.json")):
-        raise ValueError(
+        raise SettingError(
             f"{hf_dir} has no tokenizer (tokenizer.json, or GPT-2's vocab.json and merges.txt): save it "
             "beside the model with tokenizer.save_pretrained"
         )
     try:
         loaded = transformers.AutoTokenizer.from_pretrained(hf_dir)
     except (OSError, ValueError, TypeError) as err:
-        raise ValueError(
+        raise SettingError(
             f"{hf_dir} has no tokenizer transformers can load ({' '.join(str(err).split())[:200]})"
         ) from None
     backend = getattr(loaded, "backend_tokenizer", None)
     if backend is None:
-        raise ValueError(f"{hf_dir}: its tokenizer has no `tokenizers` form (tokenizer.json) to import")
+        raise SettingError(f"{hf_dir}: its tokenizer has no `tokenizers` form (tokenizer.json) to import")
     described = json.loads(backend.to_str())
     kind = described["model"]["type"]
     if kind == "WordLevel" and (described.get("pre_tokenizer") or {}).get("type") == "Split":
@@ -473,7 +476,7 @@ def import_tokenizer(hf_dir: Path) -> Tokenizer:
         if ids_in_order and all(len(token) == 1 for token, _ in by_id):
             return CharTokenizer("".join(token for token, _ in by_id))
     if kind != "BPE":
-        raise ValueError(
+        raise SettingError(
             f"{hf_dir}: its tokenizer is a {kind}; gptlab imports BPE tokenizers and its own characters"
         )
     return BPETokenizer(backend)

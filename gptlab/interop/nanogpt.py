@@ -5,6 +5,7 @@ from pathlib import Path
 from typing import Any
 
 from gptlab.data.tokenizer import CharTokenizer
+from gptlab.faults import SettingError
 from gptlab.model import GPTConfig, create_model
 from gptlab.training.checkpoint import gptlab_checkpoint, load_plain, model_from_checkpoint
 
@@ -42,12 +43,12 @@ def from_nanogpt(ckpt_path: str | Path, meta_path: str | Path) -> dict[str, Any]
     """A gptlab checkpoint from nanoGPT's ckpt.pt and meta.pkl (character-level models)."""
     nano = load_plain(ckpt_path)
     if not isinstance(nano, dict) or not {"model", "model_args"} <= nano.keys():
-        raise ValueError(f"{ckpt_path} is not a nanoGPT checkpoint: it has no model and model_args")
+        raise SettingError(f"{ckpt_path} is not a nanoGPT checkpoint: it has no model and model_args")
     with open(meta_path, "rb") as f:
         try:
             meta = PlainDataUnpickler(f).load()
         except pickle.UnpicklingError as err:
-            raise ValueError(f"{meta_path}: {err}") from None
+            raise SettingError(f"{meta_path}: {err}") from None
     args = nano["model_args"]
     config = GPTConfig(**{k: args[k] for k in NANOGPT_MODEL_ARGS}, **NANOGPT_GPT)
     tokenizer = CharTokenizer("".join(meta["itos"][i] for i in range(meta["vocab_size"])))
@@ -65,19 +66,19 @@ def to_nanogpt(checkpoint: dict[str, Any], dataset: str) -> tuple[dict[str, Any]
     """nanoGPT's (ckpt.pt, meta.pkl) contents for a gptlab checkpoint of a standard GPT on characters."""
     model, tokenizer = model_from_checkpoint(checkpoint)
     if not isinstance(tokenizer, CharTokenizer):
-        raise ValueError(
+        raise SettingError(
             f"this checkpoint's tokenizer is {tokenizer.to_dict()['type']}: nanoGPT's meta.pkl holds a "
             "character vocabulary, so only char checkpoints convert (data/tokenizer=char)"
         )
     config = model.config
     if config.width_multiplier != 1:
-        raise ValueError(
+        raise SettingError(
             f"model.parametrization=mup at n_embd={config.n_embd}, base_width={config.base_width}: its "
             "logits are lm_head's divided by n_embd/base_width, which nanoGPT's lm_head, tied to the token "
             "embedding, cannot hold; convert it to_hf instead (an untied, scaled lm_head)"
         )
     if differs := {k: getattr(config, k) for k, v in NANOGPT_GPT.items() if getattr(config, k) != v}:
-        raise ValueError(f"nanoGPT's model has {NANOGPT_GPT}: this checkpoint's differs in {differs}")
+        raise SettingError(f"nanoGPT's model has {NANOGPT_GPT}: this checkpoint's differs in {differs}")
     state = dict(model.state_dict())  # with tied weights, both wte and lm_head, as nanoGPT has
     nano = {
         "model": state,

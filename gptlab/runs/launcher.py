@@ -30,6 +30,7 @@ from hydra_plugins.hydra_submitit_launcher.submitit_launcher import LocalLaunche
 from omegaconf import open_dict
 
 from gptlab import cli
+from gptlab.faults import SettingError
 from gptlab.runs import run_directory, sweep_directory
 
 log = logging.getLogger(__name__)
@@ -37,10 +38,10 @@ log = logging.getLogger(__name__)
 POLL_SECONDS = 0.5
 
 
-def setting_error(message: str) -> SystemExit:
+def setting_error(message: str, instead: str | None = None) -> SystemExit:
     """A bad launcher setting ends the sweep before any job starts, in one line (exit status 1),
-    as the train entry point's own errors do."""
-    return SystemExit(f"error: {message}")
+    as the train entry point's own errors do (SettingError's sentence)."""
+    return SystemExit(f"error: {SettingError(message, instead)}")
 
 
 @dataclass
@@ -59,7 +60,7 @@ class DevicePoolLauncher(LocalLauncher):
         if self.devices is not None:
             if not self.devices or not all(isinstance(d, int) and d >= 0 for d in self.devices):
                 raise setting_error(
-                    f"hydra.launcher.devices={self.devices} is not allowed: give device numbers, e.g. [0,1]"
+                    f"hydra.launcher.devices={self.devices}", "give device numbers, e.g. [0,1]"
                 )
             return self.devices
         import torch

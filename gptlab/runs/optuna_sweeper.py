@@ -60,6 +60,7 @@ from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from gptlab import cli
+from gptlab.faults import SettingError
 from gptlab.runs import sweep_directory
 from gptlab.runs.launcher import job_dir, setting_error
 
@@ -93,7 +94,7 @@ def distribution(override: Override) -> "optuna.distributions.BaseDistribution |
         if isinstance(value.start, int) and isinstance(value.end, int):
             return IntDistribution(value.start, value.end, log=log_scale)
         return FloatDistribution(value.start, value.end, log=log_scale)
-    raise ValueError("use interval(), range() or choice()")
+    raise SettingError("use interval(), range() or choice()")
 
 
 def search_space(overrides: list[str]) -> tuple[dict[str, Any], dict[str, str]]:
@@ -371,11 +372,9 @@ class OptunaStudySweeper(Sweeper):
     def check_settings(self) -> None:
         for key in ("n_trials", "n_jobs"):
             if not isinstance(value := getattr(self, key), int) or value < 1:
-                raise setting_error(f"hydra.sweeper.{key}={value} is not allowed: use a positive integer")
+                raise setting_error(f"hydra.sweeper.{key}={value}", "use a positive integer")
         if self.direction not in DIRECTIONS:
-            raise setting_error(
-                f"hydra.sweeper.direction={self.direction} is not allowed: use one of {list(DIRECTIONS)}"
-            )
+            raise setting_error(f"hydra.sweeper.direction={self.direction}", f"use one of {list(DIRECTIONS)}")
 
     def sweep(self, arguments: list[str]) -> None:
         self.check_settings()

@@ -17,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 from rich.table import Table
 
+from gptlab.faults import SettingError
 from gptlab.runs import seeds
 from gptlab.runs.run_directory import override_key, without_ckpt_path, without_seed
 
@@ -136,7 +137,7 @@ def find_baseline(groups: list[list[dict[str, Any]]], spec: str) -> list[dict[st
     as numbers (Hydra records optim.lr=1e-3 of a sweep as optim.lr=0.001)."""
     wanted = [pair.split("=", 1) for pair in spec.split(",")]
     if not all(len(pair) == 2 for pair in wanted):
-        raise ValueError(f"--baseline {spec} is not allowed: give KEY=VALUE[,KEY=VALUE...], e.g. optim=adamw")
+        raise SettingError(f"--baseline {spec}", "give KEY=VALUE[,KEY=VALUE...], e.g. optim=adamw")
 
     def value(group: list[dict[str, Any]], key: str) -> str | None:
         return next(
@@ -153,12 +154,12 @@ def find_baseline(groups: list[list[dict[str, Any]]], spec: str) -> list[dict[st
     if len(matching) == 1:
         return matching[0]
     if matching:
-        raise ValueError(
+        raise SettingError(
             f"--baseline {spec}: {len(matching)} groups of runs have it; add KEY=VALUE to tell one"
         )
     key, _ = next(pair for pair in wanted if not any(same(value(g, pair[0]), pair[1]) for g in groups))
     found = sorted({v for group in groups if (v := value(group, key)) is not None})
-    raise ValueError(
+    raise SettingError(
         f"--baseline {spec}: no group of runs has {key} so; "
         + (f"its values here: {', '.join(found)}" if found else f"no run here has an override {key}=...")
     )
@@ -276,7 +277,7 @@ def best_per(groups: list[list[dict[str, Any]]], key: str, title: str) -> Table:
         if values and best_val_loss(group)[0] is not None:
             best.setdefault(values[0], group)
     if not best:
-        raise ValueError(f"--best-per {key}: no finished run has the override {key}=...")
+        raise SettingError(f"--best-per {key}: no finished run has the override {key}=...")
     shared = shared_overrides([run for group in groups for run in group])
     table = Table(title=f"{title}: the best run for each {key}")
     for column in (key, "run", "overrides", "val_loss ± 95% CI"):

@@ -22,6 +22,7 @@ import psutil
 from omegaconf import DictConfig, OmegaConf
 
 from gptlab.atomic import written_whole
+from gptlab.faults import SettingError
 
 log = logging.getLogger(__name__)
 
@@ -148,7 +149,11 @@ def resume_arguments(arguments: list[str]) -> list[str]:
         # Hydra records this command's config beside the run's own, which it replaces only once
         # the resume is known to be good (record_resume): a refused one leaves the run as it was
         added.append(f"hydra.output_subdir={RESUME_RECORD}")
-    return kept + arguments + added
+    # among the overrides given, which Hydra's parser takes only as one run of words (flags such
+    # as `--cfg job` may come before or after them)
+    overrides = [i for i, a in enumerate(arguments) if "=" in a and not a.startswith("-")]
+    first, last = overrides[0], overrides[-1] + 1
+    return [*arguments[:first], *kept, *arguments[first:last], *added, *arguments[last:]]
 
 
 def composed_without_experiment(choices: DictConfig, overrides: list[str]) -> list[str]:
@@ -208,7 +213,7 @@ def check_same_settings(cfg: DictConfig, checkpoint: dict[str, Any], overrides: 
             now = cfg[group][key]
             now = OmegaConf.to_container(now) if OmegaConf.is_config(now) else now
             if now != value:
-                raise ValueError(
+                raise SettingError(
                     f"{group}.{key}={now!r} contradicts the checkpoint, trained with "
                     f"{group}.{key}={value!r}: "
                     "a resumed run keeps its model, data and optimizer settings (to start from its weights "

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 from scipy.optimize import OptimizeWarning, curve_fit
 
+from gptlab.faults import SettingError
 from gptlab.runs.results import best_val_loss, group_mean, pyplot
 
 
@@ -123,7 +124,7 @@ def points(groups: list[list[dict[str, Any]]], metric: str) -> list[Point]:
             continue
         summary = group[0]["summary"]
         if "non_embedding_params" not in summary:
-            raise ValueError(
+            raise SettingError(
                 f"{group[0]['dir']}/summary.json has no non_embedding_params (written before gptlab fitted "
                 "scaling laws): train the run again to fit it"
             )
@@ -142,7 +143,7 @@ def fit(found: list[Point]) -> Law:
     names = ("E", "N_c", "alpha", "D_c", "beta") if with_tokens else ("E", "N_c", "alpha")
     if len(found) < len(names):
         form = "E + (N_c/N)^alpha + (D_c/D)^beta" if with_tokens else "E + (N_c/N)^alpha"
-        raise ValueError(
+        raise SettingError(
             f"--fit: {len(found)} point{'s' if len(found) != 1 else ''} (sizes with a finished run), "
             f"and the law {form} has {len(names)} parameters: give at least {len(names)}"
         )
@@ -167,7 +168,7 @@ def fit(found: list[Point]) -> Law:
         if best is None or residual < best[0]:
             best = (residual, values, covariance)
     if best is None:
-        raise ValueError("--fit: the law did not converge on these runs")
+        raise SettingError("--fit: the law did not converge on these runs")
     _, values, covariance = best
     known = len(found) > len(names) and bool(np.all(np.isfinite(covariance)))
     return Law(with_tokens, values, covariance if known else None, len(found))

@@ -34,6 +34,7 @@ from omegaconf import DictConfig, OmegaConf, read_write
 from gptlab.config import OptimConfig, check_settings
 from gptlab.data.datamodule import TextDataModule
 from gptlab.data.tokenizer import Tokenizer, UnknownCharacters, tokenizer_from_dict
+from gptlab.faults import SettingError
 from gptlab.model import GPTConfig, LanguageModel, create_model
 from gptlab.runs import cluster, run_directory, sweep_directory
 from gptlab.training.callbacks import (
@@ -47,6 +48,7 @@ from gptlab.training.loggers import instantiate_loggers
 from gptlab.training.module import GPTLitModule
 from gptlab.training.optimizer import build_optimizer
 from gptlab.training.precision import (
+    AUTOCAST_DTYPES,
     auto_precision,
     cpu_name,
     pick_device,
@@ -79,23 +81,9 @@ class Resolved:
 
 def resolve(cfg: DictConfig) -> Resolved:
     """Every change the config gets, after the checks that cost nothing; then it is read-only."""
-    model_config = check_settings(cfg)
-    run_dir = Path(HydraConfig.get().runtime.output_dir)
-    if HydraConfig.get().runtime.choices.get("experiment") == "finetune" and not cfg.init_from:
-        raise ValueError("experiment=finetune needs init_from=<checkpoint file or run directory>")
     given = {run_directory.override_key(o) for o in HydraConfig.get().overrides.task}
-    if cfg.optim.name != "muon" and (
-        muon_setting := next((k for k in sorted(given) if k.startswith("optim.muon_")), None)
-    ):
-        raise ValueError(
-            f"{muon_setting} is given with optim={cfg.optim.name}, which has no Muon: add optim=muon, "
-            f"or leave out {muon_setting}"
-        )
-    if cfg.flops_budget is not None and "trainer.max_steps" in given:
-        raise ValueError(
-            f"flops_budget={cfg.flops_budget:g} and trainer.max_steps={cfg.trainer.max_steps} are both "
-            "given: the budget sets the steps, give one of them"
-        )
+    model_config = check_settings(cfg, given, HydraConfig.get().runtime.choices.get("experiment"))
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
     relaunched = sweep_directory.relaunchable(HydraConfig.get()) and sweep_directory.stopped_job(run_dir)
     if not cfg.ckpt_path and (cluster.restarted() or relaunched):
         # a requeued SLURM job (or restarted torchrun), or a sweep's job launched again, is back
@@ -126,14 +114,15 @@ def resume(cfg: DictConfig, resolved: Resolved) -> Resolved:
     hyper_parameters["model"] = defaults(GPTConfig) | hyper_parameters.get("model", {})
     hyper_parameters["optim"] = defaults(OptimConfig, but="decay_steps") | hyper_parameters.get("optim", {})
     if (trained_with := hyper_parameters["optim"]["name"]) != cfg.optim.name:
-        raise ValueError(
-            f"optim={cfg.optim.name} is not allowed: the checkpoint was trained with optim={trained_with}, "
-            f"and a resumed run keeps its optimizer and its state; resume with optim={trained_with}"
+        raise SettingError(
+            f"optim={cfg.optim.name}",
+            f"the checkpoint was trained with optim={trained_with}, "
+            f"and a resumed run keeps its optimizer and its state; resume with optim={trained_with}",
         )
     run_directory.check_same_settings(cfg, checkpoint, list(HydraConfig.get().overrides.task))
     step = checkpoint["global_step"]
     if cfg.flops_budget is None and 0 <= cfg.trainer.max_steps <= step:  # (spend_budget checks a budget's)
-        raise ValueError(
+        raise SettingError(
             f"ckpt_path={cfg.ckpt_path} is at step {step}, and trainer.max_steps="
             f"{cfg.trainer.max_steps}: give a larger trainer.max_steps to train further"
         )
@@ -216,7 +205,8 @@ def time_steps(model: GPTConfig, optim: OptimConfig, batch_size: int, **timing: 
         tokens = torch.randint(model.vocab_size, (batch_size, model.block_size + 1))
 
         def step(precision: str) -> None:
-            with torch.autocast("cpu", torch.bfloat16, enabled=precision == "bf16-mixed"):
+            dtype = AUTOCAST_DTYPES[precision]
+            with torch.autocast("cpu", dtype or torch.bfloat16, enabled=dtype is not None):
                 _, loss = network(tokens[:, :-1], tokens[:, 1:])
             loss.backward()
             optimizer.step()
@@ -291,12 +281,12 @@ def spend_budget(cfg: DictConfig, resolved: Resolved, datamodule: TextDataModule
     step_flops = model.training_flops_per_token() * tokens
     steps = int(cfg.flops_budget // step_flops)
     if steps < 1:
-        raise ValueError(
+        raise SettingError(
             f"flops_budget={cfg.flops_budget:g} does not pay for one step, which costs {step_flops:.3g} "
             f"FLOPs ({tokens} tokens): give at least that"
         )
     if steps <= resolved.resumed_step:
-        raise ValueError(
+        raise SettingError(
             f"ckpt_path={cfg.ckpt_path} is at step {resolved.resumed_step}, and flops_budget="
             f"{cfg.flops_budget:g} pays for {steps} steps: give a larger flops_budget to train further"
         )
@@ -342,7 +332,7 @@ def callbacks(cfg: DictConfig, resolved: Resolved, tokenizer: Tokenizer) -> list
             try:
                 tokenizer.encode(callback.prompt)
             except ValueError as err:
-                raise ValueError(f"callbacks.text_samples.prompt: {err}") from None
+                raise SettingError(f"callbacks.text_samples.prompt: {err}") from None
     for callback in callbacks:
         if isinstance(callback, RunSummary):
             callback.precision_seconds = resolved.precision_seconds

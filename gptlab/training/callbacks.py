@@ -11,6 +11,7 @@ from lightning.pytorch.loggers import WandbLogger
 
 from gptlab.config import check_sampling, is_count
 from gptlab.data.tokenizer import tokenizer_from_dict
+from gptlab.faults import SettingError
 
 log = logging.getLogger(__name__)
 
@@ -43,9 +44,9 @@ class LastCheckpoint(ModelCheckpoint):
 
     def __init__(self, dirpath: str, every_n_train_steps: int | None = None):
         if every_n_train_steps is not None and every_n_train_steps < 1:
-            raise ValueError(
-                f"checkpoint.every_n_steps={every_n_train_steps!r} is not allowed: use a positive integer "
-                "(or null: last.ckpt only when training ends)"
+            raise SettingError(
+                f"checkpoint.every_n_steps={every_n_train_steps!r}",
+                "use a positive integer (or null: last.ckpt only when training ends)",
             )
         super().__init__(dirpath=dirpath, save_top_k=0, save_last=True)
         self.every = every_n_train_steps
@@ -121,9 +122,9 @@ class ThrottledRichProgressBar(RichProgressBar):
 
     def __init__(self, refresh_rate: int = 4, **kwargs: Any):
         if not is_count(refresh_rate) or refresh_rate < 1:
-            raise ValueError(
-                f"callbacks.rich_progress_bar.refresh_rate={refresh_rate!r} is not allowed: use a positive "
-                "integer (redraws a second), or callbacks.rich_progress_bar=null for no bar"
+            raise SettingError(
+                f"callbacks.rich_progress_bar.refresh_rate={refresh_rate!r}",
+                "use a positive integer (redraws a second), or callbacks.rich_progress_bar=null for no bar",
             )
         super().__init__(refresh_rate=refresh_rate, **kwargs)
         self.last_update = 0.0

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from gptlab.data.tokenizer import Tokenizer, tokenizer_from_dict
+from gptlab.faults import SettingError
 from gptlab.model import GPTConfig, LanguageModel, create_model
 
 
@@ -43,18 +44,20 @@ def load_plain(path: str | Path) -> Any:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises several kinds; each means "not a checkpoint we load"
         if "GLOBAL" in str(err):  # weights_only met a pickled class or function
-            raise ValueError(
+            raise SettingError(
                 f"refusing to load {path}: it holds pickled objects other than plain data "
                 "(tensors, dicts, lists, strings, numbers), which could run code"
             ) from None
-        raise ValueError(f"{path} is not a readable checkpoint (truncated, or not a PyTorch file)") from None
+        raise SettingError(
+            f"{path} is not a readable checkpoint (truncated, or not a PyTorch file)"
+        ) from None
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
     """A gptlab checkpoint's contents, read as plain data."""
     checkpoint = load_plain(path)
     if not isinstance(checkpoint, dict) or not {"state_dict", "hyper_parameters"} <= checkpoint.keys():
-        raise ValueError(f"{path} is not a gptlab checkpoint: it has no state_dict and hyper_parameters")
+        raise SettingError(f"{path} is not a gptlab checkpoint: it has no state_dict and hyper_parameters")
     return checkpoint
 
 

@@ -25,10 +25,14 @@ from pathlib import Path
 import torch
 
 from gptlab.atomic import written_whole
+from gptlab.faults import SettingError
 
 log = logging.getLogger(__name__)
 
 MATMUL_PRECISIONS = ("highest", "high", "medium")
+# what a Trainer precision autocasts to, where gptlab runs a model outside the Trainer in the same
+# precision (eval, the bench's bare loop, auto's timed steps): None, float32 throughout
+AUTOCAST_DTYPES: dict[str, torch.dtype | None] = {"32-true": None, "32": None, "bf16-mixed": torch.bfloat16}
 INFERENCE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
@@ -184,9 +188,8 @@ def resolve_float32_matmul(setting: str, device: torch.device) -> str:
     GPUs that have them (Ampere and later) and highest (plain float32) elsewhere."""
     if setting != "auto":
         if setting not in MATMUL_PRECISIONS:
-            raise ValueError(
-                f"float32_matmul_precision={setting!r} is not allowed: "
-                f"use auto or one of {list(MATMUL_PRECISIONS)}"
+            raise SettingError(
+                f"float32_matmul_precision={setting!r}", f"use auto or one of {list(MATMUL_PRECISIONS)}"
             )
         return setting
     on_tf32_gpu = device.type == "cuda" and torch.cuda.get_device_capability(device) >= (8, 0)
@@ -196,7 +199,7 @@ def resolve_float32_matmul(setting: str, device: torch.device) -> str:
 def inference_dtype(setting: str) -> torch.dtype:
     """The weights' dtype for generating, by name."""
     if setting not in INFERENCE_DTYPES:
-        raise ValueError(f"dtype={setting!r} is not allowed: use one of {list(INFERENCE_DTYPES)}")
+        raise SettingError(f"dtype={setting!r}", f"use one of {list(INFERENCE_DTYPES)}")
     return INFERENCE_DTYPES[setting]
 
 
@@ -214,7 +217,9 @@ def pick_device(name: str, key: str = "device") -> torch.device:
         try:
             device = torch.device(name)
         except (RuntimeError, TypeError):
-            raise ValueError(f"{key}={name!r} is not a device: use auto, cpu, cuda, cuda:N or mps") from None
+            raise SettingError(
+                f"{key}={name!r} is not a device: use auto, cpu, cuda, cuda:N or mps"
+            ) from None
         available = {
             "cpu": True,
             "cuda": torch.cuda.is_available() and (device.index or 0) < torch.cuda.device_count(),
@@ -222,4 +227,4 @@ def pick_device(name: str, key: str = "device") -> torch.device:
         }
         if available.get(device.type, False):
             return device
-    raise ValueError(f"{key}={name} is not available on this machine: use {key}=auto or {key}=cpu")
+    raise SettingError(f"{key}={name} is not available on this machine: use {key}=auto or {key}=cpu")
