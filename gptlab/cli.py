@@ -31,6 +31,12 @@ ERRORS = (
 )
 
 
+def setting_error(message: str, instead: str | None = None) -> SystemExit:
+    """A bad launcher setting ends the sweep before any job starts, in one line (exit status 1),
+    as the entry points' own errors do (SettingError's sentence)."""
+    return SystemExit(f"error: {SettingError(message, instead)}")
+
+
 def full_error_wanted() -> bool:
     return os.environ.get("HYDRA_FULL_ERROR") == "1"
 

@@ -13,7 +13,7 @@ the mean of their best val_loss with its 95% confidence interval (Student's t), 
     --csv / --json    the table for machines, on stdout
     --best-per KEY    the best run for each value of an override (the best optim.lr per model.n_embd)
     --fit [bpc]       a scaling law through the runs' best val_loss (or bpc), and IsoFLOP optima
-                      (gptlab/runs/scaling.py); with --plot, the law is drawn instead of the curves
+                      (gptlab/analysis/scaling.py); with --plot, the law is drawn instead of the curves
     --predict N       with --fit: the law's loss at N non-embedding parameters (--tokens D: and D tokens)
 
 Every multirun also prints the table, in job order, when its last job ends (a Hydra callback,
@@ -28,8 +28,7 @@ import sys
 from pathlib import Path
 
 from gptlab import cli
-from gptlab.faults import SettingError
-from gptlab.runs.results import (
+from gptlab.analysis.results import (
     Comparison,
     best_first,
     best_per,
@@ -41,6 +40,7 @@ from gptlab.runs.results import (
     records,
     runs_table,
 )
+from gptlab.faults import SettingError
 
 
 def arguments(argv: list[str] | None) -> argparse.Namespace:
@@ -122,7 +122,7 @@ def main(argv: list[str] | None = None) -> None:
 
 def fit(groups: list, args: argparse.Namespace) -> None:
     """--fit: the law and its parameters, the IsoFLOP optima, a prediction, the plot."""
-    from gptlab.runs import scaling  # SciPy, only when fitting
+    from gptlab.analysis import scaling  # SciPy, only when fitting
 
     points = scaling.points(groups, args.fit)
     law = scaling.fit(points)

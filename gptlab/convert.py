@@ -21,10 +21,10 @@ import torch
 from omegaconf import OmegaConf
 
 from gptlab import cli
+from gptlab.checkpoint import find_checkpoint, load_checkpoint, model_from_checkpoint
 from gptlab.interop import huggingface
 from gptlab.interop.nanogpt import from_nanogpt, to_nanogpt
 from gptlab.runs import run_directory
-from gptlab.training.checkpoint import find_checkpoint, load_checkpoint, model_from_checkpoint
 
 
 def arguments(argv: list[str] | None) -> argparse.Namespace:

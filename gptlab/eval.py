@@ -20,13 +20,13 @@ import torch
 from omegaconf import DictConfig
 
 from gptlab import cli
+from gptlab.checkpoint import find_checkpoint, load_checkpoint, model_from_checkpoint
 from gptlab.config import check_eval_settings
 from gptlab.data.corpus import read_pieces, source_files
 from gptlab.data.datamodule import TextDataModule, ValidationBatches
 from gptlab.data.tokenizer import Tokenizer, UnknownCharacters
 from gptlab.faults import SettingError
 from gptlab.model import LanguageModel
-from gptlab.training.checkpoint import find_checkpoint, load_checkpoint, model_from_checkpoint
 from gptlab.training.precision import AUTOCAST_DTYPES, pick_device
 
 

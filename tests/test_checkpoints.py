@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from gptlab.training.checkpoint import find_checkpoint, load_checkpoint
+from gptlab.checkpoint import find_checkpoint, load_checkpoint
 from tests.conftest import TINY, AuditedRun, Result, read_summary, run_here, train_here
 
 

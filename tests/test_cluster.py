@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from gptlab.training.checkpoint import load_checkpoint
+from gptlab.checkpoint import load_checkpoint
 from tests.conftest import (
     SHAKESPEARE,
     TINY,

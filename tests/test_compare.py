@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from scipy import stats
 
-from gptlab.runs import seeds
-from gptlab.runs.results import best_first, time_to_loss
+from gptlab.analysis import seeds
+from gptlab.analysis.results import best_first, time_to_loss
 from tests.conftest import TINY, read_summary, run_here, sweep_here
 
 

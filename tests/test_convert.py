@@ -6,9 +6,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from gptlab.checkpoint import gptlab_checkpoint, load_checkpoint, model_from_checkpoint
 from gptlab.data.tokenizer import BPETokenizer, CharTokenizer
 from gptlab.model import GPT, GPTConfig
-from gptlab.training.checkpoint import gptlab_checkpoint, load_checkpoint, model_from_checkpoint
 from tests.conftest import Result, run_here
 
 CHARS = "".join(sorted(set("\n !$&',-.3:;?ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")))

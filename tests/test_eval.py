@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from gptlab.training.checkpoint import load_checkpoint
+from gptlab.checkpoint import load_checkpoint
 from tests.conftest import TINY, read_summary, run_here, train_here
 
 

@@ -19,7 +19,7 @@ import lightning as L
 import pytest
 import torch
 
-from gptlab.training.checkpoint import load_checkpoint
+from gptlab.checkpoint import load_checkpoint
 from tests.conftest import TINY, read_summary, run_here, started, train, train_command, train_here, wait_until
 from tests.test_runs import metric_rows, validations
 

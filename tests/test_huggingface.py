@@ -11,9 +11,9 @@ import pytest
 import torch
 
 from gptlab import convert
+from gptlab.checkpoint import gptlab_checkpoint, load_checkpoint, model_from_checkpoint
 from gptlab.data.tokenizer import BPETokenizer, CharTokenizer, Tokenizer
 from gptlab.model import GPTConfig, create_model
-from gptlab.training.checkpoint import gptlab_checkpoint, load_checkpoint, model_from_checkpoint
 from tests.conftest import SHAKESPEARE, run_here, train_here
 
 transformers = pytest.importorskip(

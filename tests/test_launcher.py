@@ -11,7 +11,7 @@ from omegaconf import OmegaConf
 from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
 
-from gptlab.runs import seeds
+from gptlab.analysis import seeds
 from tests.conftest import TINY, read_summary, run_here, sweep
 
 PARALLEL = ["hydra/launcher=parallel", *TINY[4:], "logger=csv"]

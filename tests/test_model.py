@@ -8,8 +8,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from gptlab.config import model_settings
 from gptlab.data.tokenizer import CharTokenizer
+from gptlab.generation import generate_samples
 from gptlab.model import GPT, BigramLanguageModel, GPTConfig, KVCache, create_model, use_decoding_layout
-from gptlab.sample import generate_samples
 
 SMALL = GPTConfig(block_size=16, vocab_size=65, n_layer=2, n_head=4, n_embd=32)
 

@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from gptlab.bench import coordinate_sizes
+from gptlab.bench.coord import coordinate_sizes
+from gptlab.checkpoint import load_checkpoint, model_from_checkpoint
 from gptlab.config import OptimConfig
 from gptlab.data.datamodule import RandomWindows, TextDataModule
 from gptlab.model import GPTConfig, create_model
-from gptlab.training.checkpoint import load_checkpoint, model_from_checkpoint
 from gptlab.training.optimizer import adamw
 from tests.conftest import TINY, read_summary, run_here, train_here
 

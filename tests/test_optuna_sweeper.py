@@ -16,7 +16,7 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution, Int
 from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
 
-from gptlab.runs.optuna_sweeper import search_space
+from gptlab.runs.search_space import search_space
 from tests.conftest import TINY, read_summary, run_here, sweep_here, wait_until
 from tests.test_cluster import validation_rows
 from tests.test_sweep_resume import start_sweep

@@ -17,7 +17,7 @@ import pytest
 import torch
 import yaml
 
-from gptlab.training.checkpoint import load_checkpoint
+from gptlab.checkpoint import load_checkpoint
 from tests.conftest import REPO_ROOT, TINY, offline_env, read_summary, run_here, train_command, train_here
 
 

@@ -1,4 +1,4 @@
-"""Scaling laws (gptlab.compare --fit, gptlab/runs/scaling.py): known laws recovered from
+"""Scaling laws (gptlab.compare --fit, gptlab/analysis/scaling.py): known laws recovered from
 synthetic points, the compute-optimal size of an IsoFLOP sweep, and a real width x lr sweep read
 back by compare (--best-per, --fit, --predict, --plot)."""
 
@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from gptlab.runs.scaling import Point, fit, isoflop, optimal_size_trend
+from gptlab.analysis.scaling import Point, fit, isoflop, optimal_size_trend
 from tests.conftest import TINY, run_here, sweep_here
 
 E, N_C, ALPHA, D_C, BETA = 1.4, 3e3, 0.35, 1e5, 0.3

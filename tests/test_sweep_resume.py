@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from gptlab.runs import seeds
+from gptlab.analysis import seeds
 from tests.conftest import (
     TINY,
     read_summary,

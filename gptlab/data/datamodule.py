@@ -131,7 +131,7 @@ class RandomWindows:
 
 def plain(value: Any) -> Any:
     """Config values as plain data: the data module's settings go into checkpoints, which hold
-    nothing else (see gptlab/training/checkpoint.py)."""
+    nothing else (see gptlab/checkpoint.py)."""
     return OmegaConf.to_container(value) if isinstance(value, DictConfig | ListConfig) else value
 
 

@@ -38,10 +38,10 @@ import torch
 from tokenizers import Regex, decoders, models, pre_tokenizers
 from tokenizers import Tokenizer as HFTokenizer
 
+from gptlab.checkpoint import gptlab_checkpoint
 from gptlab.data.tokenizer import BPETokenizer, CharTokenizer, Tokenizer
 from gptlab.faults import SettingError
 from gptlab.model import GPT, RMS_NORM_EPS, GPTConfig, LanguageModel
-from gptlab.training.checkpoint import gptlab_checkpoint
 
 if TYPE_CHECKING:
     import transformers

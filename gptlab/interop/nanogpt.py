@@ -4,10 +4,10 @@ import pickle
 from pathlib import Path
 from typing import Any
 
+from gptlab.checkpoint import gptlab_checkpoint, load_plain, model_from_checkpoint
 from gptlab.data.tokenizer import CharTokenizer
 from gptlab.faults import SettingError
 from gptlab.model import GPTConfig, create_model
-from gptlab.training.checkpoint import gptlab_checkpoint, load_plain, model_from_checkpoint
 
 # nanoGPT (karpathy/nanoGPT) saves ckpt.pt = dict(model=state_dict, model_args=..., iter_num,
 # best_val_loss, config) and, for character data, meta.pkl = dict(vocab_size, itos, stoi). Its

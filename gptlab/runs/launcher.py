@@ -30,18 +30,12 @@ from hydra_plugins.hydra_submitit_launcher.submitit_launcher import LocalLaunche
 from omegaconf import open_dict
 
 from gptlab import cli
-from gptlab.faults import SettingError
+from gptlab.cli import setting_error
 from gptlab.runs import run_directory, sweep_directory
 
 log = logging.getLogger(__name__)
 
 POLL_SECONDS = 0.5
-
-
-def setting_error(message: str, instead: str | None = None) -> SystemExit:
-    """A bad launcher setting ends the sweep before any job starts, in one line (exit status 1),
-    as the train entry point's own errors do (SettingError's sentence)."""
-    return SystemExit(f"error: {SettingError(message, instead)}")
 
 
 @dataclass

@@ -38,8 +38,9 @@ from omegaconf import OmegaConf
 
 from gptlab import cli
 from gptlab.atomic import written_whole
+from gptlab.cli import setting_error
 from gptlab.runs import sweep_directory
-from gptlab.runs.launcher import failed_job, job_dir, setting_error
+from gptlab.runs.launcher import failed_job, job_dir
 
 log = logging.getLogger(__name__)
 

@@ -27,6 +27,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from gptlab.runs import run_directory
+from gptlab.runs.search_space import search_space
 
 log = logging.getLogger(__name__)
 
@@ -101,8 +102,6 @@ def grid_jobs(config: DictConfig) -> list[list[str]]:
 def search(config: DictConfig) -> list[str]:
     """What an Optuna search searches, in lines: its study (storage, name, direction), each key's
     distribution, each fixed value. How it searches (n_trials, sampler, pruner) is not in it."""
-    from gptlab.runs.optuna_sweeper import search_space
-
     space, fixed = search_space(sweep_arguments(config))
     study = [
         f"hydra.sweeper.{k}={config.hydra.sweeper.get(k)}" for k in ("storage", "study_name", "direction")

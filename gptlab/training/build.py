@@ -31,6 +31,7 @@ from hydra.types import RunMode
 from lightning.pytorch.callbacks import LearningRateMonitor
 from omegaconf import DictConfig, OmegaConf, read_write
 
+from gptlab.checkpoint import find_checkpoint, load_checkpoint, model_from_checkpoint
 from gptlab.config import OptimConfig, check_settings
 from gptlab.data.datamodule import TextDataModule
 from gptlab.data.tokenizer import Tokenizer, UnknownCharacters, tokenizer_from_dict
@@ -43,7 +44,6 @@ from gptlab.training.callbacks import (
     TextSamples,
     ValidateFinalStep,
 )
-from gptlab.training.checkpoint import find_checkpoint, load_checkpoint, model_from_checkpoint
 from gptlab.training.loggers import instantiate_loggers
 from gptlab.training.module import GPTLitModule
 from gptlab.training.optimizer import build_optimizer

@@ -1,6 +1,6 @@
 """How the Trainer writes checkpoints: atomically, so that a kill mid-write leaves the previous
 checkpoint whole (conf/trainer/default.yaml names this plugin). Reading them is
-gptlab.training.checkpoint's, which needs no Lightning."""
+gptlab.checkpoint's, which needs no Lightning."""
 
 from pathlib import Path
 from typing import Any

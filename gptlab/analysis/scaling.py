@@ -26,8 +26,8 @@ from typing import Any
 import numpy as np
 from scipy.optimize import OptimizeWarning, curve_fit
 
+from gptlab.analysis.results import best_val_loss, group_mean, pyplot
 from gptlab.faults import SettingError
-from gptlab.runs.results import best_val_loss, group_mean, pyplot
 
 
 @dataclass(frozen=True)

@@ -17,8 +17,8 @@ from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 from rich.table import Table
 
+from gptlab.analysis import seeds
 from gptlab.faults import SettingError
-from gptlab.runs import seeds
 from gptlab.runs.run_directory import override_key, without_ckpt_path, without_seed
 
 
@@ -176,7 +176,7 @@ def runs_table(
     """One row a group of runs (see group_seeds; `--runs`: one a run). A group's figures are the
     means over its seeds; its val_loss also the 95% confidence interval of that mean, and with a
     baseline group the difference from it, that difference's 95% confidence interval and Welch's
-    p-value (gptlab/runs/seeds.py)."""
+    p-value (gptlab/analysis/seeds.py)."""
     runs = [run for group in groups for run in group]
     with_reference = any(run["reference_val_loss"] is not None for run in runs)
     with_seeds = any(len(group) > 1 for group in groups)

@@ -1,0 +1,5 @@
+"""`python -m gptlab.bench`."""
+
+from gptlab.bench import main
+
+main()
