@@ -257,7 +257,7 @@ def test_a_job_crashing_mid_training_does_not_end_the_sweep(tmp_path, shakespear
     proc = sweep_here(tmp_path / "sweep", *crash, *TINY, "logger=csv")
     assert proc.returncode == 0, proc.stderr
     crashed = read_summary(tmp_path / "sweep" / "0")
-    assert crashed["error"].startswith("RuntimeError: Early stopping conditioned on metric `nope`")
+    assert crashed["error"].startswith("crashed: RuntimeError: Early stopping conditioned on metric `nope`")
     assert (
         "Traceback" in (tmp_path / "sweep" / "0" / "train.log").read_text()
     )  # the details, in the job's log
