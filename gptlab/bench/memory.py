@@ -13,8 +13,6 @@ import psutil
 import torch
 
 CLEAR_REFS = Path("/proc/self/clear_refs")
-
-
 STATUS = Path("/proc/self/status")
 
 
