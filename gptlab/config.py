@@ -398,17 +398,17 @@ def check_bench_settings(cfg: DictConfig) -> None:
             )
         for width in coord.widths:  # each width as a model of its own, before any is trained
             GPTConfig(**model_settings(cfg) | {"n_embd": width, "parametrization": "mup"})
-    if "train" in cfg.bench.parts:
-        if cfg.trainer.devices != 1 or cfg.trainer.num_nodes != 1:
-            raise SettingError(
-                f"trainer.devices={cfg.trainer.devices} is not benchmarked: the bench measures one device "
-                "(trainer.devices=1, trainer.num_nodes=1)"
-            )
-        # one the bare loop can mirror (auto becomes 32-true or bf16-mixed, which it can)
-        if cfg.trainer.precision != "auto" and str(cfg.trainer.precision) not in AUTOCAST_DTYPES:
-            raise SettingError(
-                f"trainer.precision={cfg.trainer.precision} is not benchmarked: use 32-true or bf16-mixed"
-            )
+    if "train" in cfg.bench.parts and (cfg.trainer.devices != 1 or cfg.trainer.num_nodes != 1):
+        raise SettingError(
+            f"trainer.devices={cfg.trainer.devices} is not benchmarked: the bench measures one device "
+            "(trainer.devices=1, trainer.num_nodes=1)"
+        )
+    # a precision the bare loop can mirror (auto becomes 32-true or bf16-mixed, which it can)
+    bare_loop = {"train", "bare", "grow"} & set(cfg.bench.parts)
+    if bare_loop and cfg.trainer.precision != "auto" and str(cfg.trainer.precision) not in AUTOCAST_DTYPES:
+        raise SettingError(
+            f"trainer.precision={cfg.trainer.precision} is not benchmarked: use 32-true or bf16-mixed"
+        )
 
 
 def check_sampling(prefix: str, prompt: Any, max_new_tokens: Any, temperature: Any, top_k: Any) -> None:

@@ -27,7 +27,7 @@ from gptlab.data.datamodule import TextDataModule, ValidationBatches
 from gptlab.data.tokenizer import Tokenizer, UnknownCharacters
 from gptlab.faults import SettingError
 from gptlab.model import LanguageModel
-from gptlab.training.precision import AUTOCAST_DTYPES, pick_device
+from gptlab.training.precision import autocast, pick_device
 
 
 def scoring_span(
@@ -78,8 +78,7 @@ def total_nats(
     total = 0.0
     for x, y in batches:
         # as Lightning's bf16-mixed runs the validation step
-        dtype = AUTOCAST_DTYPES[precision]
-        with torch.autocast(device.type, dtype or torch.bfloat16, enabled=dtype is not None):
+        with autocast(device.type, precision):
             _, loss = model(x.to(device), y.to(device))
         total += loss.item() * y.numel()
     return total

@@ -24,14 +24,7 @@ from gptlab.training import build
 from gptlab.training.loggers import finish_wandb
 from gptlab.training.module import GPTLitModule
 from gptlab.training.optimizer import build_optimizer
-from gptlab.training.precision import AUTOCAST_DTYPES, pick_device
-
-
-def precision_dtype(precision: Any) -> torch.dtype | None:
-    """The autocast dtype of a Trainer precision the bare loop can mirror."""
-    if str(precision) not in AUTOCAST_DTYPES:
-        raise SettingError(f"trainer.precision={precision} is not benchmarked: use 32-true or bf16-mixed")
-    return AUTOCAST_DTYPES[str(precision)]
+from gptlab.training.precision import autocast, pick_device
 
 
 class BareLoop:
@@ -43,7 +36,7 @@ class BareLoop:
         optim: OptimConfig,
         windows: RandomWindows,
         gradient_clip_val: float | None,
-        autocast_dtype: torch.dtype | None,
+        precision: str,  # a Trainer precision of AUTOCAST_DTYPES (check_bench_settings)
         compile: bool,
     ):
         self.model = model
@@ -51,7 +44,7 @@ class BareLoop:
         self.optimizer = build_optimizer(model, optim)
         self.windows = windows
         self.gradient_clip_val = gradient_clip_val
-        self.autocast_dtype = autocast_dtype
+        self.precision = precision
         self.device = next(model.parameters()).device
         self.step = 0
 
@@ -61,7 +54,7 @@ class BareLoop:
         start = time.perf_counter()
         for _ in range(steps):
             x, y = (t.to(self.device, non_blocking=True) for t in self.windows.batch(self.step))
-            with torch.autocast(self.device.type, self.autocast_dtype, enabled=bool(self.autocast_dtype)):
+            with autocast(self.device.type, self.precision):
                 _, loss = self.forward(x, y)
             loss.backward()
             if self.gradient_clip_val:
@@ -79,7 +72,7 @@ def bare_loop(cfg: DictConfig, model: LanguageModel, optim: OptimConfig, windows
         optim,
         windows,
         cfg.trainer.gradient_clip_val,
-        precision_dtype(cfg.trainer.precision),
+        str(cfg.trainer.precision),
         cfg.model.compile,
     )
 

@@ -48,8 +48,8 @@ from gptlab.training.loggers import instantiate_loggers
 from gptlab.training.module import GPTLitModule
 from gptlab.training.optimizer import build_optimizer
 from gptlab.training.precision import (
-    AUTOCAST_DTYPES,
     auto_precision,
+    autocast,
     cpu_name,
     pick_device,
     resolve_float32_matmul,
@@ -205,8 +205,7 @@ def time_steps(model: GPTConfig, optim: OptimConfig, batch_size: int, **timing: 
         tokens = torch.randint(model.vocab_size, (batch_size, model.block_size + 1))
 
         def step(precision: str) -> None:
-            dtype = AUTOCAST_DTYPES[precision]
-            with torch.autocast("cpu", dtype or torch.bfloat16, enabled=dtype is not None):
+            with autocast("cpu", precision):
                 _, loss = network(tokens[:, :-1], tokens[:, 1:])
             loss.backward()
             optimizer.step()

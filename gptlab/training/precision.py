@@ -33,6 +33,14 @@ MATMUL_PRECISIONS = ("highest", "high", "medium")
 # what a Trainer precision autocasts to, where gptlab runs a model outside the Trainer in the same
 # precision (eval, the bench's bare loop, auto's timed steps): None, float32 throughout
 AUTOCAST_DTYPES: dict[str, torch.dtype | None] = {"32-true": None, "32": None, "bf16-mixed": torch.bfloat16}
+
+
+def autocast(device_type: str, precision: str) -> torch.autocast:
+    """The autocast a Trainer precision runs the model in, outside the Trainer (off for float32)."""
+    dtype = AUTOCAST_DTYPES[str(precision)]
+    return torch.autocast(device_type, dtype or torch.bfloat16, enabled=dtype is not None)
+
+
 INFERENCE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
