@@ -288,10 +288,20 @@ def model_settings(cfg: DictConfig) -> dict[str, Any]:
     return settings
 
 
+def check_data_settings(block_size: Any, batch_size: Any, val_tokens: Any, train_fraction: Any) -> None:
+    """data.*'s ranges (TextDataModule checks them too, for code that builds it directly)."""
+    for name, value in (("block_size", block_size), ("batch_size", batch_size), ("val_tokens", val_tokens)):
+        if value is not None and not (is_count(value) and value >= 1):
+            raise SettingError(f"data.{name}={value!r}", "use a positive integer")
+    if not (is_number(train_fraction) and 0.0 < train_fraction < 1.0):
+        raise SettingError(f"data.train_fraction={train_fraction!r}", "use a number in (0, 1)")
+
+
 def check_settings(cfg: DictConfig, given: set[str], experiment: str | None) -> GPTConfig:
     """The train settings that cost nothing to check, before any file is read: the model's own
-    checks (GPTConfig), the optimizer's ranges, the Trainer settings gptlab reads, and what the
-    settings given on the command line (`given`, their keys) and the experiment ask together."""
+    checks (GPTConfig), the data's ranges, the optimizer's, the Trainer settings gptlab reads, and
+    what the settings given on the command line (`given`, their keys) and the experiment ask
+    together."""
     if experiment == "finetune" and not cfg.init_from:
         raise SettingError("experiment=finetune needs init_from=<checkpoint file or run directory>")
     if cfg.optim.name != "muon" and (
@@ -310,6 +320,8 @@ def check_settings(cfg: DictConfig, given: set[str], experiment: str | None) -> 
     if unknown := sorted(set(cfg.model) - model_fields):
         raise SettingError(f"model.{unknown[0]} is not a model setting: use one of {sorted(model_fields)}")
     model_config = GPTConfig(**model_settings(cfg))
+    data = cfg.data
+    check_data_settings(data.block_size, data.batch_size, data.val_tokens, data.train_fraction)
     trainer = cfg.trainer  # Lightning's arguments: no schema, so their types are checked here
     if not is_count(trainer.max_steps) or not (trainer.max_steps >= 1 or trainer.max_steps == -1):
         raise SettingError(

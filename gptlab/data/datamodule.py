@@ -26,7 +26,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from gptlab.atomic import written_whole
-from gptlab.config import DataSettings, TrainSettings
+from gptlab.config import DataSettings, TrainSettings, check_data_settings
 from gptlab.data.corpus import Corpus, PreparedCorpus
 from gptlab.data.tokenizer import Tokenizer, check_tokenizer_settings
 from gptlab.faults import SettingError
@@ -158,15 +158,7 @@ class TextDataModule(L.LightningDataModule):
         seed: int = TrainSettings.seed,
     ):
         super().__init__()
-        for name, value in (
-            ("block_size", block_size),
-            ("batch_size", batch_size),
-            ("val_tokens", val_tokens),
-        ):
-            if value is not None and value < 1:
-                raise SettingError(f"data.{name}={value!r}", "use a positive integer")
-        if not 0.0 < train_fraction < 1.0:
-            raise SettingError(f"data.train_fraction={train_fraction!r}", "use a number in (0, 1)")
+        check_data_settings(block_size, batch_size, val_tokens, train_fraction)
         path, tokenizer = plain(path), plain(tokenizer) or {"type": "char"}
         check_tokenizer_settings(tokenizer)
         # saved in checkpoints (datamodule_hyper_parameters): a resumed run checks it gets the same
