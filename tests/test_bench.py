@@ -53,7 +53,9 @@ def test_startup_and_growth_tables(tmp_path, shakespeare) -> None:
     assert result.returncode == 0, result.stderr
     figures = json.loads((tmp_path / "bench.json").read_text())
     startup = figures["startup"]
-    assert startup["import_seconds"] > 0 and startup["seconds"] == startup["runs"][0] > 0
+    assert startup["seconds"] == startup["runs"][0] > 0
+    assert startup["gptlab_seconds"] == pytest.approx(startup["seconds"] - startup["torch_lightning_seconds"])
+    assert 0 < startup["torch_lightning_seconds"] < startup["seconds"]
     child = json.loads((tmp_path / "startup" / "0" / "summary.json").read_text())
     assert child["startup_seconds"] == startup["seconds"] and child["steps"] == 1
 

@@ -20,7 +20,7 @@ import pytest
 import torch
 
 from gptlab.checkpoint import load_checkpoint
-from tests.conftest import TINY, read_summary, run_here, started, train, train_command, train_here, wait_until
+from tests.conftest import TINY, read_summary, run_here, started, train_command, train_here, wait_until
 from tests.test_runs import metric_rows, validations
 
 RUN = [*TINY, "logger=csv", "checkpoint.every_n_steps=5"]
@@ -117,7 +117,7 @@ def test_a_read_only_run_directory_is_refused_in_one_line(tmp_path: Path, shakes
     mount("--bind", str(writable), str(read_only))
     try:
         mount("-o", "remount,bind,ro", str(read_only))
-        result = train(read_only / "run", *RUN)
+        result = train_here(read_only / "run", *RUN)
     finally:
         subprocess.run(["umount", "-l", str(read_only)], check=True)
 
@@ -136,7 +136,7 @@ def test_a_second_process_in_a_live_run_s_directory_is_refused_and_a_dead_one_s_
     wait_until(lambda: (run_dir / "csv" / "metrics.csv").exists(), first)
     record = {p: p.read_bytes() for p in (run_dir / ".hydra").glob("*.yaml")}
 
-    second = train(run_dir, *RUN)
+    second = train_here(run_dir, *RUN)  # a process other than the first: this one
     assert second.returncode == 1
     line = one_line(second.stderr)
     assert line.startswith(f"error: {run_dir} is in use by another run (process {first.pid} on ")
@@ -145,12 +145,15 @@ def test_a_second_process_in_a_live_run_s_directory_is_refused_and_a_dead_one_s_
     assert resumed.returncode == 1 and f"in use by another run (process {first.pid} on " in resumed.stderr
     assert {p: p.read_bytes() for p in (run_dir / ".hydra").glob("*.yaml")} == record  # untouched
 
-    wait_until(lambda: (run_dir / "checkpoints" / "last.ckpt").exists(), first)
+    last = run_dir / "checkpoints" / "last.ckpt"
+    wait_until(last.exists, first)
     first.send_signal(signal.SIGKILL)  # its holder gone (a lost node, the OOM killer)
     first.wait()
-    taken_over = run_here("train", f"ckpt_path={run_dir}")
+    # taken over: the run goes on from where the first saved, a few steps (the rest are alike)
+    ends_at = load_checkpoint(last)["global_step"] + 20
+    taken_over = run_here("train", f"ckpt_path={run_dir}", f"trainer.max_steps={ends_at}")
     assert taken_over.returncode == 0, taken_over.stderr[-3000:]
-    assert read_summary(run_dir)["steps"] == 3000
+    assert read_summary(run_dir)["steps"] == ends_at
 
 
 class PoisonWeights(L.Callback):
@@ -221,7 +224,7 @@ def test_a_resume_on_text_that_changed_says_so_and_refuses_characters_its_vocabu
     text = tmp_path / "text.txt"
     text.write_text(shakespeare.read_text()[:200_000])
     run_dir = tmp_path / "run"
-    assert train(run_dir, *RUN, f"data.path={text}").returncode == 0
+    assert train_here(run_dir, *RUN, f"data.path={text}").returncode == 0
     before = {p: p.stat().st_mtime_ns for p in (run_dir / "checkpoints").iterdir()}
 
     text.write_text(text.read_text() + "café\n")  # a character the vocabulary has not

@@ -9,8 +9,8 @@ that the machine's noise falls on both; the median round is reported.
   the same model and batches in a bare PyTorch loop (batch, forward, backward, clip, AdamW
   step); batch production as a share of the step; tokens/s, peak memory, and on a GPU the
   model FLOPs utilisation (MFU).
-- startup: process start to the first training step of `python -m gptlab.train`, and how much
-  of it is importing.
+- startup: process start to the first training step of `python -m gptlab.train`, and gptlab's
+  share of it: what comes after `import torch, lightning` in the same process.
 - generate: tokens/s with and without the KV cache.
 - bare: the bare loop alone (what `grow` runs).
 - grow: the bare step's time and memory for each value of bench.grow, each in a fresh process
@@ -59,7 +59,8 @@ def print_tables(results: dict[str, Any], console: Console) -> None:
     if startup := results.get("startup"):
         console.print(
             f"start-up to the first step: {startup['seconds']:.2f} s "
-            f"(of which `import gptlab.train`: {startup['import_seconds']:.2f} s)"
+            f"(`import torch, lightning`: {startup['torch_lightning_seconds']:.2f} s; "
+            f"gptlab's share, after it: {startup['gptlab_seconds']:.2f} s)"
         )
     if precision := results.get("precision"):
         console.print(precision_table(precision))

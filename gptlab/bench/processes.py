@@ -7,7 +7,6 @@ import shutil
 import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -33,30 +32,40 @@ def run_child(command: list[str]) -> None:
         raise RuntimeError(f"{' '.join(command)} failed:\n{proc.stderr[-3000:]}")
 
 
+# `python -m gptlab.train` that first imports torch and Lightning and writes, to the file its first
+# argument names, when that was done (seconds after the process started): what the run's start-up
+# takes beyond that is gptlab's share (its own imports, composing, building, the loggers' start)
+TRAIN_AFTER_TORCH_AND_LIGHTNING = """
+import json, sys, time
+import torch, lightning
+imported = time.time()
+import runpy
+from gptlab.runs.run_directory import process_started
+with open(sys.argv.pop(1), "w") as f:
+    json.dump({"torch_lightning_seconds": imported - process_started()}, f)
+sys.argv[0] = "gptlab.train"
+runpy.run_module("gptlab.train", run_name="__main__")
+"""
+
+
 def bench_startup(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
-    """`python -m gptlab.train` with this command's overrides, stopped after one step, from
-    process start to its first step (summary.json's startup_seconds); and the import alone."""
+    """`python -m gptlab.train` with this command's overrides, stopped after one step: from
+    process start to its first step (summary.json's startup_seconds), and how much of that came
+    after `import torch, lightning` in the same process (gptlab's share)."""
     overrides = task_overrides(leave_out=("bench.",))
-    imports, startups = [], []
+    startups, torch_lightning = [], []
     for run in range(cfg.bench.startup_runs):
-        start = time.perf_counter()
-        run_child([sys.executable, "-c", "import gptlab.train"])
-        imports.append(time.perf_counter() - start)
         run_dir = out_dir / "startup" / str(run)
-        run_child(
-            [
-                sys.executable,
-                "-m",
-                "gptlab.train",
-                *overrides,
-                "trainer.max_steps=1",
-                f"hydra.run.dir={run_dir}",
-            ]
-        )
+        imported = out_dir / "startup" / f"{run}.imported.json"
+        imported.parent.mkdir(parents=True, exist_ok=True)
+        command = [sys.executable, "-c", TRAIN_AFTER_TORCH_AND_LIGHTNING, str(imported), *overrides]
+        run_child([*command, "trainer.max_steps=1", f"hydra.run.dir={run_dir}"])
         startups.append(json.loads((run_dir / "summary.json").read_text())["startup_seconds"])
+        torch_lightning.append(json.loads(imported.read_text())["torch_lightning_seconds"])
     return {
         "seconds": statistics.median(startups),
-        "import_seconds": statistics.median(imports),
+        "torch_lightning_seconds": statistics.median(torch_lightning),
+        "gptlab_seconds": statistics.median(s - t for s, t in zip(startups, torch_lightning, strict=True)),
         "runs": startups,
     }
 
