@@ -22,20 +22,12 @@ from tests.slurm.cluster import SlurmCluster, missing
 os.environ["OMP_NUM_THREADS"] = "1"
 
 
-SLURM_CLUSTERS = 2  # tests/test_slurm.py's groups, one cluster each
-
-
-def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
-    """`-n auto`: a worker for each core, and one more for each SLURM cluster where the clusters
-    can run, since their tests spend most of their time waiting on SLURM's clock."""
-    return (os.cpu_count() or 1) + (0 if missing() else SLURM_CLUSTERS)
-
-
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """The SLURM tests first, then the slow ones, then the rest (pyproject.toml keeps
-    pytest-xdist from reordering its groups by size): each cluster's tests are the longest chain
-    (one worker runs them one after another) and the other workers' tests fit beside them, the
-    long ones started early and the short ones filling in at the end."""
+    pytest-xdist from reordering its groups by size): the SLURM tests are the longest group (one
+    worker runs them all, one after another, on the one cluster) and spend most of it waiting for
+    the cluster, so the other worker's tests fit beside them rather than after, the long ones
+    started early and the short ones filling in at the end."""
     items.sort(
         key=lambda item: (
             item.get_closest_marker("xdist_group") is None,

@@ -30,12 +30,8 @@ from tests.slurm.cluster import SlurmCluster
 from tests.test_cluster import validation_rows
 from tests.test_wandb import wandb_summary
 
-# Two clusters, each on a pytest-xdist worker of its own (tests/conftest.py), each running its
-# tests one at a time. A SLURM test spends most of its time waiting on SLURM's clock (time limits,
-# grace and kill times, credentials expiring, the scheduler's pass), so the two halves run side by
-# side, beside the other tests.
-FIRST_CLUSTER = pytest.mark.xdist_group("slurm-1")
-SECOND_CLUSTER = pytest.mark.xdist_group("slurm-2")
+# one cluster, one test at a time: all of them on the same pytest-xdist worker
+pytestmark = pytest.mark.xdist_group("slurm")
 
 CPU_NODE = [
     "hydra/launcher=slurm",
@@ -163,7 +159,6 @@ def assert_one_wandb_run_preempted_then_finished(run_dir: Path) -> None:
     assert second["summary"]["best_val_loss"] == pytest.approx(read_summary(run_dir)["best_val_loss"])
 
 
-@FIRST_CLUSTER
 @pytest.mark.parametrize(
     ("settings", "message"),
     [
@@ -202,7 +197,6 @@ def test_settings_a_node_cannot_give_stop_the_sweep_in_one_line_before_anything_
     assert left_on_the_cluster(slurm) == []
 
 
-@FIRST_CLUSTER
 @pytest.mark.slow
 def test_a_job_signalled_to_its_steps_saves_is_requeued_once_and_ends_as_the_job_left_alone(
     tmp_path: Path, shakespeare: Path, slurm: SlurmCluster
@@ -227,7 +221,6 @@ def test_a_job_signalled_to_its_steps_saves_is_requeued_once_and_ends_as_the_job
     assert re.search(r"stopped by a signal at step \d+, saved in .*: the SLURM job is requeued", log)
 
 
-@SECOND_CLUSTER
 @pytest.mark.slow
 def test_a_sweep_s_ddp_jobs_signalled_through_the_batch_shell_or_one_rank_alone_requeue_and_resume(
     tmp_path: Path, shakespeare: Path, slurm: SlurmCluster
@@ -265,7 +258,6 @@ def test_a_sweep_s_ddp_jobs_signalled_through_the_batch_shell_or_one_rank_alone_
     assert "requeued SLURM job" in submitit_log(sweep_dir, alone, rank=0)
 
 
-@SECOND_CLUSTER
 @pytest.mark.slow
 def test_a_job_preempted_by_a_higher_priority_one_saves_in_its_grace_time_requeues_and_resumes(
     tmp_path: Path, shakespeare: Path, slurm: SlurmCluster
@@ -300,7 +292,6 @@ def test_a_job_preempted_by_a_higher_priority_one_saves_in_its_grace_time_requeu
     assert "requeued SLURM job" in log and "Requeued job" not in log  # by gptlab, not submitit
 
 
-@FIRST_CLUSTER
 @pytest.mark.slow
 def test_a_job_that_ends_without_a_result_ends_the_wait_as_failed_with_its_reason(
     tmp_path: Path, shakespeare: Path, slurm: SlurmCluster
@@ -321,7 +312,6 @@ def test_a_job_that_ends_without_a_result_ends_the_wait_as_failed_with_its_reaso
     assert left_on_the_cluster(slurm) == []
 
 
-@FIRST_CLUSTER
 @pytest.mark.slow
 def test_a_job_past_its_time_limit_is_requeued_until_it_finishes_or_runs_out_of_requeues(
     tmp_path: Path, shakespeare: Path, slurm: SlurmCluster
@@ -375,7 +365,6 @@ def test_a_job_past_its_time_limit_is_requeued_until_it_finishes_or_runs_out_of_
     assert (tmp_path / "failed" / "0" / "checkpoints" / "last.ckpt").is_file()  # saved all the same
 
 
-@SECOND_CLUSTER
 @pytest.mark.slow
 def test_a_sweep_launched_again_waits_for_its_jobs_on_the_cluster_and_ctrl_c_stops_them_saved(
     tmp_path: Path, shakespeare: Path, slurm: SlurmCluster
