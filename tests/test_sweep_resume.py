@@ -200,8 +200,10 @@ def test_a_relaunch_that_would_run_other_jobs_is_refused_and_changes_nothing(
         line = refused.stderr.strip().splitlines()[-1]
         assert line.startswith(f"error: hydra.sweep.dir={sweep_dir} holds another sweep: {reason}"), line
     assert {str(p): p.stat().st_mtime_ns for p in sweep_dir.rglob("*")} == before
-    # how it runs may change (here the jobs Hydra's basic launcher hands over at once)
-    relaunched = sweep_here(sweep_dir, *jobs, "model.n_layer=1,2", "hydra.sweeper.max_batch_size=1")
+    # how it runs may change
+    relaunched = sweep_here(
+        sweep_dir, *jobs, "model.n_layer=1,2", "hydra/launcher=parallel", "hydra.launcher.devices=[0]"
+    )
     assert relaunched.returncode == 0, relaunched.stderr[-3000:]
 
     not_a_sweep = run_here("train", "-m", f"resume={tmp_path}")
