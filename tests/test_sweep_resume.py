@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 
 from gptlab.analysis import seeds
@@ -53,6 +54,24 @@ def stopped(process: subprocess.Popen, signum: signal.Signals) -> subprocess.Com
     return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
 
 
+def wandb_service_gone(driver: subprocess.Popen, timeout: float = 60) -> None:
+    """Waits for the wandb service of a killed process to notice and end: it goes on writing its
+    log (wandb/.../logs/debug-core.log of the first run it served) for a few seconds."""
+    deadline = time.monotonic() + timeout
+    marker = ["--pid", str(driver.pid)]
+
+    def serves_driver(process: psutil.Process) -> bool:
+        try:
+            command = process.cmdline()
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            return False
+        return any(command[i : i + 2] == marker for i in range(len(command)))
+
+    while any(serves_driver(p) for p in psutil.process_iter()):
+        assert time.monotonic() < deadline, f"the wandb service of process {driver.pid} did not end"
+        time.sleep(0.2)
+
+
 def file_times(run_dir: Path) -> dict[str, int]:
     """When each of a run's records was last written (what a job run again would change; Hydra
     writes its .hydra/ record and the job's log, train.log, for every launch)."""
@@ -80,6 +99,7 @@ def test_a_sweep_killed_then_stopped_by_ctrl_c_goes_on_where_it_stopped_each_tim
     wait_until(lambda: (sweep_dir / "1" / "csv").exists(), first)
     first.kill()  # SIGKILL, with job 1 started (and most likely not yet saved)
     first.communicate()
+    wandb_service_gone(first)
     finished = file_times(sweep_dir / "0")
     assert read_summary(sweep_dir / "0")["steps"] == 400 and not (sweep_dir / "2").exists()
 
