@@ -225,6 +225,9 @@ def test_a_relaunch_that_would_run_other_jobs_is_refused_and_changes_nothing(
         sweep_dir, *jobs, "model.n_layer=1,2", "hydra/launcher=parallel", "hydra.launcher.devices=[0]"
     )
     assert relaunched.returncode == 0, relaunched.stderr[-3000:]
+    # the jobs that finished are read back, not started again as processes
+    assert "#1 finished in an earlier launch" in relaunched.stdout + relaunched.stderr
+    assert not list(sweep_dir.glob(".submitit/**/*_log.out"))
 
     not_a_sweep = run_here("train", "-m", f"resume={tmp_path}")
     assert not_a_sweep.returncode == 1

@@ -140,6 +140,10 @@ class DevicePoolLauncher(LocalLauncher):
                     if asking and pending is None and len(running) < at_once:
                         pending = next_job()
                         asking = pending is not None
+                        if pending is not None and (earlier := self.ended_before(pending)):
+                            ended(pending.num, earlier)  # no process to start
+                            pending = None
+                            continue
                     # a job that needs more devices than are free waits for them
                     if pending is None or pending.devices_needed > len(free):
                         break
@@ -174,6 +178,22 @@ class DevicePoolLauncher(LocalLauncher):
                 f"of hydra.launcher.devices={pool}"
             )
         return job
+
+    def ended_before(self, job: Job) -> JobReturn | None:
+        """The result of a job that ended in an earlier launch of this sweep (finished, or failed
+        unless retry_failed=true), read from its run directory; None when it is to run (a job
+        still running from a killed driver's launch is run, and waits for it)."""
+        assert self.config is not None
+        if not sweep_directory.relaunchable(self.config.hydra):
+            return None
+        if not (
+            ended := sweep_directory.ended_before(
+                job_dir(self, job.num, job.overrides), self.config.retry_failed
+            )
+        ):
+            return None
+        log.info(f"\t#{job.num} {ended[1]}")
+        return JobReturn(overrides=job.overrides, status=JobStatus.COMPLETED, _return_value=ended[0])
 
     def start(self, executor: Any, job: Job, devices: list[int], threads: int) -> Any:
         # Lightning here, not at the top: Hydra imports this module in every entry point

@@ -5,9 +5,10 @@ records (an Optuna search's study too, by default: gptlab.runs.optuna_sweeper).
 A sweep launched again into its own directory (`hydra.sweep.dir=DIR` with the same overrides, or
 `resume=DIR`) goes on where it stopped, with the job numbers and directories of its first launch:
 each job looks at its directory as it starts (earlier_outcome). One that finished is not trained
-again, its result read back; one that was stopped resumes from its last.ckpt (as a requeued
-SLURM job does); one that started but saved nothing starts again, its partial records cleared;
-one that failed stays failed unless the launch says retry_failed=true. How the sweep runs may
+again, its result read back (the parallel and SLURM launchers read it back without starting it);
+one that was stopped resumes from its last.ckpt (as a requeued SLURM job does); one that started
+but saved nothing starts again, its partial records cleared; one that failed stays failed unless
+the launch says retry_failed=true. How the sweep runs may
 change (the launcher, hydra.sweeper.n_jobs), what it runs may not (RefuseAnotherSweep). An
 Optuna search's jobs are its trials: a relaunch tries again, as the same job, each trial its dead
 launch left running, and asks for the trials it still lacks.
@@ -175,22 +176,35 @@ def run_by_this_launch(run_dir: Path) -> contextlib.AbstractContextManager[None]
     return run_directory.one_writer(run_dir, wait=True)
 
 
-def earlier_outcome(run_dir: Path, retry_failed: bool) -> float | None:
-    """What a sweep's job did in an earlier launch, if it ended: its score (the best
-    val_loss, or the worst score for a job that failed), and it is not run again; None when it
-    is to run: never started, stopped (it resumes from its last.ckpt), started but saved nothing
-    (its partial records are cleared), or failed and retried."""
+def ended_before(run_dir: Path, retry_failed: bool) -> tuple[float, str] | None:
+    """A sweep's job that ended in an earlier launch and is not run again, read from its
+    summary.json without changing anything: its score (the best val_loss, or the worst score for
+    a job that failed, unless retry_failed=true) and what it did, in words; None when it is to run."""
     summary_file = run_dir / "summary.json"
-    if summary_file.is_file():
-        summary = json.loads(summary_file.read_text())
-        if "error" not in summary:
-            best = summary.get("best_val_loss")
-            log.info("this job finished in an earlier launch (best val_loss %s): not trained again", best)
-            return run_directory.NO_SCORE if best is None else float(best)
-        if not retry_failed:
-            log.info("this job failed in an earlier launch (%s): retry_failed=true runs it", summary["error"])
-            return run_directory.NO_SCORE
-        summary_file.unlink()
+    if not summary_file.is_file():
+        return None
+    summary = json.loads(summary_file.read_text())
+    if "error" in summary:
+        if retry_failed:
+            return None
+        return (
+            run_directory.NO_SCORE,
+            f"failed in an earlier launch ({summary['error']}): retry_failed=true runs it",
+        )
+    best = summary.get("best_val_loss")
+    score = run_directory.NO_SCORE if best is None else float(best)
+    return score, f"finished in an earlier launch (best val_loss {best}): not trained again"
+
+
+def earlier_outcome(run_dir: Path, retry_failed: bool) -> float | None:
+    """What a sweep's job did in an earlier launch, if it ended: its score (ended_before), and it
+    is not run again; None when it is to run: never started, stopped (it resumes from its
+    last.ckpt), started but saved nothing (its partial records are cleared), or failed and
+    retried."""
+    if ended := ended_before(run_dir, retry_failed):
+        log.info("this job %s", ended[1])
+        return ended[0]
+    (run_dir / "summary.json").unlink(missing_ok=True)  # a failed job's, retried
     if not (run_dir / "checkpoints" / "last.ckpt").is_file():
         for records in ("checkpoints", "csv", "wandb"):
             shutil.rmtree(run_dir / records, ignore_errors=True)
