@@ -43,6 +43,7 @@ class Job:
     num: int
     overrides: list[str]
     devices_needed: int
+    run_dir: Path
 
 
 class DevicePoolLauncher(LocalLauncher):
@@ -66,10 +67,9 @@ class DevicePoolLauncher(LocalLauncher):
             )
         return list(range(torch.cuda.device_count()))
 
-    def devices_needed(self, overrides: list[str]) -> int:
-        """trainer.devices of one job, composed as the job will compose it: a count ("auto": one)."""
-        assert self.hydra_context is not None and self.config is not None
-        devices = self.hydra_context.config_loader.load_sweep_config(self.config, overrides).trainer.devices
+    @staticmethod
+    def devices_needed(devices: Any) -> int:
+        """A job's trainer.devices as a count ("auto": one)."""
         if devices == "auto":
             return 1
         if isinstance(devices, bool) or not isinstance(devices, int) or devices < 1:
@@ -171,7 +171,10 @@ class DevicePoolLauncher(LocalLauncher):
             sys.exit(cli.STOPPED_BY_CTRL_C)
 
     def job(self, num: int, overrides: list[str], pool: list[int]) -> Job:
-        job = Job(num, overrides, self.devices_needed(overrides))
+        """A job of the sweep, its config composed as the job will compose it."""
+        assert self.hydra_context is not None and self.config is not None
+        config = self.hydra_context.config_loader.load_sweep_config(self.config, overrides)
+        job = Job(num, overrides, self.devices_needed(config.trainer.devices), run_dir_of(config, num))
         if job.devices_needed > len(pool):
             raise setting_error(
                 f"trainer.devices={job.devices_needed} (job #{num}) is more than the {len(pool)} devices "
@@ -186,11 +189,7 @@ class DevicePoolLauncher(LocalLauncher):
         assert self.config is not None
         if not sweep_directory.relaunchable(self.config.hydra):
             return None
-        if not (
-            ended := sweep_directory.ended_before(
-                job_dir(self, job.num, job.overrides), self.config.retry_failed
-            )
-        ):
+        if not (ended := sweep_directory.ended_before(job.run_dir, self.config.retry_failed)):
             return None
         log.info(f"\t#{job.num} {ended[1]}")
         return JobReturn(overrides=job.overrides, status=JobStatus.COMPLETED, _return_value=ended[0])
@@ -224,7 +223,7 @@ class DevicePoolLauncher(LocalLauncher):
         try:
             return submitted.result()
         except Exception as err:  # submitit's UncompletedJobError/FailedJobError
-            run_dir = job_dir(self, job.num, job.overrides)
+            run_dir = job.run_dir
             saved = sweep_directory.stopped_job(run_dir)
             if saved or (cli.CtrlC.held and not (run_dir / "summary.json").exists()):
                 how = "saved in " + str(run_dir) if saved else "by Ctrl-C before its first step"
@@ -239,7 +238,11 @@ class DevicePoolLauncher(LocalLauncher):
 def job_dir(launcher: Any, num: int, overrides: list[str]) -> Path:
     """The run directory of a sweep's job, as the job names it (launcher: a launcher or sweeper
     Hydra has set up)."""
-    config = launcher.hydra_context.config_loader.load_sweep_config(launcher.config, overrides)
+    return run_dir_of(launcher.hydra_context.config_loader.load_sweep_config(launcher.config, overrides), num)
+
+
+def run_dir_of(config: Any, num: int) -> Path:
+    """The run directory of job num, from its composed config."""
     with open_dict(config.hydra.job):
         config.hydra.job.num = num
     return Path(str(config.hydra.sweep.dir)) / str(config.hydra.sweep.subdir)
