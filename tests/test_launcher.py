@@ -12,7 +12,7 @@ from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
 
 from gptlab.analysis import seeds
-from tests.conftest import TINY, read_summary, run_here, sweep
+from tests.conftest import TINY, read_summary, run_here, sweep_here
 
 PARALLEL = ["hydra/launcher=parallel", *TINY[4:], "logger=csv"]
 
@@ -28,7 +28,7 @@ def test_a_grid_sweep_runs_its_jobs_side_by_side_each_on_its_own_device(
 ) -> None:
     sweep_dir = tmp_path / "sweep"
     # n_head=3 does not divide n_embd=32: those two jobs fail, and free their devices
-    proc = sweep(
+    proc = sweep_here(
         sweep_dir,
         *PARALLEL,
         "hydra.launcher.devices=[0,1]",
@@ -73,7 +73,7 @@ def test_optuna_trials_run_side_by_side_each_a_ddp_job_and_a_bad_one_is_pruned(
     study = optuna.create_study(study_name="gptlab", storage=journal(sweep_dir))
     for lr, steps in ((3e-3, 300), (3e-3, 30), (2e-4, 300)):  # the trials the sampler gives first
         study.enqueue_trial({"optim.lr": lr, "trainer.max_steps": steps})
-    proc = sweep(
+    proc = sweep_here(
         sweep_dir,
         *PARALLEL,
         *TINY[:4],  # the model fixed: the trials search optim.lr and trainer.max_steps
