@@ -57,6 +57,19 @@ TINY = [
 ]
 
 
+@pytest.fixture(scope="session", autouse=True)
+def cache_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """$XDG_CACHE_HOME for the tests and every process they start: a folder of the test run's, which
+    its pytest-xdist workers share, not the user's ~/.cache. What it keeps (auto precision's
+    measured choices, wandb's and matplotlib's caches) then never carries over from an earlier
+    run, nor into the user's own runs."""
+    base = tmp_path_factory.getbasetemp()
+    folder = (base.parent if "PYTEST_XDIST_WORKER" in os.environ else base) / "cache"
+    folder.mkdir(exist_ok=True)
+    os.environ["XDG_CACHE_HOME"] = str(folder)
+    return folder
+
+
 @pytest.fixture(scope="session")
 def shakespeare() -> Path:
     if not SHAKESPEARE.exists():
