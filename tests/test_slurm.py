@@ -5,7 +5,6 @@ requeued, cancelled and killed the way SLURM does it, each compared with the sam
 The node has 2 CPUs and no GPUs: each job here asks for one CPU a task, so two single-task jobs
 run side by side and a two-task (DDP) job has the node to itself."""
 
-import os
 import re
 import signal
 import subprocess
@@ -62,7 +61,7 @@ def start_sweep(
     """`python -m gptlab.train -m hydra/launcher=slurm ...` on the test cluster, CPU settings;
     nice: the sweep and its jobs at the lowest priority."""
     command = [
-        *(["nice", "-n", str(19 - os.getpriority(os.PRIO_PROCESS, 0))] if nice else []),
+        *(["nice", "-n", "19"] if nice else []),
         sys.executable,
         "-m",
         "gptlab.train",

@@ -8,10 +8,10 @@ each job looks at its directory as it starts (earlier_outcome). One that finishe
 again, its result read back (the parallel and SLURM launchers read it back without starting it);
 one that was stopped resumes from its last.ckpt (as a requeued SLURM job does); one that started
 but saved nothing starts again, its partial records cleared; one that failed stays failed unless
-the launch says retry_failed=true. How the sweep runs may
-change (the launcher, hydra.sweeper.n_jobs), what it runs may not (RefuseAnotherSweep). An
-Optuna search's jobs are its trials: a relaunch tries again, as the same job, each trial its dead
-launch left running, and asks for the trials it still lacks.
+the launch says retry_failed=true. How the sweep runs may change (the launcher,
+hydra.sweeper.n_jobs), what it runs may not (RefuseAnotherSweep). An Optuna search's jobs are its
+trials: a relaunch tries again, as the same job, each trial its dead launch left running, and asks
+for the trials it still lacks.
 """
 
 import contextlib
