@@ -71,8 +71,12 @@ def bench_startup(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
 
 
 def bench_grow(cfg: DictConfig, out_dir: Path) -> list[dict[str, Any]]:
-    """The bare loop for each value of each bench.grow key, each in a fresh process."""
-    overrides = task_overrides(leave_out=("bench.parts", "bench.grow", *cfg.bench.grow))
+    """The bare loop for each value of each bench.grow key, each in a fresh process, all in the
+    precision this process runs in (trainer.precision=auto decided here): a child that timed the
+    precisions itself would do so before its bare loop, whose memory would then reuse what those
+    steps freed, and the rows would not all be in one precision."""
+    leave_out = ("bench.parts", "bench.grow", "trainer.precision", *cfg.bench.grow)
+    overrides = [*task_overrides(leave_out), f"trainer.precision={cfg.trainer.precision}"]
     rows = []
     for key, values in cfg.bench.grow.items():
         for value in values:
