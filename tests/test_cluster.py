@@ -16,6 +16,7 @@ import pytest
 
 from gptlab.checkpoint import load_checkpoint
 from tests.conftest import (
+    REPO_ROOT,
     SHAKESPEARE,
     TINY,
     offline_env,
@@ -45,7 +46,11 @@ def start_all(
         )
         for command, env in commands
     ]
-    outputs = [p.communicate(timeout=300)[0] for p in processes]
+    try:
+        outputs = [p.communicate(timeout=300)[0] for p in processes]
+    finally:  # after a timeout, no rank is left holding the job's port for the next test run
+        for process in processes:
+            process.kill()
     return [
         subprocess.CompletedProcess(p.args, p.returncode, out, "")
         for p, out in zip(processes, outputs, strict=True)
@@ -87,6 +92,51 @@ def test_slurm_tasks_on_two_nodes_are_one_sweep_job_s_ranks_with_one_run_directo
     assert read_summary(job)["world_size"] == 2
     assert read_summary(job)["tokens"] == 30 * 2 * 8 * 16  # both nodes' batches
     assert "Initializing distributed: GLOBAL_RANK: 1, MEMBER: 2/2" in done[1].stdout
+
+
+# a rank of a job a launcher started: the start time from rank 0, then DDP's own store on the
+# same port (torch.distributed.init_process_group, as Lightning calls it), and a barrier
+HANDSHAKE_THEN_DDP = """
+import sys
+from datetime import timedelta
+import torch.distributed as dist
+from gptlab.runs import cluster
+print(cluster.agreed_start_time())
+dist.init_process_group("gloo", rank=int(sys.argv[1]), world_size=2, timeout=timedelta(seconds=60))
+dist.barrier()
+dist.destroy_process_group()
+"""
+
+
+def test_a_rank_quicker_to_ddp_than_rank_0_joins_its_process_group() -> None:
+    """Rank 1 sets up DDP right after it has read rank 0's start time, while rank 0 is still
+    coming from handing it out: the store rank 0 handed it out with must still be serving then
+    (once, the two-node test's rank 1 connected to it as it closed and failed with "Failed to
+    recv, got 0 bytes")."""
+    port = str(free_port())
+
+    def task(node: int) -> dict[str, str]:
+        return {
+            "SLURM_JOB_ID": "4243",
+            "SLURM_JOB_NAME": "gptlab",
+            "SLURM_NTASKS": "2",
+            "SLURM_NTASKS_PER_NODE": "1",
+            "SLURM_NNODES": "2",
+            "SLURM_NODELIST": "127.0.0.1",
+            "SLURM_PROCID": str(node),
+            "SLURM_LOCALID": "0",
+            "SLURM_NODEID": str(node),
+            "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": port,
+        }
+
+    done = start_all(
+        [([sys.executable, "-c", HANDSHAKE_THEN_DDP, str(node)], task(node)) for node in (0, 1)],
+        cwd=REPO_ROOT,
+    )
+    for result in done:
+        assert result.returncode == 0, result.stdout[-3000:]
+    assert done[0].stdout.splitlines()[0] == done[1].stdout.splitlines()[0]  # rank 0's time on both
 
 
 def free_port() -> int:

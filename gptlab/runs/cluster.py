@@ -5,6 +5,7 @@ the one start time all ranks of a job agree on, so that they agree on one run di
 (`${gptlab.now:...}` in conf/hydra/default.yaml).
 """
 
+import functools
 import logging
 import os
 import subprocess
@@ -21,6 +22,7 @@ from lightning.fabric.plugins.environments import (
     TorchElasticEnvironment,
 )
 from omegaconf import OmegaConf
+from torch.distributed import TCPStore
 
 log = logging.getLogger(__name__)
 
@@ -100,30 +102,40 @@ def agreed_start_time() -> str:
 def from_rank_zero(key: str, value: Callable[[], str]) -> str:
     """value() as rank 0 computes it, on every rank of a job a launcher started (computed here
     when no launcher did). Rank 0 hands it out through a TCPStore at the job's main address
-    (torchrun's own store, which its agent keeps; for other launchers one that rank 0 holds until
-    every rank has read it, before the process group is set up on that port)."""
+    (torchrun's own store, which its agent keeps; for other launchers rank 0's, see job_store)
+    and waits until every rank has read it, so that a rank 0 that fails right after leaves no
+    rank waiting for it."""
     environment = launcher_environment()
     if environment is None or environment.world_size() == 1:
         return value()
-    from torch.distributed import TCPStore
-
     rank, world_size = environment.global_rank(), environment.world_size()
     agent_store = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
-    store = TCPStore(
-        environment.main_address,
-        environment.main_port,
-        world_size=None if agent_store else world_size,
-        is_master=rank == 0 and not agent_store,
-        timeout=RANK_ZERO_TIMEOUT,
-        wait_for_workers=False,
-    )
+    store = job_store(environment.main_address, environment.main_port, rank, world_size, agent_store)
     # the first value set wins: a torchrun restart reads the one of the job's first start
     agreed = store.compare_set(key, "", value()).decode() if rank == 0 else store.get(key).decode()
-    if not agent_store:  # the store dies with rank 0's: it waits until every rank has read
+    if not agent_store:
         store.add(f"{key}/read", 1)
         while rank == 0 and store.add(f"{key}/read", 0) < world_size:
             time.sleep(0.05)
     return agreed
+
+
+@functools.cache
+def job_store(address: str, port: int, rank: int, world_size: int, agent_store: bool) -> TCPStore:
+    """A client of the job's store at its main address; without torchrun's agent, rank 0 holds
+    it, open for the life of the process and multi-tenant, so that DDP's own store on that port
+    (torch's init_process_group makes it multi-tenant too) shares its server. Were it closed
+    instead, a rank quicker to DDP's set-up than rank 0 could connect to a server on its way out
+    and fail ("Connection reset by peer")."""
+    return TCPStore(
+        address,
+        port,
+        world_size=None if agent_store else world_size,
+        is_master=rank == 0 and not agent_store,
+        timeout=RANK_ZERO_TIMEOUT,
+        wait_for_workers=False,
+        multi_tenant=True,
+    )
 
 
 def agree_on_start_time() -> None:
