@@ -6,7 +6,9 @@ while it composes (the schemas of gptlab/config.py), with its own message naming
 Each case runs in this process: the config composed as the entry point composes it, then the
 entry point's own steps (what `python -m gptlab.<entry>` runs before any work) inside the same
 wrapper (gptlab.cli). A few run through the real command line, to prove the wrapper and Hydra's
-handling there: exit status, stderr, no traceback, nothing written."""
+handling there: exit status, stderr, no traceback, nothing written: train's in a process of its
+own, as a shell starts it, the other entry points' through their main() with that command line
+in this process (tests.conftest.run_here)."""
 
 import json
 import subprocess
@@ -272,10 +274,13 @@ def test_bad_input_on_the_command_line(files: dict[str, str], tmp_path: Path, ca
     skip_where_cuda_is(expected)
     run_dir = tmp_path / "run"
     arguments = full_arguments(entry, [a.format(**files) for a in arguments], run_dir)
-    command = [sys.executable, "-m", "gptlab." + entry, *arguments]
-    proc = subprocess.run(
-        command, cwd=REPO_ROOT, env=offline_env(), capture_output=True, text=True, timeout=300
-    )
+    if entry == "train":
+        command = [sys.executable, "-m", "gptlab." + entry, *arguments]
+        proc = subprocess.run(
+            command, cwd=REPO_ROOT, env=offline_env(), capture_output=True, text=True, timeout=300
+        )
+    else:
+        proc = conftest.run_here(entry, *arguments)
     expected = expected.format(**files)
     assert proc.returncode == 1
     assert "Traceback" not in proc.stdout + proc.stderr
