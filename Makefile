@@ -1,5 +1,7 @@
 # Set-up and the two everyday commands. `make train ARGS="model.n_head=6 trainer.devices=2"`.
 VENV ?= .venv
+# what the venv is made from: python3 on PATH, unless given (.ci/run gives Debian's own)
+PYTHON3 ?= python3
 PYTHON := $(VENV)/bin/python
 
 .PHONY: install train test lint
@@ -8,7 +10,7 @@ install: $(VENV)/.installed
 
 # torch first and pinned: it is the one large download, and a pin keeps pip from fetching another build
 $(VENV)/.installed: pyproject.toml
-	python3 -m venv $(VENV)
+	$(PYTHON3) -m venv $(VENV)
 	$(PYTHON) -m pip install --quiet --upgrade pip
 	$(PYTHON) -m pip install --quiet torch==2.13.0
 	$(PYTHON) -m pip install --quiet -e ".[dev]"
