@@ -57,6 +57,22 @@ def start_all(
     ]
 
 
+def slurm_task(node: int) -> dict[str, str]:
+    """The environment SLURM gives the task on `node` of a two-node job, one task a node (the two
+    "nodes" being this machine)."""
+    return {
+        "SLURM_JOB_ID": "4242",
+        "SLURM_JOB_NAME": "gptlab",
+        "SLURM_NTASKS": "2",
+        "SLURM_NTASKS_PER_NODE": "1",
+        "SLURM_NNODES": "2",
+        "SLURM_NODELIST": "127.0.0.1",
+        "SLURM_PROCID": str(node),
+        "SLURM_LOCALID": "0",
+        "SLURM_NODEID": str(node),
+    }
+
+
 def run_dirs(folder: Path) -> list[Path]:
     return sorted(p.parent for p in folder.rglob("train.log"))
 
@@ -69,22 +85,8 @@ def test_slurm_tasks_on_two_nodes_are_one_sweep_job_s_ranks_with_one_run_directo
     a real one-node cluster all that one node can), so two processes get the environment SLURM
     gives the two tasks of a two-node job, one task a node, and each runs the sweep as `srun
     python -m gptlab.train -m ...` would."""
-
-    def task(node: int) -> dict[str, str]:
-        return {
-            "SLURM_JOB_ID": "4242",
-            "SLURM_JOB_NAME": "gptlab",
-            "SLURM_NTASKS": "2",
-            "SLURM_NTASKS_PER_NODE": "1",
-            "SLURM_NNODES": "2",
-            "SLURM_NODELIST": "127.0.0.1",
-            "SLURM_PROCID": str(node),
-            "SLURM_LOCALID": "0",
-            "SLURM_NODEID": str(node),
-        }
-
     command = [sys.executable, "-m", "gptlab.train", "-m", *CPU_RANK, "trainer.num_nodes=2"]
-    done = start_all([(command, task(node)) for node in (0, 1)], cwd=tmp_path)
+    done = start_all([(command, slurm_task(node)) for node in (0, 1)], cwd=tmp_path)
     for result in done:
         assert result.returncode == 0, result.stdout[-3000:]
     (job,) = sorted(p.parent for p in (tmp_path / "outputs").rglob("train.log"))  # one directory
@@ -113,25 +115,13 @@ def test_a_rank_quicker_to_ddp_than_rank_0_joins_its_process_group() -> None:
     coming from handing it out: the store rank 0 handed it out with must still be serving then
     (once, the two-node test's rank 1 connected to it as it closed and failed with "Failed to
     recv, got 0 bytes")."""
-    port = str(free_port())
-
-    def task(node: int) -> dict[str, str]:
-        return {
-            "SLURM_JOB_ID": "4243",
-            "SLURM_JOB_NAME": "gptlab",
-            "SLURM_NTASKS": "2",
-            "SLURM_NTASKS_PER_NODE": "1",
-            "SLURM_NNODES": "2",
-            "SLURM_NODELIST": "127.0.0.1",
-            "SLURM_PROCID": str(node),
-            "SLURM_LOCALID": "0",
-            "SLURM_NODEID": str(node),
-            "MASTER_ADDR": "127.0.0.1",
-            "MASTER_PORT": port,
-        }
-
+    # a port of its own, not the one SLURM's job id gives (the two-node test's, which may be running)
+    address = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port())}
     done = start_all(
-        [([sys.executable, "-c", HANDSHAKE_THEN_DDP, str(node)], task(node)) for node in (0, 1)],
+        [
+            ([sys.executable, "-c", HANDSHAKE_THEN_DDP, str(node)], slurm_task(node) | address)
+            for node in (0, 1)
+        ],
         cwd=REPO_ROOT,
     )
     for result in done:
