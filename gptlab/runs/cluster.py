@@ -122,11 +122,11 @@ def from_rank_zero(key: str, value: Callable[[], str]) -> str:
 
 @functools.cache
 def job_store(address: str, port: int, rank: int, world_size: int, agent_store: bool) -> TCPStore:
-    """A client of the job's store at its main address; without torchrun's agent, rank 0 holds
-    it, open for the life of the process and multi-tenant, so that DDP's own store on that port
-    (torch's init_process_group makes it multi-tenant too) shares its server. Were it closed
-    instead, a rank quicker to DDP's set-up than rank 0 could connect to a server on its way out
-    and fail ("Connection reset by peer")."""
+    """The job's store at its main address: under torchrun a client of its agent's; otherwise
+    rank 0 serves it, open for the life of the process and multi-tenant, so that DDP's own store
+    on that port (torch's init_process_group makes it multi-tenant too) shares its server. Were it
+    closed instead, a rank quicker to DDP's set-up than rank 0 could connect to a server on its
+    way out and fail ("Connection reset by peer")."""
     return TCPStore(
         address,
         port,
